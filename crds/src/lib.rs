@@ -1,1 +1,28 @@
-//! Placeholder: filled in by its issue.
+//! IAFactory's resources and the decisions made from them.
+//!
+//! - [`tenant`], [`knowledgebase`], [`workflow`]: the custom resources, the only schema
+//!   (the CRD YAML in `crds/*.yaml` is generated from them by `crdgen`).
+//! - [`validation`] and [`dag`]: everything the API server checks, and what it cannot.
+//! - [`plan`]: the pure function from a Tenant and the platform configuration to every
+//!   deployment decision, rendered by both the operator and the appliance.
+//! - [`manifest`]: multi-document manifests as users write them, with precise errors.
+
+pub mod common;
+pub mod config;
+pub mod crdgen;
+pub mod dag;
+pub mod knowledgebase;
+pub mod manifest;
+pub mod plan;
+pub mod quantity;
+pub mod tenant;
+pub mod validation;
+pub mod workflow;
+
+pub use common::Language;
+pub use config::PlatformConfig;
+pub use knowledgebase::{KnowledgeBase, KnowledgeBaseSpec, KnowledgeBaseStatus};
+pub use plan::{PlanError, TenantPlan, plan};
+pub use quantity::Quantity;
+pub use tenant::{Tenant, TenantSpec, TenantStatus};
+pub use workflow::{Workflow, WorkflowSpec, WorkflowStatus};

@@ -1,0 +1,245 @@
+//! The platform configuration every plan is made from: images, plan tiers, network.
+//!
+//! `config/iafactory.toml` is embedded as the built-in default; drivers layer their
+//! own sources on top through [`PlatformConfig::figment`].
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::common::ResourceRequirements;
+use crate::quantity::Quantity;
+use crate::tenant::PlanTier;
+
+/// The embedded default, the same file users read and copy.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/iafactory.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the platform configuration is invalid: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    pub domain: String,
+    pub timezone: String,
+    /// Replaces the registry of every image, for mirrors on air-gapped sites.
+    #[serde(default)]
+    pub registry: String,
+    pub images: Images,
+    pub api: ApiSettings,
+    pub network: NetworkSettings,
+    pub plans: Plans,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    pub api: ImageSettings,
+    pub postgres: ImageSettings,
+    pub qdrant: ImageSettings,
+    pub ollama: ImageSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    pub image: String,
+    /// The command Docker runs to check health; empty means "running is healthy".
+    #[serde(default)]
+    pub healthcheck: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub port: u16,
+    #[serde(default)]
+    pub embedding_model_dir: Option<String>,
+    pub default_llm_model: String,
+    pub default_embedding: crate::knowledgebase::EmbeddingSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    pub ingress_namespace: String,
+    pub monitoring_namespace: String,
+    pub cert_manager_issuer: String,
+    #[serde(default)]
+    pub ingress_class: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plans {
+    pub free: TierPolicy,
+    pub pro: TierPolicy,
+    pub enterprise: TierPolicy,
+}
+
+impl Plans {
+    pub fn tier(&self, tier: PlanTier) -> &TierPolicy {
+        match tier {
+            PlanTier::Free => &self.free,
+            PlanTier::Pro => &self.pro,
+            PlanTier::Enterprise => &self.enterprise,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierPolicy {
+    pub max_api_replicas: i32,
+    pub max_gpu: i32,
+    pub quota: QuotaSettings,
+    pub container: ContainerLimits,
+    pub defaults: ComponentDefaults,
+}
+
+/// A namespace's ResourceQuota: requests, storage and object counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    pub cpu: Quantity,
+    pub memory: Quantity,
+    pub storage: Quantity,
+    pub pods: i32,
+    pub pvcs: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuMemory {
+    pub cpu: Quantity,
+    pub memory: Quantity,
+}
+
+/// A namespace's LimitRange for containers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerLimits {
+    pub default_request: CpuMemory,
+    pub default_limit: CpuMemory,
+    pub max: CpuMemory,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentDefaults {
+    pub api: ApiDefaults,
+    pub database: StatefulDefaults,
+    pub vector_store: StatefulDefaults,
+    pub ollama: StatefulDefaults,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDefaults {
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatefulDefaults {
+    pub storage: Quantity,
+    pub resources: ResourceRequirements,
+}
+
+impl PlatformConfig {
+    /// The embedded default alone.
+    pub fn figment() -> Figment {
+        Figment::from(Toml::string(DEFAULT_CONFIG_TOML))
+    }
+
+    /// The embedded default, then `file` if given, then `IAF_PLATFORM__*` variables
+    /// (`IAF_PLATFORM__DOMAIN=example.dz`, `IAF_PLATFORM__IMAGES__API__IMAGE=...`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Self::figment();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("IAF_PLATFORM__").split("__"));
+        Self::extract(figment)
+    }
+
+    pub fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// `image` with the configured registry mirror in front of it.
+    pub fn resolve_image(&self, image: &str) -> String {
+        let registry = self.registry.trim_end_matches('/');
+        if registry.is_empty() {
+            return image.to_owned();
+        }
+        // Strip an explicit registry host (it has a '.' or ':' or is localhost).
+        let path = match image.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                rest
+            }
+            _ => image,
+        };
+        format!("{registry}/{path}")
+    }
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self::extract(Self::figment()).expect("the embedded config/iafactory.toml is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let config = PlatformConfig::default();
+        assert_eq!(config.timezone, "Africa/Algiers");
+        assert_eq!(config.api.port, 8180);
+        assert_eq!(config.plans.tier(PlanTier::Free).max_gpu, 0);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn a_file_and_the_environment_override_the_default() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "site.toml",
+                "domain = \"univ-tlemcen.dz\"\nregistry = \"mirror.local:5000\"",
+            )?;
+            jail.set_env("IAF_PLATFORM__API__DEFAULT_LLM_MODEL", "qwen2.5:7b");
+            let config = PlatformConfig::load(Some(Path::new("site.toml"))).unwrap();
+            assert_eq!(config.domain, "univ-tlemcen.dz");
+            assert_eq!(config.api.default_llm_model, "qwen2.5:7b");
+            assert_eq!(
+                config.resolve_image("ollama/ollama:0.12.6"),
+                "mirror.local:5000/ollama/ollama:0.12.6"
+            );
+            assert_eq!(
+                config.resolve_image("ghcr.io/org/x:1"),
+                "mirror.local:5000/org/x:1"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_not_a_silent_default() {
+        let figment = PlatformConfig::figment().merge(Toml::string("domian = \"typo.dz\""));
+        let error = PlatformConfig::extract(figment).unwrap_err().to_string();
+        assert!(error.contains("domian"), "{error}");
+    }
+}

@@ -1,0 +1,195 @@
+//! `KnowledgeBase`: a searchable collection of a tenant's documents.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Language, all_languages};
+
+const CHUNK_OVERLAP_RULE: &str = "!has(self.spec.chunking) || !has(self.spec.chunking.overlap) || !has(self.spec.chunking.size) || self.spec.chunking.overlap < self.spec.chunking.size";
+const ONE_SOURCE_KIND_RULE: &str = "!has(self.spec.sources) || self.spec.sources.all(s, (has(s.inline) ? 1 : 0) + (has(s.configMap) ? 1 : 0) + (has(s.url) ? 1 : 0) == 1)";
+
+/// A knowledge base in a tenant's namespace (`iaf-<tenant>`), managed by a tenant
+/// admin. The operator registers it with the tenant's API, which owns the documents.
+#[derive(
+    CustomResource,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    garde::Validate,
+)]
+#[kube(
+    group = "iafactory.dz",
+    version = "v1alpha1",
+    kind = "KnowledgeBase",
+    derive = "PartialEq",
+    doc = "A knowledge base in a tenant namespace, registered with the tenant API.",
+    plural = "knowledgebases",
+    shortname = "kb",
+    namespaced,
+    status = "KnowledgeBaseStatus",
+    cel,
+    printcolumn = r#"{"name":"Documents","type":"integer","jsonPath":".status.documents"}"#,
+    printcolumn = r#"{"name":"Chunks","type":"integer","jsonPath":".status.chunks"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(CHUNK_OVERLAP_RULE).message("chunking.overlap must be smaller than chunking.size").field_path(".spec.chunking.overlap"),
+    validation = Rule::new(ONE_SOURCE_KIND_RULE).message("each source sets exactly one of inline, configMap or url").field_path(".spec.sources"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeBaseSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(length(chars, max = 1000))]
+    pub description: Option<String>,
+
+    /// Languages of the documents; Arabic enables Arabic normalisation for search.
+    #[serde(default = "all_languages")]
+    #[garde(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub languages: Vec<Language>,
+
+    /// How passages are embedded. Defaults to the platform's embedding model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(dive)]
+    pub embedding: Option<EmbeddingSpec>,
+
+    #[serde(default)]
+    #[garde(dive)]
+    pub chunking: ChunkingSpec,
+
+    /// `inherit` uses the tenant's vector store.
+    #[serde(default)]
+    #[garde(skip)]
+    pub vector_store: KnowledgeBaseVectorStore,
+
+    /// Documents to ingest when the knowledge base is registered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[garde(length(max = 100), dive)]
+    pub sources: Vec<Source>,
+}
+
+/// `provider` is `local` (the embedding model inside the API), `ollama` (the tenant's
+/// model server), or the name of one of the tenant's llmProviders.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingSpec {
+    #[garde(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub provider: String,
+    #[garde(
+        length(min = 1, max = 128),
+        pattern(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
+    )]
+    pub model: String,
+    #[garde(range(min = 8, max = 8192))]
+    pub dimensions: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkingSpec {
+    /// Target passage size, in characters.
+    #[serde(default = "default_chunk_size")]
+    #[garde(range(min = 100, max = 8000))]
+    pub size: i32,
+    /// Characters shared by consecutive passages; smaller than `size`.
+    #[serde(default = "default_chunk_overlap")]
+    #[garde(range(min = 0, max = 2000))]
+    pub overlap: i32,
+}
+
+impl Default for ChunkingSpec {
+    fn default() -> Self {
+        Self {
+            size: default_chunk_size(),
+            overlap: default_chunk_overlap(),
+        }
+    }
+}
+
+fn default_chunk_size() -> i32 {
+    800
+}
+
+fn default_chunk_overlap() -> i32 {
+    120
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KnowledgeBaseVectorStore {
+    #[default]
+    Inherit,
+    Pgvector,
+    Qdrant,
+}
+
+/// One document source: exactly one of `inline`, `configMap` or `url`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(dive)]
+    pub inline: Option<InlineSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(dive)]
+    pub config_map: Option<ConfigMapSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(dive)]
+    pub url: Option<UrlSource>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineSource {
+    #[garde(length(chars, min = 1, max = 500))]
+    pub title: String,
+    #[garde(length(min = 1, max = 262144))]
+    pub text: String,
+}
+
+/// Every key of the ConfigMap (or only `key`) becomes a document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSource {
+    #[garde(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+}
+
+/// Fetched by the tenant's API; under strict sovereignty only addresses the tenant's
+/// egress policy allows are reachable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlSource {
+    #[garde(length(min = 1, max = 2048), url)]
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeBaseStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ingestion: Option<Time>,
+    /// The id the tenant's API gave this knowledge base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,208 @@
+//! Validation of whole resources, as the API server would do it plus what it cannot.
+//!
+//! Three layers, each defined once, in the types:
+//! - bounds, patterns and lengths (garde attributes, which schemars also writes into the
+//!   CRD schema);
+//! - cross-field rules (CEL in `x-kubernetes-validations`, evaluated here client-side
+//!   with kube's CEL interpreter, so the appliance enforces exactly what a cluster does);
+//! - what neither can say: the agent graph (`crate::dag`) and cron syntax.
+
+use std::fmt;
+
+use garde::Validate;
+
+use crate::knowledgebase::KnowledgeBase;
+use crate::tenant::Tenant;
+use crate::workflow::Workflow;
+
+/// One problem, at a field path such as `spec.components.api.replicas`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one resource (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationErrors {
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|e| e.path.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn garde(&mut self, prefix: &str, result: Result<(), garde::Report>) {
+        if let Err(report) = result {
+            for (path, error) in report.iter() {
+                let path = path.to_string();
+                let path = if path.is_empty() {
+                    prefix.to_owned()
+                } else {
+                    format!("{prefix}.{path}")
+                };
+                self.push(path, error.to_string());
+            }
+        }
+    }
+
+    fn cel(&mut self, result: Result<(), kube::core::cel::ValidationErrors>) {
+        if let Err(errors) = result {
+            for error in errors.iter() {
+                let path = error.field_path.trim_start_matches('.').to_owned();
+                // A field the Rust checks already explained needs no second message.
+                if self.0.iter().any(|e| e.path == path) {
+                    continue;
+                }
+                self.push(path, error.message.clone());
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<(), ValidationErrors> {
+        self.0.dedup();
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.0))
+        }
+    }
+}
+
+const MAX_TENANT_NAME: usize = 59;
+
+/// A DNS-1123 label: lower-case letters, digits and '-', alphanumeric at both ends.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+pub fn validate_tenant(tenant: &Tenant) -> Result<(), ValidationErrors> {
+    let mut errors = Collector::default();
+    match tenant.metadata.name.as_deref() {
+        None | Some("") => errors.push("metadata.name", "a Tenant needs a name"),
+        Some(name) if !is_dns_label(name) || name.len() > MAX_TENANT_NAME => errors.push(
+            "metadata.name",
+            format!(
+                "{name:?} is not a valid Tenant name: use a DNS-1123 label (lower-case letters, digits and '-') of at most {MAX_TENANT_NAME} characters, because its namespace is iaf-<name>"
+            ),
+        ),
+        Some(_) => {}
+    }
+    errors.garde("spec", tenant.spec.validate());
+    errors.cel(tenant.validate_cel());
+    errors.finish()
+}
+
+pub fn validate_knowledge_base(kb: &KnowledgeBase) -> Result<(), ValidationErrors> {
+    let mut errors = Collector::default();
+    check_namespaced_name(&mut errors, "KnowledgeBase", &kb.metadata);
+    errors.garde("spec", kb.spec.validate());
+    errors.cel(kb.validate_cel());
+    errors.finish()
+}
+
+pub fn validate_workflow(workflow: &Workflow) -> Result<(), ValidationErrors> {
+    let mut errors = Collector::default();
+    check_namespaced_name(&mut errors, "Workflow", &workflow.metadata);
+    errors.garde("spec", workflow.spec.validate());
+    errors.cel(workflow.validate_cel());
+    if let Err(dag_errors) = crate::dag::validate(&workflow.spec.agents) {
+        for error in dag_errors {
+            let path = workflow
+                .spec
+                .agents
+                .iter()
+                .position(|a| a.name == error.agent())
+                .map(|i| format!("spec.agents[{i}]"))
+                .unwrap_or_else(|| "spec.agents".to_owned());
+            errors.push(path, error.to_string());
+        }
+    }
+    errors.finish()
+}
+
+fn check_namespaced_name(errors: &mut Collector, kind: &str, metadata: &kube::core::ObjectMeta) {
+    match metadata.name.as_deref() {
+        Some(name) if is_subdomain(name) => {}
+        Some(name) => errors.push(
+            "metadata.name",
+            format!(
+                "{name:?} is not a valid {kind} name: use lower-case letters, digits, '-' and '.'"
+            ),
+        ),
+        None => errors.push("metadata.name", format!("a {kind} needs a name")),
+    }
+    if let Some(namespace) = metadata.namespace.as_deref()
+        && (!namespace.starts_with("iaf-") || !is_dns_label(namespace))
+    {
+        errors.push(
+            "metadata.namespace",
+            format!(
+                "a {kind} lives in its tenant's namespace, iaf-<tenant>; {namespace:?} is not one"
+            ),
+        );
+    }
+}
+
+fn is_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+/// Five-field cron syntax (minute hour day-of-month month day-of-week).
+pub fn cron_schedule(schedule: &str, _: &()) -> garde::Result {
+    if schedule.split_whitespace().count() != 5 {
+        return Err(garde::Error::new(format!(
+            "{schedule:?} is not a five-field cron schedule (minute hour day month weekday), for example \"30 1 * * *\""
+        )));
+    }
+    schedule
+        .parse::<croner::Cron>()
+        .map(|_| ())
+        .map_err(|e| garde::Error::new(format!("{schedule:?} is not a valid cron schedule: {e}")))
+}
+
+pub fn optional_cron_schedule(schedule: &Option<String>, context: &()) -> garde::Result {
+    schedule
+        .as_deref()
+        .map_or(Ok(()), |s| cron_schedule(s, context))
+}
