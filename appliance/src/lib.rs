@@ -1,1 +1,5 @@
-//! Placeholder: filled in by its issue.
+//! The IAFactory appliance: the whole platform on one server, driving Docker directly.
+//!
+//! The binary `iafactory` is a thin clap front over these modules.
+
+pub mod cli;
