@@ -1,1 +1,19 @@
-//! Placeholder: filled in by its issue.
+//! The IAFactory platform API: the service every tenant runs.
+//!
+//! - [`app`]: the router; [`server`]: serving it.
+//! - [`auth`]: passwords, JWTs, API keys; [`ratelimit`], [`usage`]: limits and logs.
+//! - [`db`]: the pool and the tenant-scoped transactions under row-level security.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod usage;

@@ -1,1 +1,73 @@
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use iafactory_api::config::Config;
+use iafactory_api::{db, server};
+use tracing_subscriber::EnvFilter;
+
+/// The IAFactory platform API.
+#[derive(Parser)]
+#[command(name = "iafactory-api", version, about)]
+struct Cli {
+    /// A TOML file layered between the defaults and the IAF_* environment.
+    #[arg(long, env = "IAF_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Exit 0 when the local API is ready (for container healthchecks).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8180/readyz")]
+        url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("IAF_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .json()
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck { url } => {
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .with_context(|| format!("{url} does not answer"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = Config::load(cli.config.as_deref())?;
+            db::migrate(&config.database_url).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let config = Config::load(cli.config.as_deref())?;
+            let listen = config.listen;
+            let state = server::prepare(config).await?;
+            let listener = server::bind(listen).await?;
+            tracing::info!(%listen, "serving");
+            server::serve(state, listener, server::shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The router and its middleware. `app(state)` is separate from serving, so tests
+//! drive the router directly.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::routes::{accounts, internal, keys, ops};
+use crate::state::AppState;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route of the API. Other areas (RAG, workflows, the console) merge theirs in
+/// through [`api_routes`].
+pub fn app(state: AppState) -> Router {
+    api_routes(Router::new(), &state).with_state(state)
+}
+
+pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let limited = Router::new()
+        .route("/api/auth/register", post(accounts::register))
+        .route("/api/auth/login", post(accounts::login))
+        .route("/api/auth/me", get(accounts::me))
+        .route(
+            "/api/users",
+            post(accounts::create_user).get(accounts::list_users),
+        )
+        .route(
+            "/api/users/{id}",
+            axum::routing::delete(accounts::delete_user),
+        )
+        .route("/api/keys", post(keys::create_key).get(keys::list_keys))
+        .route(
+            "/api/keys/{id}",
+            get(keys::get_key).delete(keys::revoke_key),
+        )
+        .route("/api/usage", get(keys::usage))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::usage::record_usage,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_by_client_address,
+        ));
+    let internal = Router::new()
+        .route("/internal/tenants/{slug}", put(internal::upsert_tenant))
+        .route(
+            "/internal/tenants/{slug}/knowledge-bases/{name}",
+            put(internal::upsert_knowledge_base)
+                .get(internal::get_knowledge_base)
+                .delete(internal::delete_knowledge_base),
+        )
+        .route(
+            "/internal/tenants/{slug}/workflows/{name}",
+            put(internal::upsert_workflow)
+                .get(internal::get_workflow)
+                .delete(internal::delete_workflow),
+        );
+    let operations = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi));
+
+    router
+        .merge(limited)
+        .merge(internal)
+        .merge(operations)
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(cors(&state.config.cors_origins))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, GenerateRequestId))
+        .layer(middleware::map_request(drop_malformed_request_id))
+}
+
+/// A fresh id when the request brings none: a well-formed incoming `X-Request-Id` is
+/// kept, so one id follows a request through the gateway and the API.
+#[derive(Clone, Copy)]
+struct GenerateRequestId;
+
+impl MakeRequestId for GenerateRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// An overlong or binary `X-Request-Id` would end up in every log line: drop it, and a
+/// fresh one is generated.
+async fn drop_malformed_request_id(mut request: Request) -> Request {
+    if request
+        .headers()
+        .get(&REQUEST_ID)
+        .is_some_and(|id| !well_formed_request_id(id))
+    {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+fn well_formed_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, axum::http::header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Metrics for every request, by matched route (never by raw path: ids would explode
+/// the label set).
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The per-address limits (60/min and 1000/h by default), before authentication.
+async fn limit_by_client_address(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ip = client_ip(&state, &request);
+    if let Some(ip) = ip
+        && let Err(limited) = state.rate_limiter.check_ip(ip).await
+    {
+        return limited.into_response();
+    }
+    next.run(request).await
+}
+
+fn client_ip(state: &AppState, request: &Request) -> Option<IpAddr> {
+    if state.config.trust_forwarded_for
+        && let Some(forwarded) = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        && let Some(first) = forwarded
+            .split(',')
+            .next()
+            .and_then(|ip| ip.trim().parse().ok())
+    {
+        return Some(first);
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}

@@ -1,0 +1,451 @@
+//! Who is calling: passwords (argon2), JWTs (HS256) and API keys, and the extractor
+//! that turns a request's credential into an [`Auth`] with its tenant and scopes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Operates the platform.
+    Admin,
+    /// Manages one tenant: its users, keys and knowledge bases.
+    TenantAdmin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::TenantAdmin => "tenant_admin",
+            Role::User => "user",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "tenant_admin" => Some(Role::TenantAdmin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+
+    /// What a user of this role may do; an API key carries a subset.
+    pub fn scopes(self) -> &'static [Scope] {
+        match self {
+            Role::Admin | Role::TenantAdmin => &[Scope::Query, Scope::Ingest, Scope::Admin],
+            Role::User => &[Scope::Query, Scope::Ingest],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Search and ask.
+    Query,
+    /// Upload and delete documents.
+    Ingest,
+    /// Manage users, keys and knowledge bases.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Query => "query",
+            Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "query" => Some(Scope::Query),
+            "ingest" => Some(Scope::Ingest),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub role: Role,
+    pub scopes: Vec<Scope>,
+    /// Set when the caller used an API key.
+    pub key: Option<KeyIdentity>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyIdentity {
+    pub id: Uuid,
+    pub knowledge_base_ids: Option<Vec<Uuid>>,
+    pub rate_limit_per_minute: u32,
+}
+
+impl Auth {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this credential lacks the {:?} scope",
+                scope.as_str()
+            )))
+        }
+    }
+
+    /// Whether a key restricted to some knowledge bases may use this one.
+    pub fn may_use_knowledge_base(&self, id: Uuid) -> bool {
+        match self
+            .key
+            .as_ref()
+            .and_then(|k| k.knowledge_base_ids.as_ref())
+        {
+            Some(allowed) => allowed.contains(&id),
+            None => true,
+        }
+    }
+}
+
+// ---- passwords -------------------------------------------------------------------
+
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| ApiError::internal("hashing a password", std::io::Error::other(e.to_string())))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Verifying against this when the user does not exist keeps a wrong e-mail address
+/// as slow as a wrong password, so response times do not reveal who has an account.
+pub fn dummy_password_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password("not a real password").unwrap_or_default())
+}
+
+pub fn check_password_strength(password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < 10 {
+        return Err(ApiError::validation(
+            "password",
+            "must be at least 10 characters long",
+        ));
+    }
+    if password.len() > 1024 {
+        return Err(ApiError::validation(
+            "password",
+            "must be at most 1024 bytes",
+        ));
+    }
+    Ok(())
+}
+
+// ---- JWT -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub user_id: Uuid,
+    pub tenant_id: Uuid,
+    pub role: Role,
+    pub exp: i64,
+    pub iat: i64,
+}
+
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub ttl_seconds: i64,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl_seconds: i64) -> Self {
+        // Only HS256: a token claiming `alg: none` or any other algorithm is refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_seconds,
+        }
+    }
+
+    pub fn issue(&self, user_id: Uuid, tenant_id: Uuid, role: Role) -> Result<String, ApiError> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            user_id,
+            tenant_id,
+            role,
+            exp: now + self.ttl_seconds,
+            iat: now,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::internal("signing a token", e))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::Unauthorized("the token has expired: log in again")
+                }
+                _ => ApiError::Unauthorized("the token is invalid"),
+            })
+    }
+}
+
+// ---- API keys --------------------------------------------------------------------
+
+pub const KEY_PREFIX: &str = "iaf_";
+
+/// A new key: `iaf_` and 256 random bits, base64url. Returned once, stored hashed.
+pub fn generate_api_key() -> String {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    )
+}
+
+pub fn hash_api_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// A verified key, cached briefly so a key-authenticated request costs no lookup.
+#[derive(Clone)]
+struct CachedKey {
+    auth: Auth,
+    expires_at: Option<DateTime<Utc>>,
+    cached_at: Instant,
+}
+
+/// Verified keys by hash. Revocation evicts locally at once; other replicas trust a
+/// cached key for at most the configured TTL (5 s by default).
+#[derive(Clone)]
+pub struct KeyCache {
+    entries: Arc<RwLock<HashMap<Vec<u8>, CachedKey>>>,
+    ttl: Duration,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Arc::default(),
+            ttl,
+        }
+    }
+
+    pub async fn evict_key(&self, key_id: Uuid) {
+        self.entries
+            .write()
+            .await
+            .retain(|_, cached| cached.auth.key.as_ref().map(|k| k.id) != Some(key_id));
+    }
+
+    async fn get(&self, hash: &[u8]) -> Option<Auth> {
+        let entries = self.entries.read().await;
+        let cached = entries.get(hash)?;
+        let fresh = cached.cached_at.elapsed() < self.ttl;
+        let unexpired = cached.expires_at.is_none_or(|at| at > Utc::now());
+        (fresh && unexpired).then(|| cached.auth.clone())
+    }
+
+    async fn put(&self, hash: Vec<u8>, auth: Auth, expires_at: Option<DateTime<Utc>>) {
+        let mut entries = self.entries.write().await;
+        if entries.len() > 10_000 {
+            let ttl = self.ttl;
+            entries.retain(|_, cached| cached.cached_at.elapsed() < ttl);
+        }
+        entries.insert(
+            hash,
+            CachedKey {
+                auth,
+                expires_at,
+                cached_at: Instant::now(),
+            },
+        );
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    scopes: Vec<String>,
+    knowledge_base_ids: Option<Vec<Uuid>>,
+    rate_limit_per_minute: i32,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    tenant_status: String,
+}
+
+async fn authenticate_key(state: &AppState, key: &str) -> Result<Auth, ApiError> {
+    if !key.starts_with(KEY_PREFIX) || key.len() > 200 {
+        return Err(ApiError::Unauthorized("the API key is invalid"));
+    }
+    let hash = hash_api_key(key);
+    if let Some(auth) = state.key_cache.get(&hash).await {
+        return Ok(auth);
+    }
+    let row: Option<KeyRow> = sqlx::query_as("SELECT * FROM auth_api_key($1)")
+        .bind(&hash)
+        .fetch_optional(&state.db)
+        .await?;
+    let Some(row) = row else {
+        return Err(ApiError::Unauthorized("the API key is invalid"));
+    };
+    if row.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized("the API key has been revoked"));
+    }
+    if row.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::Unauthorized("the API key has expired"));
+    }
+    if row.tenant_status != "active" {
+        return Err(ApiError::Forbidden("the tenant is suspended".into()));
+    }
+    let auth = Auth {
+        tenant_id: row.tenant_id,
+        user_id: row.user_id,
+        role: Role::User,
+        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        key: Some(KeyIdentity {
+            id: row.id,
+            knowledge_base_ids: row.knowledge_base_ids,
+            rate_limit_per_minute: u32::try_from(row.rate_limit_per_minute).unwrap_or(1),
+        }),
+    };
+    state
+        .key_cache
+        .put(hash, auth.clone(), row.expires_at)
+        .await;
+    Ok(auth)
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(auth) = parts.extensions.get::<Auth>() {
+            return Ok(auth.clone());
+        }
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .ok_or(())
+            });
+        let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let auth = match (bearer, api_key) {
+            (Some(Ok(token)), _) => {
+                let claims = state.jwt.verify(token.trim())?;
+                Auth {
+                    tenant_id: claims.tenant_id,
+                    user_id: claims.user_id,
+                    role: claims.role,
+                    scopes: claims.role.scopes().to_vec(),
+                    key: None,
+                }
+            }
+            (Some(Err(())), _) => {
+                return Err(ApiError::Unauthorized("use Authorization: Bearer <token>"));
+            }
+            (None, Some(key)) => authenticate_key(state, key.trim()).await?,
+            (None, None) => {
+                return Err(ApiError::Unauthorized(
+                    "authentication required: Authorization: Bearer <token> or X-API-Key: <key>",
+                ));
+            }
+        };
+        if let Some(key) = &auth.key {
+            state
+                .rate_limiter
+                .check_key(key.id, key.rate_limit_per_minute)
+                .await?;
+        }
+        state.usage.attribute(parts, &auth);
+        parts.extensions.insert(auth.clone());
+        Ok(auth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(verify_password("correct horse battery", &hash));
+        assert!(!verify_password("wrong horse battery", &hash));
+        assert!(!verify_password("anything", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_other_keys_are_refused() {
+        let keys = JwtKeys::new(&[7; 32], 60);
+        let (user, tenant) = (Uuid::new_v4(), Uuid::new_v4());
+        let token = keys.issue(user, tenant, Role::TenantAdmin).unwrap();
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!(
+            (claims.user_id, claims.tenant_id, claims.role),
+            (user, tenant, Role::TenantAdmin)
+        );
+        assert!(JwtKeys::new(&[8; 32], 60).verify(&token).is_err());
+    }
+
+    #[test]
+    fn api_keys_are_long_random_and_hashed() {
+        let (a, b) = (generate_api_key(), generate_api_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 43);
+        assert_eq!(hash_api_key(&a).len(), 32);
+    }
+}

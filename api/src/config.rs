@@ -1,0 +1,251 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `IAF_*` variables.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A JWT key shorter than this is refused: HS256 is only as strong as its key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error(
+        "IAF_JWT_SECRET is not set: the API refuses to start without a signing key. Set it to at least {MIN_JWT_SECRET_BYTES} random bytes, for example: IAF_JWT_SECRET=$(openssl rand -hex 32)"
+    )]
+    MissingJwtSecret,
+    #[error(
+        "IAF_JWT_SECRET is {0} bytes long: the API refuses a key shorter than {MIN_JWT_SECRET_BYTES} bytes. Use, for example: IAF_JWT_SECRET=$(openssl rand -hex 32)"
+    )]
+    WeakJwtSecret(usize),
+    #[error(
+        "IAF_DATABASE_URL is not set: point it at the tenant's PostgreSQL (postgres://user:password@host:5432/db)"
+    )]
+    MissingDatabaseUrl,
+    #[error("IAF_TIMEZONE {0:?} is not a known IANA timezone (for example Africa/Algiers)")]
+    BadTimezone(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub database_url: String,
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Never printed: see the Debug implementation of [`Secret`].
+    #[serde(default)]
+    pub jwt_secret: Secret,
+    pub jwt_ttl_seconds: i64,
+    pub listen: SocketAddr,
+    /// The largest JSON body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// The largest uploaded document, in bytes.
+    pub max_upload_bytes: usize,
+    #[serde(deserialize_with = "comma_list")]
+    pub cors_origins: Vec<String>,
+    pub rate_limit: RateLimitConfig,
+    pub timezone: String,
+    /// Protects `/internal/*`, used by the operator and the appliance. Empty disables
+    /// the internal API.
+    #[serde(default)]
+    pub operator_token: Secret,
+    /// Lets anyone create a tenant with `POST /api/auth/register`. An operator-managed
+    /// deployment bootstraps its tenant through `/internal` and may turn this off.
+    pub allow_registration: bool,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy:
+    /// the appliance gateway or an ingress controller).
+    pub trust_forwarded_for: bool,
+    /// How long a verified API key is trusted without a database lookup.
+    pub api_key_cache_seconds: u64,
+    pub database_max_connections: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RateLimitConfig {
+    pub per_ip_per_minute: u32,
+    pub per_ip_per_hour: u32,
+    /// For API keys created without their own limit.
+    pub default_key_per_minute: u32,
+}
+
+/// A value kept out of logs and Debug output.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("<unset>")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+fn comma_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            redis_url: None,
+            jwt_secret: Secret::default(),
+            jwt_ttl_seconds: 3600,
+            listen: "0.0.0.0:8180".parse().expect("a literal address"),
+            body_limit_bytes: 1024 * 1024,
+            max_upload_bytes: 20 * 1024 * 1024,
+            cors_origins: Vec::new(),
+            rate_limit: RateLimitConfig {
+                per_ip_per_minute: 60,
+                per_ip_per_hour: 1000,
+                default_key_per_minute: 120,
+            },
+            timezone: "Africa/Algiers".into(),
+            operator_token: Secret::default(),
+            allow_registration: true,
+            trust_forwarded_for: false,
+            api_key_cache_seconds: 5,
+            database_max_connections: 32,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the `IAF_*` environment
+    /// (`IAF_RATE_LIMIT__PER_IP_PER_MINUTE=120` for nested keys).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("IAF_").split("__"))
+    }
+
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// What makes a configuration unusable, said before anything starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match self.jwt_secret.expose().len() {
+            0 => return Err(ConfigError::MissingJwtSecret),
+            n if n < MIN_JWT_SECRET_BYTES => return Err(ConfigError::WeakJwtSecret(n)),
+            _ => {}
+        }
+        if self.database_url.is_empty() {
+            return Err(ConfigError::MissingDatabaseUrl);
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::BadTimezone(self.timezone.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            result = Some(Config::load(None));
+            Ok(())
+        });
+        result.unwrap()
+    }
+
+    const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let config = with_env(&[
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_URL", "postgres://x@y/z"),
+            ("IAF_LISTEN", "127.0.0.1:9000"),
+            ("IAF_CORS_ORIGINS", "https://a.dz, https://b.dz"),
+            ("IAF_RATE_LIMIT__PER_IP_PER_MINUTE", "5"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.cors_origins, ["https://a.dz", "https://b.dz"]);
+        assert_eq!(config.rate_limit.per_ip_per_minute, 5);
+        assert_eq!(config.rate_limit.per_ip_per_hour, 1000);
+        assert_eq!(config.timezone, "Africa/Algiers");
+        assert_eq!(format!("{:?}", config.jwt_secret), "<redacted>");
+    }
+
+    #[test]
+    fn a_missing_or_weak_jwt_secret_refuses_to_start() {
+        let missing = with_env(&[("IAF_DATABASE_URL", "postgres://x@y/z")]).unwrap_err();
+        assert!(
+            matches!(missing, ConfigError::MissingJwtSecret),
+            "{missing}"
+        );
+        let weak = with_env(&[
+            ("IAF_DATABASE_URL", "postgres://x@y/z"),
+            ("IAF_JWT_SECRET", "short"),
+        ])
+        .unwrap_err();
+        assert!(matches!(weak, ConfigError::WeakJwtSecret(5)), "{weak}");
+        assert!(weak.to_string().contains("openssl rand"), "{weak}");
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "api.toml",
+                "timezone = \"Europe/Paris\"\nbody_limit_bytes = 2048\n",
+            )?;
+            jail.set_env("IAF_JWT_SECRET", GOOD_SECRET);
+            jail.set_env("IAF_DATABASE_URL", "postgres://x@y/z");
+            jail.set_env("IAF_BODY_LIMIT_BYTES", "4096");
+            let config = Config::load(Some(Path::new("api.toml"))).unwrap();
+            assert_eq!(config.timezone, "Europe/Paris");
+            assert_eq!(config.body_limit_bytes, 4096);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,389 @@
+//! `/internal/*`: how the operator and the appliance register a tenant's resources.
+//! Authenticated by the per-tenant operator token (`IAF_OPERATOR_TOKEN`), compared in
+//! constant time. The bodies are the resources' specs, exactly as in the manifests.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use garde::Validate;
+use iafactory_crds::knowledgebase::KnowledgeBaseSpec;
+use iafactory_crds::workflow::WorkflowSpec;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::db::tenant_tx;
+use crate::error::{ApiError, ApiResult, FieldProblem};
+use crate::http::{ApiJson, ApiPath, Envelope, ok};
+use crate::state::AppState;
+
+/// The operator (or the appliance), proven by the operator token.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let expected = state.config.operator_token.expose();
+        if expected.is_empty() {
+            return Err(ApiError::NotFound(
+                "internal API (IAF_OPERATOR_TOKEN is not set)",
+            ));
+        }
+        let presented = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Unauthorized(
+                "the operator token is missing or wrong",
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TenantUpsert {
+    pub name: String,
+    /// `free`, `pro` or `enterprise`.
+    pub plan: String,
+    /// Suspended tenants cannot log in or use keys.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct TenantRecord {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub plan: String,
+    pub status: String,
+}
+
+fn invalid(report: garde::Report) -> ApiError {
+    let fields: Vec<FieldProblem> = report
+        .iter()
+        .map(|(path, error)| FieldProblem {
+            field: path.to_string(),
+            message: error.to_string(),
+        })
+        .collect();
+    let message = fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::Validation { message, fields }
+}
+
+async fn tenant_id(state: &AppState, slug: &str) -> Result<Uuid, ApiError> {
+    sqlx::query_scalar::<_, Option<Uuid>>("SELECT tenant_id_by_slug($1)")
+        .bind(slug)
+        .fetch_one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))
+}
+
+/// Creates or updates a tenant by slug.
+#[utoipa::path(put, path = "/internal/tenants/{slug}", tag = "internal", request_body = TenantUpsert,
+    responses((status = 200, description = "the tenant")), security(("operator_token" = [])))]
+pub async fn upsert_tenant(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath(slug): ApiPath<String>,
+    ApiJson(body): ApiJson<TenantUpsert>,
+) -> ApiResult<Json<Envelope<TenantRecord>>> {
+    if !iafactory_crds::validation::is_dns_label(&slug) {
+        return Err(ApiError::validation("slug", "must be a DNS label"));
+    }
+    if !["free", "pro", "enterprise"].contains(&body.plan.as_str()) {
+        return Err(ApiError::validation(
+            "plan",
+            "must be free, pro or enterprise",
+        ));
+    }
+    let id = match sqlx::query_scalar::<_, Option<Uuid>>("SELECT tenant_id_by_slug($1)")
+        .bind(&slug)
+        .fetch_one(&state.db)
+        .await?
+    {
+        Some(id) => id,
+        None => Uuid::new_v4(),
+    };
+    let mut tx = tenant_tx(&state.db, id).await?;
+    let record: TenantRecord = sqlx::query_as(
+        "INSERT INTO tenants (id, slug, name, plan, status) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan, status = EXCLUDED.status,
+             updated_at = now()
+         RETURNING id, slug, name, plan, status",
+    )
+    .bind(id)
+    .bind(&slug)
+    .bind(&body.name)
+    .bind(&body.plan)
+    .bind(if body.suspended { "suspended" } else { "active" })
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ok(record))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KnowledgeBaseRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub documents: i64,
+    pub chunks: i64,
+    pub last_ingestion: Option<DateTime<Utc>>,
+}
+
+async fn knowledge_base_record(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    name: &str,
+) -> Result<Option<KnowledgeBaseRecord>, ApiError> {
+    let row: Option<(Uuid, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT kb.id,
+                (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id),
+                (SELECT count(*) FROM chunks c WHERE c.knowledge_base_id = kb.id),
+                (SELECT max(d.updated_at) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.status = 'ready')
+         FROM knowledge_bases kb WHERE kb.name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(
+        |(id, documents, chunks, last_ingestion)| KnowledgeBaseRecord {
+            id,
+            name: name.to_owned(),
+            documents,
+            chunks,
+            last_ingestion,
+        },
+    ))
+}
+
+/// Registers a `KnowledgeBase` resource: creates or updates it by name.
+#[utoipa::path(put, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    responses((status = 200, description = "registered, with its document and chunk counts"), (status = 404, description = "no such tenant"),
+              (status = 422, description = "invalid spec")), security(("operator_token" = [])))]
+pub async fn upsert_knowledge_base(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+    ApiJson(spec): ApiJson<KnowledgeBaseSpec>,
+) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
+    spec.validate().map_err(invalid)?;
+    let tenant_id = tenant_id(&state, &slug).await?;
+    // Without an embedding, the platform default: the model inside the API image.
+    let embedding = spec.embedding.clone().unwrap_or_else(|| {
+        iafactory_crds::PlatformConfig::default()
+            .api
+            .default_embedding
+    });
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    sqlx::query(
+        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, vector_store, managed_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'operator')
+         ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, languages = EXCLUDED.languages,
+             embedding = EXCLUDED.embedding, chunking = EXCLUDED.chunking, vector_store = EXCLUDED.vector_store,
+             managed_by = 'operator', updated_at = now()",
+    )
+    .bind(tenant_id)
+    .bind(&name)
+    .bind(&spec.description)
+    .bind(spec.languages.iter().map(|l| l.code()).collect::<Vec<_>>())
+    .bind(serde_json::to_value(&embedding).map_err(|e| ApiError::internal("encoding a spec", e))?)
+    .bind(serde_json::to_value(&spec.chunking).map_err(|e| ApiError::internal("encoding a spec", e))?)
+    .bind(serde_json::to_value(spec.vector_store).map_err(|e| ApiError::internal("encoding a spec", e))?.as_str().unwrap_or("inherit"))
+    .execute(&mut *tx)
+    .await?;
+    let record = knowledge_base_record(&mut tx, &name)
+        .await?
+        .ok_or(ApiError::NotFound("knowledge base"))?;
+    tx.commit().await?;
+    Ok(ok(record))
+}
+
+#[utoipa::path(get, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    responses((status = 200, description = "document and chunk counts"), (status = 404, description = "not registered")),
+    security(("operator_token" = [])))]
+pub async fn get_knowledge_base(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
+    let tenant_id = tenant_id(&state, &slug).await?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let record = knowledge_base_record(&mut tx, &name).await?;
+    tx.commit().await?;
+    record.map(ok).ok_or(ApiError::NotFound("knowledge base"))
+}
+
+#[utoipa::path(delete, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    responses((status = 200, description = "deleted with its documents and vectors")), security(("operator_token" = [])))]
+pub async fn delete_knowledge_base(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Envelope<serde_json::Value>>> {
+    let tenant_id = tenant_id(&state, &slug).await?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let deleted = sqlx::query("DELETE FROM knowledge_bases WHERE name = $1")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ok(
+        serde_json::json!({ "name": name, "deleted": deleted.rows_affected() > 0 }),
+    ))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub valid_dag: bool,
+    pub agents: usize,
+    pub last_execution: Option<ExecutionSummary>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ExecutionSummary {
+    pub id: Uuid,
+    pub status: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub failed_agent: Option<String>,
+}
+
+/// Checks a workflow's spec: bounds, then the agent graph; each failure names the agent.
+pub fn validate_workflow(spec: &WorkflowSpec) -> Result<(), ApiError> {
+    spec.validate().map_err(invalid)?;
+    iafactory_crds::dag::validate(&spec.agents).map_err(|errors| {
+        let fields: Vec<FieldProblem> = errors
+            .iter()
+            .map(|e| FieldProblem {
+                field: format!("agents.{}", e.agent()),
+                message: e.to_string(),
+            })
+            .collect();
+        ApiError::Validation {
+            message: errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            fields,
+        }
+    })?;
+    Ok(())
+}
+
+/// Registers a `Workflow` resource: creates or updates it by name.
+#[utoipa::path(put, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    responses((status = 200, description = "registered"), (status = 422, description = "invalid graph, naming the agent")),
+    security(("operator_token" = [])))]
+pub async fn upsert_workflow(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+    ApiJson(spec): ApiJson<WorkflowSpec>,
+) -> ApiResult<Json<Envelope<WorkflowRecord>>> {
+    validate_workflow(&spec)?;
+    let tenant_id = tenant_id(&state, &slug).await?;
+    let definition =
+        serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding a spec", e))?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO workflows (tenant_id, name, description, definition, managed_by) VALUES ($1, $2, $3, $4, 'operator')
+         ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, definition = EXCLUDED.definition,
+             managed_by = 'operator', updated_at = now()
+         RETURNING id",
+    )
+    .bind(tenant_id)
+    .bind(&name)
+    .bind(&spec.description)
+    .bind(definition)
+    .fetch_one(&mut *tx)
+    .await?;
+    let last_execution = last_execution(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(ok(WorkflowRecord {
+        id,
+        name,
+        valid_dag: true,
+        agents: spec.agents.len(),
+        last_execution,
+    }))
+}
+
+async fn last_execution(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    workflow_id: Uuid,
+) -> Result<Option<ExecutionSummary>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT id, status, started_at, finished_at, failed_agent FROM workflow_executions
+         WHERE workflow_id = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(workflow_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+#[utoipa::path(get, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    responses((status = 200, description = "validity and last execution"), (status = 404, description = "not registered")),
+    security(("operator_token" = [])))]
+pub async fn get_workflow(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Envelope<WorkflowRecord>>> {
+    let tenant_id = tenant_id(&state, &slug).await?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let row: Option<(Uuid, serde_json::Value)> =
+        sqlx::query_as("SELECT id, definition FROM workflows WHERE name = $1")
+            .bind(&name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, definition)) = row else {
+        return Err(ApiError::NotFound("workflow"));
+    };
+    let spec: Option<WorkflowSpec> = serde_json::from_value(definition).ok();
+    let last_execution = last_execution(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(ok(WorkflowRecord {
+        id,
+        name,
+        valid_dag: spec.as_ref().is_some_and(|s| validate_workflow(s).is_ok()),
+        agents: spec.map_or(0, |s| s.agents.len()),
+        last_execution,
+    }))
+}
+
+#[utoipa::path(delete, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    responses((status = 200, description = "deleted")), security(("operator_token" = [])))]
+pub async fn delete_workflow(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, name)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Envelope<serde_json::Value>>> {
+    let tenant_id = tenant_id(&state, &slug).await?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let deleted = sqlx::query("DELETE FROM workflows WHERE name = $1")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ok(
+        serde_json::json!({ "name": name, "deleted": deleted.rows_affected() > 0 }),
+    ))
+}

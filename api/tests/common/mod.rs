@@ -1,0 +1,215 @@
+//! Test fixtures: a fresh database per test on the real PostgreSQL, and a client for
+//! the router.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use iafactory_api::config::{Config, Secret};
+use iafactory_api::state::AppState;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+
+/// A database of its own, dropped at the end of the test.
+pub struct TestDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+pub fn engine_url(variable: &str, engine: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run scripts/test, or scripts/engines.sh up {engine} && source /tmp/iafactory-engines/env")
+    })
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin_url = engine_url("IAF_TEST_DATABASE_URL", "postgres");
+        let name = format!("iaf_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("the test PostgreSQL answers");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("the URL names a database");
+        Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn config(db: &TestDb) -> Config {
+    Config {
+        database_url: db.url.clone(),
+        jwt_secret: Secret(JWT_SECRET.into()),
+        operator_token: Secret(OPERATOR_TOKEN.into()),
+        database_max_connections: 8,
+        ..Config::default()
+    }
+}
+
+pub async fn state(config: Config) -> AppState {
+    iafactory_api::server::prepare(config)
+        .await
+        .expect("the API starts")
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+}
+
+impl TestApp {
+    pub async fn new(db: &TestDb) -> Self {
+        Self::with_config(config(db)).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let state = state(config).await;
+        let router = iafactory_api::app::app(state.clone()).layer(axum::Extension(ConnectInfo(
+            SocketAddr::from(([10, 0, 0, 1], 40000)),
+        )));
+        Self { router, state }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        builder = match auth {
+            Auth::None => builder,
+            Auth::Bearer(token) => builder.header("authorization", format!("Bearer {token}")),
+            Auth::Key(key) => builder.header("x-api-key", key),
+        };
+        let body = match body {
+            Some(value) => {
+                builder = builder.header("content-type", "application/json");
+                Body::from(serde_json::to_vec(&value).unwrap())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Registers a tenant; returns (token, tenant id, user id).
+    pub async fn register(&self, slug: &str) -> Registered {
+        let reply = self
+            .request(
+                Method::POST,
+                "/api/auth/register",
+                Auth::None,
+                Some(json!({"tenant_name": format!("Tenant {slug}"), "tenant_slug": slug, "email": format!("admin@{slug}.dz"), "password": "a long enough password"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        Registered {
+            token: reply.body["data"]["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            tenant_id: reply.body["data"]["user"]["tenant_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            user_id: reply.body["data"]["user"]["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        }
+    }
+
+    /// Creates an API key; returns (secret, id).
+    pub async fn create_key(&self, token: &str, body: Value) -> (String, String) {
+        let reply = self
+            .request(Method::POST, "/api/keys", Auth::Bearer(token), Some(body))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        (
+            reply.body["data"]["key"].as_str().unwrap().to_owned(),
+            reply.body["data"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+pub struct Registered {
+    pub token: String,
+    pub tenant_id: uuid::Uuid,
+    pub user_id: uuid::Uuid,
+}
+
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    Key(&'a str),
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn error_code(&self) -> &str {
+        assert_eq!(self.body["status"], "error", "{}", self.body);
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}

@@ -1,0 +1,293 @@
+//! Health, readiness, metrics, OpenAPI, request ids, the internal API, shutdown.
+
+mod common;
+
+use axum::http::{Method, Request, StatusCode};
+use common::{Auth, TestApp, TestDb};
+use serde_json::json;
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    assert_eq!(
+        app.request(Method::GET, "/healthz", Auth::None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let ready = app.request(Method::GET, "/readyz", Auth::None, None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    app.register("metrics").await;
+
+    let metrics = app.request(Method::GET, "/metrics", Auth::None, None).await;
+    let text = metrics.body.as_str().unwrap();
+    for series in [
+        "iafactory_api_http_requests_total{method=\"POST\",route=\"/api/auth/register\",status=\"201\"} 1",
+        "iafactory_api_http_request_duration_seconds_bucket",
+        "iafactory_api_db_pool_connections{state=\"idle\"}",
+        "iafactory_api_db_pool_max_connections 8",
+    ] {
+        assert!(text.contains(series), "{series} in:\n{text}");
+    }
+
+    let openapi = app
+        .request(Method::GET, "/openapi.json", Auth::None, None)
+        .await;
+    let paths = openapi.body["paths"].as_object().unwrap();
+    for path in [
+        "/api/auth/register",
+        "/api/auth/login",
+        "/api/auth/me",
+        "/api/keys",
+        "/api/keys/{id}",
+        "/internal/tenants/{slug}/workflows/{name}",
+    ] {
+        assert!(paths.contains_key(path), "{path} documented");
+    }
+}
+
+#[tokio::test]
+async fn readiness_waits_for_migrations() {
+    let db = TestDb::new().await;
+    let config = common::config(&db);
+    // A state whose migrations were never applied.
+    iafactory_api::db::migrate(&config.database_url)
+        .await
+        .unwrap();
+    let pool = iafactory_api::db::connect(&config.database_url, 2)
+        .await
+        .unwrap();
+    let state = iafactory_api::state::AppState::new(config, pool)
+        .await
+        .unwrap();
+    let app = iafactory_api::app::app(state.clone());
+    let reply = tower::ServiceExt::oneshot(
+        app.clone(),
+        Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    state.mark_migrated();
+    let reply = tower::ServiceExt::oneshot(
+        app,
+        Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let given = app
+        .send(
+            Request::get("/healthz")
+                .header("x-request-id", "trace-42")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(given.headers["x-request-id"], "trace-42");
+    let generated = app
+        .send(
+            Request::get("/api/auth/me")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let id = generated.headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let junk = app
+        .send(
+            Request::get("/healthz")
+                .header("x-request-id", "a".repeat(300))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        uuid::Uuid::parse_str(junk.headers["x-request-id"].to_str().unwrap()).is_ok(),
+        "an overlong id is replaced"
+    );
+}
+
+#[tokio::test]
+async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let operator = Auth::Bearer(common::OPERATOR_TOKEN);
+    let tenant = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran",
+            Auth::None,
+            Some(json!({"name": "Université d'Oran", "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(tenant.status, StatusCode::UNAUTHORIZED);
+    let wrong = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran",
+            Auth::Bearer("guess"),
+            Some(json!({"name": "x", "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let tenant = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran",
+            operator,
+            Some(json!({"name": "Université d'Oran", "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(tenant.status, StatusCode::OK, "{}", tenant.body);
+    let again = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran",
+            operator,
+            Some(json!({"name": "Université d'Oran", "plan": "enterprise"})),
+        )
+        .await;
+    assert_eq!(
+        again.body["data"]["id"], tenant.body["data"]["id"],
+        "upsert by slug"
+    );
+    assert_eq!(again.body["data"]["plan"], "enterprise");
+
+    let kb = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran/knowledge-bases/reglements",
+            operator,
+            Some(json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}})),
+        )
+        .await;
+    assert_eq!(kb.status, StatusCode::OK, "{}", kb.body);
+    assert_eq!(kb.body["data"]["documents"], 0);
+    let bad_kb = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran/knowledge-bases/x",
+            operator,
+            Some(json!({"chunking": {"size": 50}})),
+        )
+        .await;
+    assert_eq!(
+        bad_kb.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        bad_kb.body
+    );
+    let missing_tenant = app
+        .request(
+            Method::GET,
+            "/internal/tenants/nobody/knowledge-bases/reglements",
+            operator,
+            None,
+        )
+        .await;
+    assert_eq!(missing_tenant.status, StatusCode::NOT_FOUND);
+
+    let agent = |name: &str, deps: &[&str], prompt: &str| json!({"name": name, "role": "writer", "model": "m", "prompt": prompt, "dependsOn": deps});
+    let cycle = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran/workflows/w",
+            operator,
+            Some(json!({"agents": [agent("a", &["b"], "x"), agent("b", &["a"], "y")]})),
+        )
+        .await;
+    assert_eq!(cycle.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        cycle.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cycle"),
+        "{}",
+        cycle.body
+    );
+    let not_ancestor = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran/workflows/w",
+            operator,
+            Some(json!({"agents": [agent("a", &[], "x"), agent("b", &[], "{{agents.a.output}}")]})),
+        )
+        .await;
+    assert_eq!(not_ancestor.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(not_ancestor.body["error"]["fields"][0]["field"], "agents.b");
+    let good = app
+        .request(Method::PUT, "/internal/tenants/univ-oran/workflows/w", operator, Some(json!({"agents": [agent("a", &[], "{{input}}"), agent("b", &["a"], "{{agents.a.output}}")]})))
+        .await;
+    assert_eq!(good.status, StatusCode::OK, "{}", good.body);
+    assert_eq!(good.body["data"]["valid_dag"], true);
+    let fetched = app
+        .request(
+            Method::GET,
+            "/internal/tenants/univ-oran/workflows/w",
+            operator,
+            None,
+        )
+        .await;
+    assert_eq!(fetched.body["data"]["agents"], 2);
+    assert!(fetched.body["data"]["last_execution"].is_null());
+}
+
+#[tokio::test]
+async fn the_internal_api_is_off_without_a_token() {
+    let db = TestDb::new().await;
+    let mut config = common::config(&db);
+    config.operator_token = iafactory_api::config::Secret::default();
+    let app = TestApp::with_config(config).await;
+    let reply = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/x",
+            Auth::Bearer(""),
+            Some(json!({"name": "x", "plan": "free"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let db = TestDb::new().await;
+    let state = common::state(common::config(&db)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    // A login is slow on purpose (argon2): it is in flight when shutdown starts.
+    let register = http
+        .post(format!("http://{address}/api/auth/register"))
+        .json(&json!({"tenant_name": "S", "tenant_slug": "shutdown", "email": "a@s.dz", "password": "a long enough password"}))
+        .send();
+    let in_flight = tokio::spawn(register);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let _ = stop.send(());
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201, "the in-flight request completed");
+    server.await.unwrap().unwrap();
+    assert!(
+        http.get(format!("http://{address}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer listening"
+    );
+}
