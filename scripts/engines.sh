@@ -2,7 +2,7 @@
 # Installs (idempotently) and starts the real engines the tests and the demo use, and
 # records their addresses in $IAF_RUN/env (default /tmp/iafactory-engines/env).
 #
-#   scripts/engines.sh up [ENGINE...]     start these (default: all)
+#   scripts/engines.sh up [ENGINE...]     start these (default: all, benchmark tools too)
 #   scripts/engines.sh install [ENGINE...] install only
 #   scripts/engines.sh list
 #
