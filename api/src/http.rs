@@ -109,6 +109,27 @@ pub struct PageMeta {
     pub total: i64,
 }
 
+/// A row of a list with the list's total, from `count(*) OVER () AS total`: one round
+/// trip for a page and its count.
+#[derive(Debug)]
+pub struct Counted<T> {
+    pub row: T,
+    pub total: i64,
+}
+
+impl<'r, T> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Counted<T>
+where
+    T: sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            row: T::from_row(row)?,
+            total: row.try_get("total")?,
+        })
+    }
+}
+
 /// A validated page request: the sort column is one of the resource's whitelist,
 /// so it can be written into SQL.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::auth::{self, Auth, Scope};
 use crate::db::tenant_tx;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{ApiJson, ApiPath, ApiQuery, Envelope, PageQuery, created, ok, page};
+use crate::http::{ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, created, ok, page};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -143,18 +143,25 @@ pub async fn list_keys(
     auth.require(Scope::Admin)?;
     let page_request = query.validate(&["created_at", "name", "usage_count", "last_used_at"])?;
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
-        .fetch_one(&mut *tx)
-        .await?;
-    let keys: Vec<KeyView> = sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY {} NULLS LAST, id LIMIT $1 OFFSET $2",
+    let rows: Vec<Counted<KeyView>> = sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS}, count(*) OVER () AS total FROM api_keys ORDER BY {} NULLS LAST, id LIMIT $1 OFFSET $2",
         page_request.order_by()
     ))
     .bind(i64::from(page_request.limit))
     .bind(page_request.offset())
     .fetch_all(&mut *tx)
     .await?;
+    let total = match rows.first() {
+        Some(row) => row.total,
+        // Past the last page the window count is unknown: ask for it.
+        None => {
+            sqlx::query_scalar("SELECT count(*) FROM api_keys")
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
     tx.commit().await?;
+    let keys: Vec<KeyView> = rows.into_iter().map(|r| r.row).collect();
     Ok(page(keys, page_request.meta(total)))
 }
 
