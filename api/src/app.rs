@@ -17,6 +17,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::rag::routes as rag;
 use crate::routes::{accounts, internal, keys, ops};
 use crate::state::AppState;
 
@@ -47,6 +48,32 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
             get(keys::get_key).delete(keys::revoke_key),
         )
         .route("/api/usage", get(keys::usage))
+        .route(
+            "/api/knowledge-bases",
+            post(rag::create_knowledge_base).get(rag::list_knowledge_bases),
+        )
+        .route(
+            "/api/knowledge-bases/{id}",
+            get(rag::get_knowledge_base)
+                .patch(rag::update_knowledge_base)
+                .delete(rag::delete_knowledge_base),
+        )
+        .route(
+            "/api/knowledge-bases/{id}/documents",
+            // Uploads have their own, larger limit; read_upload enforces it exactly.
+            post(rag::upload_document)
+                .layer(DefaultBodyLimit::max(
+                    state.config.max_upload_bytes.saturating_add(1024 * 1024),
+                ))
+                .get(rag::list_documents),
+        )
+        .route(
+            "/api/knowledge-bases/{id}/documents/{doc_id}",
+            get(rag::get_document).delete(rag::delete_document),
+        )
+        .route("/api/chunks/{id}", get(rag::get_chunk))
+        .route("/api/search", post(rag::search_route))
+        .route("/api/query", post(rag::query_route))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::usage::record_usage,

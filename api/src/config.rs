@@ -62,6 +62,32 @@ pub struct Config {
     /// How long a verified API key is trusted without a database lookup.
     pub api_key_cache_seconds: u64,
     pub database_max_connections: u32,
+    /// A sentence-transformers model directory, loaded in the process: the offline
+    /// default embedder (`provider: local`).
+    #[serde(default)]
+    pub embedding_model_dir: Option<String>,
+    /// The name knowledge bases record for the local model.
+    pub embedding_model: String,
+    /// The tenant's OpenAI-compatible server (its Ollama): generation, and embeddings
+    /// for `provider: ollama`.
+    #[serde(default)]
+    pub llm_base_url: Option<String>,
+    #[serde(default)]
+    pub llm_model: Option<String>,
+    pub llm_timeout_seconds: u64,
+    /// External providers under open sovereignty, as JSON:
+    /// `[{"name","kind","base_url","api_key_env"}]` (written by the operator).
+    #[serde(default)]
+    pub llm_providers: Option<String>,
+    /// A `/rerank` endpoint (Cohere/Jina-compatible) that reorders search results.
+    #[serde(default)]
+    pub reranker_url: Option<String>,
+    pub reranker_model: String,
+    /// Concurrent ingestion workers.
+    pub ingestion_workers: usize,
+    /// How long a worker holds a job between heartbeats; a crashed worker's job is
+    /// picked up again once it lapses.
+    pub ingestion_lease_seconds: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +159,16 @@ impl Default for Config {
             trust_forwarded_for: false,
             api_key_cache_seconds: 5,
             database_max_connections: 32,
+            embedding_model_dir: None,
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            llm_base_url: None,
+            llm_model: None,
+            llm_timeout_seconds: 120,
+            llm_providers: None,
+            reranker_url: None,
+            reranker_model: "bge-reranker-v2-m3".into(),
+            ingestion_workers: 2,
+            ingestion_lease_seconds: 120,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod rag;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;

@@ -4,6 +4,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 
+use crate::rag::routes as rag;
 use crate::routes::{accounts, internal, keys};
 
 #[derive(OpenApi)]
@@ -15,6 +16,9 @@ use crate::routes::{accounts, internal, keys};
         keys::create_key, keys::list_keys, keys::get_key, keys::revoke_key, keys::usage,
         internal::upsert_tenant, internal::upsert_knowledge_base, internal::get_knowledge_base,
         internal::delete_knowledge_base, internal::upsert_workflow, internal::get_workflow, internal::delete_workflow,
+        rag::create_knowledge_base, rag::list_knowledge_bases, rag::get_knowledge_base, rag::update_knowledge_base,
+        rag::delete_knowledge_base, rag::upload_document, rag::list_documents, rag::get_document, rag::delete_document,
+        rag::get_chunk, rag::search_route, rag::query_route,
     ),
     components(schemas(crate::error::ErrorEnvelope)),
     modifiers(&SecuritySchemes),

@@ -40,16 +40,27 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let usage = state.usage.clone();
+    let stop_workers = tokio_util::sync::CancellationToken::new();
+    let workers = crate::rag::ingest::spawn_workers(
+        state.clone(),
+        state.config.ingestion_workers,
+        stop_workers.clone(),
+    );
     let app = crate::app::app(state);
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .map_err(ServeError::Serve)?;
+    .map_err(ServeError::Serve);
+    // Workers hand their jobs back; the next start picks them up at once.
+    stop_workers.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
     usage.flush().await;
-    Ok(())
+    served
 }
 
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, ServeError> {

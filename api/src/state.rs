@@ -9,6 +9,8 @@ use sqlx::PgPool;
 use crate::auth::{JwtKeys, KeyCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::rag::store::PgVectorStore;
+use crate::rag::{Rag, RagError, RagMetrics};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::usage::UsageRecorder;
 
@@ -21,6 +23,7 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
+    pub rag: Arc<Rag>,
     /// Set once the migrations are applied; `/readyz` reports it.
     pub migrated: Arc<AtomicBool>,
 }
@@ -29,13 +32,19 @@ pub struct AppState {
 pub enum StateError {
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    Rag(#[from] RagError),
 }
 
 impl AppState {
     /// Builds the state around an open pool. With `redis_url` configured, rate limits
     /// are shared through Redis; otherwise they are kept in this process.
     pub async fn new(config: Config, db: PgPool) -> Result<Self, StateError> {
-        let metrics = Metrics::new(|_| {});
+        let mut rag_metrics = None;
+        let metrics = Metrics::new(|registry| rag_metrics = Some(RagMetrics::register(registry)));
+        let rag_metrics = rag_metrics.expect("Metrics::new calls its extension once");
+        let store = Arc::new(PgVectorStore::new(db.clone()));
+        let rag = Arc::new(Rag::new(&config, store, rag_metrics)?);
         let rate_limiter = match &config.redis_url {
             Some(url) if !url.is_empty() => {
                 RateLimiter::redis(url, config.rate_limit.clone(), metrics.clone()).await?
@@ -51,6 +60,7 @@ impl AppState {
             usage: UsageRecorder::start(db.clone(), metrics.clone()),
             rate_limiter,
             metrics,
+            rag,
             migrated: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),
             db,
@@ -63,5 +73,15 @@ impl AppState {
 
     pub fn is_migrated(&self) -> bool {
         self.migrated.load(Ordering::Acquire)
+    }
+
+    /// Refreshes the ingestion queue gauge.
+    pub async fn observe_queue(&self) {
+        if let Ok(depth) = sqlx::query_scalar::<_, i64>("SELECT ingestion_queue_depth()")
+            .fetch_one(&self.db)
+            .await
+        {
+            self.rag.metrics.queue_depth.set(depth);
+        }
     }
 }

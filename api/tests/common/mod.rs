@@ -84,6 +84,21 @@ pub fn config(db: &TestDb) -> Config {
     }
 }
 
+/// The real embedding model (MiniLM with candle) and the real llama.cpp generator.
+pub fn rag_config(db: &TestDb) -> Config {
+    Config {
+        embedding_model_dir: Some(engine_url("IAF_TEST_EMBEDDING_MODEL_DIR", "minilm")),
+        llm_base_url: Some(engine_url("IAF_TEST_LLM_BASE_URL", "llama")),
+        llm_model: Some(engine_url("IAF_TEST_LLM_MODEL", "llama")),
+        rate_limit: iafactory_api::config::RateLimitConfig {
+            per_ip_per_minute: 100_000,
+            per_ip_per_hour: 1_000_000,
+            default_key_per_minute: 100_000,
+        },
+        ..config(db)
+    }
+}
+
 pub async fn state(config: Config) -> AppState {
     iafactory_api::server::prepare(config)
         .await
@@ -93,6 +108,8 @@ pub async fn state(config: Config) -> AppState {
 pub struct TestApp {
     pub router: Router,
     pub state: AppState,
+    /// Stops the ingestion workers, if any, when the test ends.
+    workers: Option<tokio_util::sync::DropGuard>,
 }
 
 impl TestApp {
@@ -105,7 +122,56 @@ impl TestApp {
         let router = iafactory_api::app::app(state.clone()).layer(axum::Extension(ConnectInfo(
             SocketAddr::from(([10, 0, 0, 1], 40000)),
         )));
-        Self { router, state }
+        Self {
+            router,
+            state,
+            workers: None,
+        }
+    }
+
+    /// With ingestion workers running, as in a served API.
+    pub async fn with_workers(config: Config) -> Self {
+        let mut app = Self::with_config(config).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        iafactory_api::rag::ingest::spawn_workers(app.state.clone(), 2, stop.clone());
+        app.workers = Some(stop.drop_guard());
+        app
+    }
+
+    /// Waits until every listed document is `ready` or `failed`; returns them.
+    pub async fn wait_for_documents(
+        &self,
+        token: &str,
+        knowledge_base: &str,
+        ids: &[String],
+    ) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let mut documents = Vec::new();
+            for id in ids {
+                let reply = self
+                    .request(
+                        Method::GET,
+                        &format!("/api/knowledge-bases/{knowledge_base}/documents/{id}"),
+                        Auth::Bearer(token),
+                        None,
+                    )
+                    .await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                documents.push(reply.body["data"].clone());
+            }
+            if documents
+                .iter()
+                .all(|d| d["status"] == "ready" || d["status"] == "failed")
+            {
+                return documents;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "documents still not ingested: {documents:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn request(

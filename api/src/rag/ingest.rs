@@ -1,0 +1,407 @@
+//! The ingestion queue: a durable job per document in PostgreSQL, claimed with
+//! `FOR UPDATE SKIP LOCKED`, leased while it runs (a heartbeat renews the lease, so a
+//! crashed worker's job is picked up again when it lapses), retried with exponential
+//! backoff on transient failures, and failed for good, with a readable error, when the
+//! document itself is at fault.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::embed::{EmbedError, Embedder};
+use super::parse::{self, Format, ParseError};
+use super::search::search_text;
+use super::store::{Scope, StoreError, VectorPoint};
+use super::text;
+use crate::db::tenant_tx;
+use crate::state::AppState;
+
+/// After this many attempts a job fails for good.
+pub const MAX_ATTEMPTS: i32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    Embed(#[from] EmbedError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the database failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "the embedding model returns {actual} dimensions, but the knowledge base declares {declared}"
+    )]
+    Dimensions { declared: usize, actual: usize },
+    #[error("the document or its knowledge base was deleted")]
+    Gone,
+}
+
+impl IngestError {
+    /// Transient failures are retried; the others fail the document at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IngestError::Embed(e) => e.is_transient(),
+            IngestError::Store(e) => e.is_transient(),
+            IngestError::Database(_) => true,
+            IngestError::Parse(_) | IngestError::Dimensions { .. } | IngestError::Gone => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct Claimed {
+    job_id: Uuid,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    attempts: i32,
+}
+
+/// Starts `workers` ingestion workers; they stop when `stop` is cancelled.
+pub fn spawn_workers(
+    state: AppState,
+    workers: usize,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|_| {
+            let state = state.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { worker(state, stop).await })
+        })
+        .collect()
+}
+
+async fn worker(state: AppState, stop: CancellationToken) {
+    let wake: Arc<Notify> = state.rag.jobs.clone();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match claim(&state).await {
+            Ok(Some(job)) => run(&state, job, &stop).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "ingestion: cannot claim a job; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn claim(state: &AppState) -> Result<Option<Claimed>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM claim_ingestion_job($1)")
+        .bind(state.config.ingestion_lease_seconds as i32)
+        .fetch_optional(&state.db)
+        .await
+}
+
+#[tracing::instrument(skip_all, fields(document_id = %job.document_id, tenant_id = %job.tenant_id, attempt = job.attempts))]
+async fn run(state: &AppState, job: Claimed, stop: &CancellationToken) {
+    let started = Instant::now();
+    let lease = Duration::from_secs(state.config.ingestion_lease_seconds.max(3));
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            if let Err(error) = renew_lease(state, job).await {
+                tracing::warn!(%error, "ingestion: cannot renew the lease");
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = ingest(state, job) => outcome,
+        _ = heartbeat => unreachable!("the heartbeat loops forever"),
+        _ = stop.cancelled() => {
+            // Shutting down: hand the job back at once rather than wait for the lease.
+            if let Err(error) = finish(state, job, "queued", None, Some(Duration::ZERO)).await {
+                tracing::warn!(%error, "ingestion: cannot release the job; it is retried when its lease lapses");
+            }
+            return;
+        }
+    };
+    let result = match &outcome {
+        Ok(chunks) => {
+            tracing::info!(
+                chunks,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "document ingested"
+            );
+            state
+                .rag
+                .metrics
+                .documents_ingested
+                .get_or_create(&StatusLabel {
+                    status: "ready".into(),
+                })
+                .inc();
+            finish(state, job, "done", None, None).await
+        }
+        Err(error) if error.is_transient() && job.attempts < MAX_ATTEMPTS => {
+            let delay = backoff(job.attempts);
+            tracing::warn!(%error, retry_in_s = delay.as_secs(), "ingestion failed; retrying");
+            finish(state, job, "queued", Some(error.to_string()), Some(delay)).await
+        }
+        Err(error) => {
+            tracing::warn!(%error, "ingestion failed for good");
+            state
+                .rag
+                .metrics
+                .documents_ingested
+                .get_or_create(&StatusLabel {
+                    status: "failed".into(),
+                })
+                .inc();
+            finish(state, job, "failed", Some(error.to_string()), None).await
+        }
+    };
+    state
+        .rag
+        .metrics
+        .ingestion_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(error) = result {
+        tracing::error!(%error, "ingestion: cannot record the job's outcome");
+    }
+}
+
+/// 2, 4, 8 ... seconds, at most five minutes.
+pub fn backoff(attempts: i32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 16) as u32).min(300))
+}
+
+async fn renew_lease(state: &AppState, job: Claimed) -> Result<(), sqlx::Error> {
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    sqlx::query("UPDATE ingestion_jobs SET leased_until = now() + make_interval(secs => $2) WHERE id = $1 AND state = 'running'")
+        .bind(job.job_id)
+        .bind(state.config.ingestion_lease_seconds as i32)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+async fn finish(
+    state: &AppState,
+    job: Claimed,
+    job_state: &str,
+    error: Option<String>,
+    retry_in: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    sqlx::query(
+        "UPDATE ingestion_jobs SET state = $2, last_error = $3, leased_until = NULL,
+             run_after = now() + make_interval(secs => $4), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job.job_id)
+    .bind(job_state)
+    .bind(&error)
+    .bind(retry_in.map_or(0.0, |d| d.as_secs_f64()))
+    .execute(&mut *tx)
+    .await?;
+    let document_status = match job_state {
+        "done" => None,
+        "queued" => Some("pending"),
+        _ => Some("failed"),
+    };
+    if let Some(status) = document_status {
+        sqlx::query(
+            "UPDATE documents SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+        )
+        .bind(job.document_id)
+        .bind(status)
+        .bind(&error)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    state.observe_queue().await;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Work {
+    knowledge_base_id: Uuid,
+    content_type: String,
+    embedding: serde_json::Value,
+    chunking: serde_json::Value,
+    content: Vec<u8>,
+}
+
+/// Parses, chunks, embeds and stores one document; returns its number of chunks.
+async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    let work: Option<Work> = sqlx::query_as(
+        "SELECT d.knowledge_base_id, d.content_type, kb.embedding, kb.chunking, b.content
+         FROM documents d JOIN knowledge_bases kb ON kb.id = d.knowledge_base_id
+              JOIN document_blobs b ON b.document_id = d.id
+         WHERE d.id = $1",
+    )
+    .bind(job.document_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let work = work.ok_or(IngestError::Gone)?;
+    sqlx::query("UPDATE documents SET status = 'processing', error = NULL, updated_at = now() WHERE id = $1")
+        .bind(job.document_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let format = Format::from_content_type(&work.content_type).unwrap_or(Format::Text);
+    let content = work.content;
+    let text = tokio::task::spawn_blocking(move || parse::extract(format, &content))
+        .await
+        .map_err(|_| ParseError::Pdf("the parser crashed".into()))??;
+
+    let chunking: iafactory_crds::knowledgebase::ChunkingSpec =
+        serde_json::from_value(work.chunking).unwrap_or_default();
+    let language = text::detect_language(&text);
+    let chunks = text::chunk(
+        &text,
+        chunking.size as usize,
+        chunking.overlap as usize,
+        language,
+    );
+
+    let embedding: iafactory_crds::knowledgebase::EmbeddingSpec =
+        serde_json::from_value(work.embedding)
+            .map_err(|_| EmbedError::UnknownProvider("(invalid embedding settings)".into()))?;
+    let embedder = state
+        .rag
+        .embedders
+        .resolve(&embedding.provider, &embedding.model)?;
+    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let vectors = embed_cached(state, job.tenant_id, embedder.as_ref(), &texts).await?;
+    let declared = embedding.dimensions as usize;
+    if let Some(actual) = vectors.first().map(Vec::len).filter(|n| *n != declared) {
+        return Err(IngestError::Dimensions { declared, actual });
+    }
+
+    let scope = Scope {
+        tenant_id: job.tenant_id,
+        knowledge_base_id: work.knowledge_base_id,
+    };
+    state.rag.store.ensure_collection(scope, declared).await?;
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    // A retried job starts over: its earlier chunks go.
+    sqlx::query("DELETE FROM chunks WHERE document_id = $1")
+        .bind(job.document_id)
+        .execute(&mut *tx)
+        .await?;
+    let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO chunks (id, tenant_id, knowledge_base_id, document_id, ordinal, content, language, search_text)
+         SELECT id, $1, $2, $3, ordinal, content, language, search_text
+         FROM UNNEST($4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS c(id, ordinal, content, language, search_text)",
+    )
+    .bind(job.tenant_id)
+    .bind(work.knowledge_base_id)
+    .bind(job.document_id)
+    .bind(&ids)
+    .bind(chunks.iter().map(|c| c.ordinal as i32).collect::<Vec<_>>())
+    .bind(&texts)
+    .bind(chunks.iter().map(|c| c.language.map(|l| l.code().to_owned())).collect::<Vec<_>>())
+    .bind(chunks.iter().map(|c| search_text(&c.text)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let points: Vec<VectorPoint> = ids
+        .iter()
+        .zip(vectors)
+        .map(|(id, vector)| VectorPoint {
+            chunk_id: *id,
+            document_id: job.document_id,
+            vector,
+        })
+        .collect();
+    state.rag.store.upsert(scope, &points).await?;
+
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    sqlx::query(
+        "UPDATE documents SET status = 'ready', error = NULL, chunk_count = $2, language = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(job.document_id)
+    .bind(chunks.len() as i32)
+    .bind(language.map(|l| l.code()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(chunks.len())
+}
+
+/// Embeds `texts`, reusing the tenant's cached vectors of identical texts.
+pub async fn embed_cached(
+    state: &AppState,
+    tenant_id: Uuid,
+    embedder: &dyn Embedder,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, IngestError> {
+    let model = embedder.id();
+    let hashes: Vec<Vec<u8>> = texts
+        .iter()
+        .map(|t| Sha256::digest(t.as_bytes()).to_vec())
+        .collect();
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let cached: Vec<(Vec<u8>, pgvector::Vector)> = sqlx::query_as(
+        "SELECT content_hash, embedding FROM embedding_cache WHERE model = $1 AND content_hash = ANY($2)",
+    )
+    .bind(&model)
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let cached: std::collections::HashMap<Vec<u8>, Vec<f32>> = cached
+        .into_iter()
+        .map(|(hash, vector)| (hash, vector.to_vec()))
+        .collect();
+
+    let missing: Vec<usize> = (0..texts.len())
+        .filter(|i| !cached.contains_key(&hashes[*i]))
+        .collect();
+    let fresh = if missing.is_empty() {
+        Vec::new()
+    } else {
+        let missing_texts: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
+        embedder.embed(&missing_texts).await?
+    };
+    if !fresh.is_empty() {
+        let mut tx = tenant_tx(&state.db, tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO embedding_cache (tenant_id, model, content_hash, embedding)
+             SELECT $1, $2, hash, embedding FROM UNNEST($3::bytea[], $4::vector[]) AS c(hash, embedding)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(&model)
+        .bind(missing.iter().map(|i| hashes[*i].clone()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|v| pgvector::Vector::from(v.clone())).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let mut fresh = fresh.into_iter();
+    Ok((0..texts.len())
+        .map(|i| match cached.get(&hashes[i]) {
+            Some(vector) => vector.clone(),
+            None => fresh.next().unwrap_or_default(),
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}

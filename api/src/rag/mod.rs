@@ -1,0 +1,196 @@
+//! The RAG pipeline: documents in Arabic, French and English become searchable
+//! passages, and questions get answers grounded in them, with citations.
+//!
+//! parse -> chunk (language-aware) -> embed -> store, asynchronously through a durable
+//! queue; then hybrid retrieval (vectors and full text, fused) and generation.
+
+pub mod arabic;
+pub mod embed;
+pub mod generate;
+pub mod ingest;
+pub mod parse;
+pub mod routes;
+pub mod search;
+pub mod store;
+pub mod text;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iafactory_crds::knowledgebase::EmbeddingSpec;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use embed::{EmbedError, EmbeddingProviders, LocalEmbedder};
+use generate::ChatClient;
+use store::VectorStore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// `embed`, `search` or `generate`.
+    pub stage: String,
+}
+
+/// The pipeline's metrics, on `/metrics` with the rest.
+#[derive(Clone)]
+pub struct RagMetrics {
+    pub stage_duration: Family<StageLabel, Histogram>,
+    pub documents_ingested: Family<ingest::StatusLabel, Counter>,
+    pub ingestion_duration: Histogram,
+    pub queue_depth: Gauge,
+    pub extractive_answers: Counter,
+}
+
+impl RagMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            stage_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            documents_ingested: Family::default(),
+            ingestion_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            queue_depth: Gauge::default(),
+            extractive_answers: Counter::default(),
+        };
+        registry.register(
+            "rag_stage_duration_seconds",
+            "Time spent per request in each RAG stage: embed, search, generate",
+            metrics.stage_duration.clone(),
+        );
+        registry.register(
+            "rag_documents_ingested",
+            "Documents whose ingestion finished, by outcome (ready, failed)",
+            metrics.documents_ingested.clone(),
+        );
+        registry.register(
+            "rag_ingestion_duration_seconds",
+            "Time to parse, chunk, embed and store one document",
+            metrics.ingestion_duration.clone(),
+        );
+        registry.register(
+            "rag_ingestion_queue_depth",
+            "Documents waiting for or under ingestion",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "rag_extractive_answers",
+            "Answers given as passages because no language model answered",
+            metrics.extractive_answers.clone(),
+        );
+        metrics
+    }
+
+    pub fn stage(&self, stage: &str, elapsed: Duration) {
+        self.stage_duration
+            .get_or_create(&StageLabel {
+                stage: stage.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// What the pipeline needs at run time.
+pub struct Rag {
+    pub embedders: EmbeddingProviders,
+    pub store: Arc<dyn VectorStore>,
+    /// The tenant's generator (its Ollama, or a provider sovereignty allows).
+    pub chat: Option<ChatClient>,
+    /// For knowledge bases created without embedding settings.
+    pub default_embedding: EmbeddingSpec,
+    /// Reorders the fused candidates, when configured.
+    pub reranker: Option<search::Reranker>,
+    /// Wakes the ingestion workers when a document arrives.
+    pub jobs: Arc<Notify>,
+    pub metrics: RagMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RagError {
+    #[error(transparent)]
+    Embedding(#[from] EmbedError),
+    #[error("IAF_LLM_PROVIDERS is not valid JSON: {0}")]
+    Providers(String),
+}
+
+#[derive(serde::Deserialize)]
+struct ExternalProvider {
+    name: String,
+    base_url: String,
+    /// The variable holding the key (IAF_PROVIDER_<NAME>_API_KEY).
+    api_key_env: Option<String>,
+}
+
+impl Rag {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn VectorStore>,
+        metrics: RagMetrics,
+    ) -> Result<Self, RagError> {
+        let local = match &config.embedding_model_dir {
+            Some(dir) if !dir.is_empty() => {
+                Some(Arc::new(LocalEmbedder::load(std::path::Path::new(dir))?))
+            }
+            _ => None,
+        };
+        let external: Vec<ExternalProvider> = match &config.llm_providers {
+            Some(json) if !json.trim().is_empty() => {
+                serde_json::from_str(json).map_err(|e| RagError::Providers(e.to_string()))?
+            }
+            _ => Vec::new(),
+        };
+        let default_embedding = match &local {
+            Some(local) => EmbeddingSpec {
+                provider: "local".into(),
+                model: config.embedding_model.clone(),
+                dimensions: local.dimensions().unwrap_or(384) as i32,
+            },
+            None => EmbeddingSpec {
+                provider: "ollama".into(),
+                model: "bge-m3".into(),
+                dimensions: 1024,
+            },
+        };
+        let chat = match (&config.llm_base_url, &config.llm_model) {
+            (Some(url), Some(model)) if !url.is_empty() && !model.is_empty() => {
+                Some(ChatClient::new(
+                    url,
+                    model,
+                    None,
+                    Duration::from_secs(config.llm_timeout_seconds),
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            embedders: EmbeddingProviders {
+                local,
+                ollama_base_url: config.llm_base_url.clone().filter(|u| !u.is_empty()),
+                external: external
+                    .into_iter()
+                    .map(|p| {
+                        let key = p.api_key_env.and_then(|var| std::env::var(var).ok());
+                        (p.name, p.base_url, key)
+                    })
+                    .collect(),
+            },
+            store,
+            chat,
+            reranker: config
+                .reranker_url
+                .as_deref()
+                .filter(|url| !url.is_empty())
+                .map(|url| search::Reranker::new(url, &config.reranker_model)),
+            default_embedding,
+            jobs: Arc::new(Notify::new()),
+            metrics,
+        })
+    }
+}
+
+use embed::Embedder as _;

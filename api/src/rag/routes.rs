@@ -1,0 +1,1013 @@
+//! The RAG pipeline's HTTP API: knowledge bases, documents, search and answers.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use iafactory_crds::knowledgebase::{ChunkingSpec, EmbeddingSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::generate::{self, GenerateError};
+use super::parse::Format;
+use super::search::{self, SearchFilters, SearchResult};
+use super::store::Scope;
+use crate::auth::{Auth, Scope as AuthScope};
+use crate::db::tenant_tx;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{
+    ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, accepted, created, ok, page,
+};
+use crate::state::AppState;
+
+// ---- knowledge bases ---------------------------------------------------------------
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKnowledgeBase {
+    pub name: String,
+    pub description: Option<String>,
+    /// `ar`, `fr`, `en`; all three by default.
+    pub languages: Option<Vec<String>>,
+    /// `{provider, model, dimensions}`; the platform's model by default.
+    #[schema(value_type = Option<Object>)]
+    pub embedding: Option<EmbeddingSpec>,
+    /// `{size, overlap}` in characters; 800 and 120 by default.
+    #[schema(value_type = Option<Object>)]
+    pub chunking: Option<ChunkingSpec>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKnowledgeBase {
+    pub description: Option<String>,
+    pub languages: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub chunking: Option<ChunkingSpec>,
+    /// Only while the knowledge base holds no document: its vectors would not match.
+    #[schema(value_type = Option<Object>)]
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct KnowledgeBaseView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub languages: Vec<String>,
+    #[schema(value_type = Object)]
+    pub embedding: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub chunking: serde_json::Value,
+    pub vector_store: String,
+    pub managed_by: String,
+    pub documents: i64,
+    pub chunks: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const KB_COLUMNS: &str = "kb.id, kb.name, kb.description, kb.languages, kb.embedding, kb.chunking, kb.vector_store, kb.managed_by,
+     (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id) AS documents,
+     (SELECT coalesce(sum(d.chunk_count), 0)::bigint FROM documents d WHERE d.knowledge_base_id = kb.id) AS chunks,
+     kb.created_at, kb.updated_at";
+
+fn check_languages(languages: &[String]) -> Result<(), ApiError> {
+    if languages.is_empty()
+        || languages
+            .iter()
+            .any(|l| !["ar", "fr", "en"].contains(&l.as_str()))
+    {
+        return Err(ApiError::validation(
+            "languages",
+            "give one or more of ar, fr, en",
+        ));
+    }
+    Ok(())
+}
+
+fn check_garde(field: &str, result: Result<(), garde::Report>) -> Result<(), ApiError> {
+    result.map_err(|report| {
+        let message = report
+            .iter()
+            .map(|(path, e)| format!("{path}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError::validation(field, message)
+    })
+}
+
+#[utoipa::path(post, path = "/api/knowledge-bases", tag = "knowledge bases", request_body = CreateKnowledgeBase,
+    responses((status = 201, description = "created; data.id"), (status = 409, description = "the name is taken"), (status = 422, description = "invalid field")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn create_knowledge_base(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<CreateKnowledgeBase>,
+) -> ApiResult<Response> {
+    auth.require(AuthScope::Admin)?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 253 {
+        return Err(ApiError::validation("name", "must be 1 to 253 characters"));
+    }
+    let languages = body
+        .languages
+        .unwrap_or_else(|| vec!["ar".into(), "fr".into(), "en".into()]);
+    check_languages(&languages)?;
+    let embedding = body
+        .embedding
+        .unwrap_or_else(|| state.rag.default_embedding.clone());
+    check_garde("embedding", garde::Validate::validate(&embedding))?;
+    state
+        .rag
+        .embedders
+        .resolve(&embedding.provider, &embedding.model)
+        .map_err(|e| ApiError::validation("embedding.provider", e.to_string()))?;
+    let chunking = body.chunking.unwrap_or_default();
+    check_garde("chunking", garde::Validate::validate(&chunking))?;
+    if chunking.overlap >= chunking.size {
+        return Err(ApiError::validation(
+            "chunking.overlap",
+            "must be smaller than chunking.size",
+        ));
+    }
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(auth.tenant_id)
+    .bind(name)
+    .bind(&body.description)
+    .bind(&languages)
+    .bind(serde_json::to_value(&embedding).map_err(|e| ApiError::internal("encoding settings", e))?)
+    .bind(serde_json::to_value(&chunking).map_err(|e| ApiError::internal("encoding settings", e))?)
+    .fetch_one(&mut *tx)
+    .await?;
+    let view = fetch_knowledge_base(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("knowledge base"))?;
+    tx.commit().await?;
+    Ok(created(view))
+}
+
+async fn fetch_knowledge_base(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    id: Uuid,
+) -> Result<Option<KnowledgeBaseView>, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {KB_COLUMNS} FROM knowledge_bases kb WHERE kb.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// The knowledge base, if the caller may use it: another tenant's (invisible under
+/// RLS) and one outside an API key's restriction are both "not found".
+async fn visible_knowledge_base(
+    state: &AppState,
+    auth: &Auth,
+    id: Uuid,
+) -> Result<KnowledgeBaseView, ApiError> {
+    if !auth.may_use_knowledge_base(id) {
+        return Err(ApiError::NotFound("knowledge base"));
+    }
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let view = fetch_knowledge_base(&mut tx, id).await?;
+    tx.commit().await?;
+    view.ok_or(ApiError::NotFound("knowledge base"))
+}
+
+#[utoipa::path(get, path = "/api/knowledge-bases", tag = "knowledge bases", params(PageQuery),
+    responses((status = 200, description = "the tenant's knowledge bases")), security(("bearer" = []), ("api_key" = [])))]
+pub async fn list_knowledge_bases(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Envelope<Vec<KnowledgeBaseView>>>> {
+    auth.require(AuthScope::Query)?;
+    let page_request = query.validate(&["created_at", "name", "updated_at"])?;
+    let allowed: Option<Vec<Uuid>> = auth.key.as_ref().and_then(|k| k.knowledge_base_ids.clone());
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let rows: Vec<Counted<KnowledgeBaseView>> = sqlx::query_as(&format!(
+        "SELECT {KB_COLUMNS}, count(*) OVER () AS total FROM knowledge_bases kb
+         WHERE ($3::uuid[] IS NULL OR kb.id = ANY($3))
+         ORDER BY kb.{}, kb.id LIMIT $1 OFFSET $2",
+        page_request.order_by()
+    ))
+    .bind(i64::from(page_request.limit))
+    .bind(page_request.offset())
+    .bind(&allowed)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let total = rows.first().map_or(0, |r| r.total);
+    Ok(page(
+        rows.into_iter().map(|r| r.row).collect(),
+        page_request.meta(total),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}", tag = "knowledge bases",
+    responses((status = 200, description = "the knowledge base"), (status = 404, description = "not the tenant's")), security(("bearer" = []), ("api_key" = [])))]
+pub async fn get_knowledge_base(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Envelope<KnowledgeBaseView>>> {
+    auth.require(AuthScope::Query)?;
+    Ok(ok(visible_knowledge_base(&state, &auth, id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/knowledge-bases/{id}", tag = "knowledge bases", request_body = UpdateKnowledgeBase,
+    responses((status = 200, description = "updated"), (status = 404, description = "not the tenant's"), (status = 409, description = "embedding change with documents")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn update_knowledge_base(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateKnowledgeBase>,
+) -> ApiResult<Json<Envelope<KnowledgeBaseView>>> {
+    auth.require(AuthScope::Admin)?;
+    let current = visible_knowledge_base(&state, &auth, id).await?;
+    if let Some(languages) = &body.languages {
+        check_languages(languages)?;
+    }
+    if let Some(chunking) = &body.chunking {
+        check_garde("chunking", garde::Validate::validate(chunking))?;
+        if chunking.overlap >= chunking.size {
+            return Err(ApiError::validation(
+                "chunking.overlap",
+                "must be smaller than chunking.size",
+            ));
+        }
+    }
+    if let Some(embedding) = &body.embedding {
+        check_garde("embedding", garde::Validate::validate(embedding))?;
+        if current.documents > 0 {
+            return Err(ApiError::Conflict(
+                "the embedding cannot change while the knowledge base holds documents: its vectors would not match".into(),
+            ));
+        }
+    }
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    sqlx::query(
+        "UPDATE knowledge_bases SET description = coalesce($2, description), languages = coalesce($3, languages),
+             chunking = coalesce($4, chunking), embedding = coalesce($5, embedding), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&body.description)
+    .bind(&body.languages)
+    .bind(body.chunking.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
+    .bind(body.embedding.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
+    .execute(&mut *tx)
+    .await?;
+    let view = fetch_knowledge_base(&mut tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("knowledge base"))?;
+    tx.commit().await?;
+    Ok(ok(view))
+}
+
+#[utoipa::path(delete, path = "/api/knowledge-bases/{id}", tag = "knowledge bases",
+    responses((status = 200, description = "deleted with its documents and vectors"), (status = 404, description = "not the tenant's")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn delete_knowledge_base(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Envelope<serde_json::Value>>> {
+    auth.require(AuthScope::Admin)?;
+    visible_knowledge_base(&state, &auth, id).await?;
+    // Vectors first: if the store fails, nothing is deleted and the call can be repeated.
+    state
+        .rag
+        .store
+        .delete_collection(Scope {
+            tenant_id: auth.tenant_id,
+            knowledge_base_id: id,
+        })
+        .await
+        .map_err(|e| ApiError::internal("deleting the vectors", e))?;
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    sqlx::query("DELETE FROM knowledge_bases WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ok(serde_json::json!({ "id": id, "deleted": true })))
+}
+
+// ---- documents ---------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextDocument {
+    pub title: String,
+    pub text: String,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DocumentView {
+    pub id: Uuid,
+    pub knowledge_base_id: Uuid,
+    pub title: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    /// `pending`, `processing`, `ready` or `failed`.
+    pub status: String,
+    /// Why ingestion failed, in words.
+    pub error: Option<String>,
+    pub language: Option<String>,
+    pub chunk_count: i32,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadAccepted {
+    pub id: Uuid,
+    pub status: String,
+    /// True when the same content was already in this knowledge base: nothing new was stored.
+    pub duplicate: bool,
+}
+
+const DOCUMENT_COLUMNS: &str = "id, knowledge_base_id, title, content_type, size_bytes, status, error, language, chunk_count, metadata, created_at, updated_at";
+
+struct Upload {
+    title: String,
+    filename: String,
+    format: Format,
+    bytes: Vec<u8>,
+    metadata: serde_json::Value,
+}
+
+/// Reads a multipart `file` field or a JSON `{title, text, metadata}` body.
+async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let limit = state.config.max_upload_bytes;
+    if content_type.starts_with("application/json") {
+        let ApiJson(body) = ApiJson::<TextDocument>::from_request(request, state).await?;
+        let title = body.title.trim().to_owned();
+        if title.is_empty() || title.chars().count() > 500 {
+            return Err(ApiError::validation("title", "must be 1 to 500 characters"));
+        }
+        if body.text.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit: Some(limit) });
+        }
+        if body.text.trim().is_empty() {
+            return Err(ApiError::validation("text", "is empty"));
+        }
+        return Ok(Upload {
+            filename: format!("{title}.txt"),
+            title,
+            format: Format::Text,
+            bytes: body.text.into_bytes(),
+            metadata: serde_json::Value::Object(body.metadata.unwrap_or_default()),
+        });
+    }
+    if !content_type.starts_with("multipart/form-data") {
+        return Err(ApiError::UnsupportedMediaType(
+            "upload a file as multipart/form-data (field \"file\"), or send JSON {title, text, metadata}".into(),
+        ));
+    }
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let mut title = None;
+    let mut file = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("document").to_owned();
+                let declared = field.content_type().map(str::to_owned);
+                let Some(format) = Format::detect(&filename, declared.as_deref()) else {
+                    return Err(ApiError::UnsupportedMediaType(format!(
+                        "{filename:?} is not a supported document: upload .txt, .md, .html, .pdf, .docx or .csv"
+                    )));
+                };
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    if bytes.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge { limit: Some(limit) });
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                file = Some((filename, format, bytes));
+            }
+            Some("title") => title = Some(field.text().await.map_err(multipart_error)?),
+            _ => {}
+        }
+    }
+    let (filename, format, bytes) = file
+        .ok_or_else(|| ApiError::validation("file", "the multipart body has no \"file\" field"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::validation("file", "the file is empty"));
+    }
+    let title = title.filter(|t| !t.trim().is_empty()).unwrap_or_else(|| {
+        filename
+            .rsplit_once('.')
+            .map_or(filename.clone(), |(stem, _)| stem.to_owned())
+    });
+    Ok(Upload {
+        title,
+        filename,
+        format,
+        bytes,
+        metadata: serde_json::json!({}),
+    })
+}
+
+fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit: None }
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", error.body_text()))
+    }
+}
+
+#[utoipa::path(post, path = "/api/knowledge-bases/{id}/documents", tag = "documents",
+    responses((status = 202, description = "accepted for ingestion; data.id, data.status"),
+              (status = 200, description = "the same content was already there (data.duplicate)"),
+              (status = 404, description = "not the tenant's knowledge base"), (status = 413, description = "over the size limit"),
+              (status = 415, description = "an unsupported type")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn upload_document(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(knowledge_base_id): ApiPath<Uuid>,
+    request: Request,
+) -> ApiResult<Response> {
+    auth.require(AuthScope::Ingest)?;
+    visible_knowledge_base(&state, &auth, knowledge_base_id).await?;
+    let upload = read_upload(&state, request).await?;
+    let hash = hex::encode(Sha256::digest(&upload.bytes));
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let existing: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM documents WHERE knowledge_base_id = $1 AND content_hash = $2",
+    )
+    .bind(knowledge_base_id)
+    .bind(&hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id, status)) = existing {
+        tx.commit().await?;
+        return Ok(ok(UploadAccepted {
+            id,
+            status,
+            duplicate: true,
+        })
+        .into_response());
+    }
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(auth.tenant_id)
+    .bind(knowledge_base_id)
+    .bind(&upload.title)
+    .bind(upload.format.content_type())
+    .bind(&hash)
+    .bind(upload.bytes.len() as i64)
+    .bind(&upload.metadata)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO document_blobs (document_id, tenant_id, filename, content) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(auth.tenant_id)
+        .bind(&upload.filename)
+        .bind(&upload.bytes)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO ingestion_jobs (tenant_id, document_id) VALUES ($1, $2)")
+        .bind(auth.tenant_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.rag.jobs.notify_one();
+    Ok(accepted(UploadAccepted {
+        id,
+        status: "pending".into(),
+        duplicate: false,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents", tag = "documents", params(PageQuery),
+    responses((status = 200, description = "documents with their status")), security(("bearer" = []), ("api_key" = [])))]
+pub async fn list_documents(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(knowledge_base_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Envelope<Vec<DocumentView>>>> {
+    auth.require(AuthScope::Query)?;
+    visible_knowledge_base(&state, &auth, knowledge_base_id).await?;
+    let page_request = query.validate(&["created_at", "title", "status", "updated_at"])?;
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let rows: Vec<Counted<DocumentView>> = sqlx::query_as(&format!(
+        "SELECT {DOCUMENT_COLUMNS}, count(*) OVER () AS total FROM documents WHERE knowledge_base_id = $3
+         ORDER BY {}, id LIMIT $1 OFFSET $2",
+        page_request.order_by()
+    ))
+    .bind(i64::from(page_request.limit))
+    .bind(page_request.offset())
+    .bind(knowledge_base_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let total = rows.first().map_or(0, |r| r.total);
+    Ok(page(
+        rows.into_iter().map(|r| r.row).collect(),
+        page_request.meta(total),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents",
+    responses((status = 200, description = "data.status and, when it failed, data.error"), (status = 404, description = "not found")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn get_document(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((knowledge_base_id, document_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<Json<Envelope<DocumentView>>> {
+    auth.require(AuthScope::Query)?;
+    if !auth.may_use_knowledge_base(knowledge_base_id) {
+        return Err(ApiError::NotFound("document"));
+    }
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let document: Option<DocumentView> = sqlx::query_as(&format!(
+        "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1 AND knowledge_base_id = $2"
+    ))
+    .bind(document_id)
+    .bind(knowledge_base_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    document.map(ok).ok_or(ApiError::NotFound("document"))
+}
+
+#[utoipa::path(delete, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents",
+    responses((status = 200, description = "deleted with its chunks and vectors"), (status = 404, description = "not found")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn delete_document(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath((knowledge_base_id, document_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<Json<Envelope<serde_json::Value>>> {
+    auth.require(AuthScope::Ingest)?;
+    if !auth.may_use_knowledge_base(knowledge_base_id) {
+        return Err(ApiError::NotFound("document"));
+    }
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let exists: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM documents WHERE id = $1 AND knowledge_base_id = $2")
+            .bind(document_id)
+            .bind(knowledge_base_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    exists.ok_or(ApiError::NotFound("document"))?;
+    state
+        .rag
+        .store
+        .delete_document(
+            Scope {
+                tenant_id: auth.tenant_id,
+                knowledge_base_id,
+            },
+            document_id,
+        )
+        .await
+        .map_err(|e| ApiError::internal("deleting the vectors", e))?;
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    sqlx::query("DELETE FROM documents WHERE id = $1")
+        .bind(document_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ok(
+        serde_json::json!({ "id": document_id, "deleted": true }),
+    ))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ChunkView {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    pub knowledge_base_id: Uuid,
+    pub title: String,
+    pub ordinal: i32,
+    pub content: String,
+    pub language: Option<String>,
+}
+
+/// One passage, in full: what a citation opens.
+#[utoipa::path(get, path = "/api/chunks/{id}", tag = "documents",
+    responses((status = 200, description = "the passage"), (status = 404, description = "not found")), security(("bearer" = []), ("api_key" = [])))]
+pub async fn get_chunk(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Envelope<ChunkView>>> {
+    auth.require(AuthScope::Query)?;
+    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    let chunk: Option<ChunkView> = sqlx::query_as(
+        "SELECT c.id, c.document_id, c.knowledge_base_id, d.title, c.ordinal, c.content, c.language
+         FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    chunk
+        .filter(|c| auth.may_use_knowledge_base(c.knowledge_base_id))
+        .map(ok)
+        .ok_or(ApiError::NotFound("passage"))
+}
+
+// ---- search and answers ------------------------------------------------------------
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub query: String,
+    pub knowledge_base_ids: Vec<Uuid>,
+    /// 1 to 50; 5 by default.
+    pub top_k: Option<usize>,
+    pub filters: Option<SearchFilters>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub query: String,
+    pub knowledge_base_ids: Vec<Uuid>,
+    pub top_k: Option<usize>,
+    /// Stream the answer over server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    pub filters: Option<SearchFilters>,
+}
+
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Timings {
+    pub embed_ms: u64,
+    pub search_ms: u64,
+    pub generate_ms: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Citation {
+    pub n: usize,
+    pub document_id: Uuid,
+    pub title: String,
+    pub chunk_id: Uuid,
+    pub snippet: String,
+    pub score: f32,
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueryResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub timings: Timings,
+    /// True when no language model answered and the answer is made of the passages.
+    pub extractive: bool,
+    /// The language the question was detected in.
+    pub language: Option<String>,
+}
+
+struct Retrieved {
+    results: Vec<SearchResult>,
+    timings: Timings,
+}
+
+/// Embeds the query (once per distinct embedding model), ranks every knowledge base,
+/// fuses and returns the best `top_k`.
+async fn retrieve(
+    state: &AppState,
+    auth: &Auth,
+    query: &str,
+    knowledge_base_ids: &[Uuid],
+    top_k: Option<usize>,
+    filters: &SearchFilters,
+) -> Result<Retrieved, ApiError> {
+    auth.require(AuthScope::Query)?;
+    let query = query.trim();
+    if query.is_empty() || query.chars().count() > 2000 {
+        return Err(ApiError::validation(
+            "query",
+            "must be 1 to 2000 characters",
+        ));
+    }
+    if knowledge_base_ids.is_empty() || knowledge_base_ids.len() > 20 {
+        return Err(ApiError::validation(
+            "knowledge_base_ids",
+            "give 1 to 20 knowledge bases",
+        ));
+    }
+    let top_k = top_k.unwrap_or(5);
+    if !(1..=50).contains(&top_k) {
+        return Err(ApiError::validation("top_k", "must be between 1 and 50"));
+    }
+    let mut knowledge_bases = Vec::new();
+    for id in knowledge_base_ids {
+        // Another tenant's id is never searched: it is a 404 before anything runs.
+        knowledge_bases.push(visible_knowledge_base(state, auth, *id).await?);
+    }
+
+    let mut timings = Timings::default();
+    let embed_started = Instant::now();
+    let mut vectors: BTreeMap<String, Option<Vec<f32>>> = BTreeMap::new();
+    for kb in &knowledge_bases {
+        let key = kb.embedding.to_string();
+        if vectors.contains_key(&key) {
+            continue;
+        }
+        let vector = match serde_json::from_value::<EmbeddingSpec>(kb.embedding.clone())
+            .ok()
+            .and_then(|spec| {
+                state
+                    .rag
+                    .embedders
+                    .resolve(&spec.provider, &spec.model)
+                    .ok()
+            }) {
+            Some(embedder) => match embedder.embed(&[query.to_owned()]).await {
+                Ok(mut v) => v.pop(),
+                Err(error) => {
+                    // Full-text search still answers while the embedding server is down.
+                    tracing::warn!(%error, "query embedding failed; searching text only");
+                    None
+                }
+            },
+            None => None,
+        };
+        vectors.insert(key, vector);
+    }
+    timings.embed_ms = embed_started.elapsed().as_millis() as u64;
+    state.rag.metrics.stage("embed", embed_started.elapsed());
+
+    let search_started = Instant::now();
+    let candidates = (top_k * 4).max(20);
+    let mut lists = Vec::new();
+    for kb in &knowledge_bases {
+        let vector = vectors.get(&kb.embedding.to_string()).cloned().flatten();
+        let scope = Scope {
+            tenant_id: auth.tenant_id,
+            knowledge_base_id: kb.id,
+        };
+        match search::rank(
+            &state.db,
+            state.rag.store.as_ref(),
+            scope,
+            query,
+            vector.as_deref(),
+            candidates,
+            filters,
+        )
+        .await
+        {
+            Ok(mut ranked) => lists.append(&mut ranked),
+            Err(search::SearchError::Store(error)) => {
+                tracing::warn!(%error, "vector search failed; using full-text results only");
+                let fallback = search::rank(
+                    &state.db,
+                    state.rag.store.as_ref(),
+                    scope,
+                    query,
+                    None,
+                    candidates,
+                    filters,
+                )
+                .await
+                .map_err(|e| ApiError::internal("searching", e))?;
+                lists.extend(fallback);
+            }
+            Err(error) => return Err(ApiError::internal("searching", error)),
+        }
+    }
+    let fused = search::reciprocal_rank_fusion(&lists);
+    let wanted = if state.rag.reranker.is_some() {
+        top_k.max(20)
+    } else {
+        top_k
+    };
+    let mut results = search::results(&state.db, auth.tenant_id, &fused, query, filters, wanted)
+        .await
+        .map_err(|e| ApiError::internal("reading the results", e))?;
+    if let Some(reranker) = &state.rag.reranker {
+        match reranker.rerank(query, results.clone()).await {
+            Ok(reranked) => results = reranked,
+            // The fused order is a good answer on its own.
+            Err(error) => tracing::warn!(%error, "reranking failed; keeping the fused order"),
+        }
+        results.truncate(top_k);
+    }
+    timings.search_ms = search_started.elapsed().as_millis() as u64;
+    state.rag.metrics.stage("search", search_started.elapsed());
+    Ok(Retrieved { results, timings })
+}
+
+#[utoipa::path(post, path = "/api/search", tag = "search", request_body = SearchRequest,
+    responses((status = 200, description = "data.results: document_id, title, chunk_id, snippet, score, language"),
+              (status = 404, description = "a knowledge base that is not the tenant's")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn search_route(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<SearchRequest>,
+) -> ApiResult<Json<Envelope<SearchResponse>>> {
+    let filters = body.filters.unwrap_or_default();
+    let retrieved = retrieve(
+        &state,
+        &auth,
+        &body.query,
+        &body.knowledge_base_ids,
+        body.top_k,
+        &filters,
+    )
+    .await?;
+    Ok(ok(SearchResponse {
+        results: retrieved.results,
+        timings: retrieved.timings,
+    }))
+}
+
+fn citations(results: &[SearchResult]) -> Vec<Citation> {
+    results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Citation {
+            n: i + 1,
+            document_id: r.document_id,
+            title: r.title.clone(),
+            chunk_id: r.chunk_id,
+            snippet: r.snippet.clone(),
+            score: r.score,
+            language: r.language.clone(),
+        })
+        .collect()
+}
+
+const MAX_ANSWER_TOKENS: u32 = 512;
+
+#[utoipa::path(post, path = "/api/query", tag = "search", request_body = QueryRequest,
+    responses((status = 200, description = "data.answer, data.citations, data.timings, data.extractive; with stream: an SSE stream of tokens, then the citations"),
+              (status = 404, description = "a knowledge base that is not the tenant's")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn query_route(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<QueryRequest>,
+) -> ApiResult<Response> {
+    let filters = body.filters.clone().unwrap_or_default();
+    let Retrieved {
+        results,
+        mut timings,
+    } = retrieve(
+        &state,
+        &auth,
+        &body.query,
+        &body.knowledge_base_ids,
+        body.top_k,
+        &filters,
+    )
+    .await?;
+    let language = super::text::detect_language(&body.query).map(|l| l.code().to_owned());
+    let citations = citations(&results);
+    let messages = generate::prompt(&body.query, &results);
+
+    if body.stream {
+        return Ok(stream_answer(
+            state, body.query, results, citations, messages, timings, language,
+        )
+        .into_response());
+    }
+
+    let generate_started = Instant::now();
+    let generated = match (&state.rag.chat, results.is_empty()) {
+        (Some(chat), false) => chat
+            .complete(&messages, MAX_ANSWER_TOKENS)
+            .await
+            .map(|(text, _)| text),
+        (Some(_), true) => Err(GenerateError::Protocol {
+            url: String::new(),
+            reason: "nothing to ground an answer on".into(),
+        }),
+        (None, _) => Err(GenerateError::NotConfigured),
+    };
+    timings.generate_ms = generate_started.elapsed().as_millis() as u64;
+    state
+        .rag
+        .metrics
+        .stage("generate", generate_started.elapsed());
+    let (answer, extractive) = match generated {
+        Ok(text) if !text.trim().is_empty() => (text.trim().to_owned(), false),
+        Ok(_) => (generate::extractive_answer(&body.query, &results), true),
+        Err(error) => {
+            if !matches!(error, GenerateError::NotConfigured) {
+                tracing::warn!(%error, "generation failed; answering with the passages");
+            }
+            (generate::extractive_answer(&body.query, &results), true)
+        }
+    };
+    if extractive {
+        state.rag.metrics.extractive_answers.inc();
+    }
+    Ok(ok(QueryResponse {
+        answer,
+        citations,
+        timings,
+        extractive,
+        language,
+    })
+    .into_response())
+}
+
+/// SSE: `token` events as the model writes, then one `done` event with the citations,
+/// the timings and whether the answer was extractive. Without a model, the extractive
+/// answer comes as one token.
+fn stream_answer(
+    state: AppState,
+    question: String,
+    results: Vec<SearchResult>,
+    citations: Vec<Citation>,
+    messages: Vec<generate::Message>,
+    mut timings: Timings,
+    language: Option<String>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut extractive = true;
+        if let (Some(chat), false) = (&state.rag.chat, results.is_empty()) {
+            match chat.stream(&messages, MAX_ANSWER_TOKENS).await {
+                Ok(tokens) => {
+                    let mut tokens = std::pin::pin!(tokens);
+                    while let Some(token) = tokens.next().await {
+                        match token {
+                            Ok(text) => {
+                                extractive = false;
+                                if sender
+                                    .send(Event::default().event("token").data(text))
+                                    .await
+                                    .is_err()
+                                {
+                                    return; // the client left
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "the model's stream broke off");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "generation failed; streaming the passages"),
+            }
+        }
+        if extractive {
+            state.rag.metrics.extractive_answers.inc();
+            let answer = generate::extractive_answer(&question, &results);
+            let _ = sender
+                .send(Event::default().event("token").data(answer))
+                .await;
+        }
+        timings.generate_ms = started.elapsed().as_millis() as u64;
+        state.rag.metrics.stage("generate", started.elapsed());
+        let done = serde_json::json!({ "citations": citations, "timings": timings, "extractive": extractive, "language": language });
+        let _ = sender
+            .send(Event::default().event("done").data(done.to_string()))
+            .await;
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(receiver).map(Ok))
+        .keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,71 @@
+//! Arabic text from a real PDF comes out in reading order. The PDFs are made by the
+//! test with fpdf2 and HarfBuzz, the way many producers write them.
+
+use std::process::{Command, Stdio};
+
+use iafactory_api::rag::arabic::normalize_for_search;
+use iafactory_api::rag::parse::{Format, extract};
+
+const LINES: &str = "جامعة تلمسان تفتح التسجيل في الماستر يوم 15 سبتمبر\nالمكتبة المركزية مفتوحة من الأحد إلى الخميس\nLa session de rattrapage a lieu en juin";
+
+pub fn make_pdf(lines: &str, mode: &str) -> Vec<u8> {
+    let python = std::env::var("IAF_TEST_PDFGEN_PYTHON")
+        .expect("IAF_TEST_PDFGEN_PYTHON is not set: run scripts/test, or scripts/engines.sh up pdfgen && source /tmp/iafactory-engines/env");
+    let font = std::env::var("IAF_TEST_ARABIC_FONT")
+        .expect("IAF_TEST_ARABIC_FONT is set with IAF_TEST_PDFGEN_PYTHON");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("document.pdf");
+    let mut child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/make_pdf.py"
+        ))
+        .arg(&output)
+        .arg(font)
+        .arg(mode)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the PDF generator runs");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), lines.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(
+        child.wait().unwrap().success(),
+        "the PDF generator succeeded"
+    );
+    std::fs::read(output).unwrap()
+}
+
+fn words(text: &str) -> Vec<String> {
+    normalize_for_search(text)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_reads_forwards(extracted: &str) {
+    let found = words(extracted);
+    for expected_line in LINES.lines() {
+        let expected = words(expected_line);
+        let position = found
+            .windows(expected.len())
+            .position(|w| w == expected.as_slice());
+        assert!(
+            position.is_some(),
+            "{expected_line:?} in reading order in:\n{extracted}"
+        );
+    }
+}
+
+#[test]
+fn a_shaped_visual_order_pdf_reads_forwards() {
+    let pdf = make_pdf(LINES, "shaped");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    assert_reads_forwards(&extracted);
+}
+
+#[test]
+fn a_logical_order_pdf_is_left_as_it_is() {
+    let pdf = make_pdf(LINES, "unshaped");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    assert_reads_forwards(&extracted);
+}
