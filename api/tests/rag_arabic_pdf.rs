@@ -1,5 +1,7 @@
-//! Arabic text from a real PDF comes out in reading order. The PDFs are made by the
-//! test with fpdf2 and HarfBuzz, the way many producers write them.
+//! Arabic text from a real PDF comes out in reading order, in base letters. The PDFs
+//! are made by the test, the ways producers write them: shaped by HarfBuzz and drawn
+//! in visual order (fpdf2), or reshaped into presentation forms and reversed
+//! (arabic-reshaper + python-bidi), or plainly in logical order.
 
 use std::process::{Command, Stdio};
 
@@ -60,6 +62,23 @@ fn assert_reads_forwards(extracted: &str) {
 fn a_shaped_visual_order_pdf_reads_forwards() {
     let pdf = make_pdf(LINES, "shaped");
     let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    assert_reads_forwards(&extracted);
+}
+
+#[test]
+fn a_reshaped_presentation_form_pdf_reads_forwards_in_base_letters() {
+    let pdf = make_pdf(LINES, "reshaped");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    assert!(
+        !extracted
+            .chars()
+            .any(|c| ('\u{FB50}'..='\u{FEFF}').contains(&c)),
+        "presentation forms are mapped back to base letters (NFKC):\n{extracted}"
+    );
+    assert!(
+        extracted.contains("جامعة تلمسان تفتح التسجيل"),
+        "base letters, in reading order, unnormalised:\n{extracted}"
+    );
     assert_reads_forwards(&extracted);
 }
 
