@@ -61,14 +61,14 @@ fn assert_reads_forwards(extracted: &str) {
 #[test]
 fn a_shaped_visual_order_pdf_reads_forwards() {
     let pdf = make_pdf(LINES, "shaped");
-    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses").text();
     assert_reads_forwards(&extracted);
 }
 
 #[test]
 fn a_reshaped_presentation_form_pdf_reads_forwards_in_base_letters() {
     let pdf = make_pdf(LINES, "reshaped");
-    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses").text();
     assert!(
         !extracted
             .chars()
@@ -85,6 +85,44 @@ fn a_reshaped_presentation_form_pdf_reads_forwards_in_base_letters() {
 #[test]
 fn a_logical_order_pdf_is_left_as_it_is() {
     let pdf = make_pdf(LINES, "unshaped");
-    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    let extracted = extract(Format::Pdf, &pdf).expect("the PDF parses").text();
     assert_reads_forwards(&extracted);
+}
+
+#[test]
+fn pages_are_kept() {
+    let lines: Vec<String> = (1..=60)
+        .map(|n| format!("Ligne {n} du règlement intérieur"))
+        .collect();
+    let pdf = make_pdf(&lines.join("\n"), "unshaped");
+    let parsed = extract(Format::Pdf, &pdf).expect("the PDF parses");
+    let pages = parsed.pages().expect("a PDF has pages");
+    assert!(pages >= 2, "60 lines take more than a page: {parsed:?}");
+    let numbers: Vec<u32> = parsed.sections.iter().filter_map(|s| s.page).collect();
+    assert_eq!(numbers, (1..=pages).collect::<Vec<_>>());
+    assert!(parsed.sections[0].text.contains("Ligne 1 du règlement"));
+    assert!(
+        parsed.sections[pages as usize - 1]
+            .text
+            .contains("Ligne 60 du règlement")
+    );
+}
+
+/// A PDF cut short anywhere (an interrupted upload) fails by itself with a PDF error,
+/// or yields what it can; it never takes the process down.
+#[test]
+fn truncated_pdfs_fail_alone() {
+    let pdf = make_pdf(LINES, "shaped");
+    let mut failures = 0;
+    for tenth in 1..10 {
+        let cut = &pdf[..pdf.len() * tenth / 10];
+        match extract(Format::Pdf, cut) {
+            Ok(parsed) => assert!(!parsed.sections.is_empty()),
+            Err(error) => {
+                failures += 1;
+                assert!(error.to_string().contains("PDF"), "{error}");
+            }
+        }
+    }
+    assert!(failures > 0, "a truncated PDF is noticed");
 }

@@ -516,7 +516,25 @@ async fn each_bad_upload_fails_alone_with_a_clear_error() {
     assert_eq!(documents[0]["status"], "failed");
     let error = documents[0]["error"].as_str().unwrap();
     assert!(error.contains("PDF"), "a readable error: {error}");
+    assert!(
+        error.contains("broken.pdf"),
+        "it names the document: {error}"
+    );
     assert_eq!(documents[1]["status"], "ready", "the service kept working");
+
+    let found = app
+        .request(
+            Method::POST,
+            "/api/search",
+            Auth::Bearer(&admin.token),
+            Some(json!({"query": "horaires du campus", "knowledge_base_ids": [kb]})),
+        )
+        .await;
+    assert_eq!(
+        found.body["data"]["results"][0]["section"], "Horaires",
+        "a passage knows its section: {}",
+        found.body
+    );
 
     let listed = app
         .request(

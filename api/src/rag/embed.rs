@@ -2,8 +2,9 @@
 //! exposes the same API; so do hosted providers), or a sentence-transformers model
 //! running inside the process with candle, the offline default.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +294,8 @@ impl Embedder for OpenAiEmbedder {
 }
 
 /// The embedders a tenant's API can use, by the provider names of a knowledge base's
-/// `embedding` settings.
+/// `embedding` settings. Server-backed embedders are built once per (provider, model)
+/// and share one HTTP client, so connections are reused across requests.
 #[derive(Clone, Default)]
 pub struct EmbeddingProviders {
     pub local: Option<Arc<LocalEmbedder>>,
@@ -300,31 +303,121 @@ pub struct EmbeddingProviders {
     pub ollama_base_url: Option<String>,
     /// Providers allowed under open sovereignty: name, base URL, API key.
     pub external: Vec<(String, String, Option<String>)>,
+    built: Arc<Mutex<HashMap<ProviderModel, Arc<dyn Embedder>>>>,
 }
 
+/// A provider name and a model name.
+type ProviderModel = (String, String);
+
 impl EmbeddingProviders {
+    pub fn new(
+        local: Option<Arc<LocalEmbedder>>,
+        ollama_base_url: Option<String>,
+        external: Vec<(String, String, Option<String>)>,
+    ) -> Self {
+        Self {
+            local,
+            ollama_base_url,
+            external,
+            built: Arc::default(),
+        }
+    }
+
     pub fn resolve(&self, provider: &str, model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {
-        match provider {
-            "local" => self
+        if provider == "local" {
+            return self
                 .local
                 .clone()
                 .map(|e| e as Arc<dyn Embedder>)
                 .ok_or_else(|| {
                     EmbedError::UnknownProvider("local (set IAF_EMBEDDING_MODEL_DIR)".into())
-                }),
-            "ollama" => self
-                .ollama_base_url
-                .as_ref()
-                .map(|url| Arc::new(OpenAiEmbedder::new(url, model, None)) as Arc<dyn Embedder>)
-                .ok_or_else(|| EmbedError::UnknownProvider("ollama (set IAF_LLM_BASE_URL)".into())),
+                });
+        }
+        let key = (provider.to_owned(), model.to_owned());
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(embedder) = built.get(&key) {
+            return Ok(embedder.clone());
+        }
+        let (base_url, api_key) = match provider {
+            "ollama" => (
+                self.ollama_base_url.clone().ok_or_else(|| {
+                    EmbedError::UnknownProvider("ollama (set IAF_LLM_BASE_URL)".into())
+                })?,
+                None,
+            ),
             other => self
                 .external
                 .iter()
                 .find(|(name, _, _)| name == other)
-                .map(|(_, url, key)| {
-                    Arc::new(OpenAiEmbedder::new(url, model, key.clone())) as Arc<dyn Embedder>
-                })
-                .ok_or_else(|| EmbedError::UnknownProvider(other.to_owned())),
+                .map(|(_, url, key)| (url.clone(), key.clone()))
+                .ok_or_else(|| EmbedError::UnknownProvider(other.to_owned()))?,
+        };
+        let embedder: Arc<dyn Embedder> = Arc::new(OpenAiEmbedder::new(&base_url, model, api_key));
+        built.insert(key, embedder.clone());
+        Ok(embedder)
+    }
+}
+
+/// An embedder id and the SHA-256 of a text.
+type QueryKey = (String, [u8; 32]);
+
+/// The cached vectors, and their keys oldest first.
+type CachedVectors = (HashMap<QueryKey, Arc<Vec<f32>>>, VecDeque<QueryKey>);
+
+/// Vectors of recent queries, by embedder and text: people ask the same questions
+/// again, and a query's vector costs more than the search it serves.
+pub struct QueryVectorCache {
+    capacity: usize,
+    entries: Mutex<CachedVectors>,
+}
+
+impl QueryVectorCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: Mutex::default(),
         }
+    }
+
+    /// The query's vector, from the cache or from the embedder.
+    pub async fn embed(
+        &self,
+        embedder: &dyn Embedder,
+        query: &str,
+    ) -> Result<Arc<Vec<f32>>, EmbedError> {
+        let key = (
+            embedder.id(),
+            <[u8; 32]>::from(Sha256::digest(query.as_bytes())),
+        );
+        if let Some(vector) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(&key)
+        {
+            return Ok(vector.clone());
+        }
+        let vector = Arc::new(
+            embedder
+                .embed(&[query.to_owned()])
+                .await?
+                .pop()
+                .ok_or_else(|| EmbedError::Inference("no vector for the query".into()))?,
+        );
+        if self.capacity > 0 {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let (map, order) = &mut *entries;
+            if map.insert(key.clone(), vector.clone()).is_none() {
+                order.push_back(key);
+                // The oldest entry goes first: a FIFO is enough for repeated questions.
+                while order.len() > self.capacity {
+                    if let Some(oldest) = order.pop_front() {
+                        map.remove(&oldest);
+                    }
+                }
+            }
+        }
+        Ok(vector)
     }
 }

@@ -25,8 +25,12 @@ pub const MAX_ATTEMPTS: i32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("{0}")]
-    Parse(#[from] ParseError),
+    #[error("{document:?}: {source}")]
+    Parse {
+        document: String,
+        #[source]
+        source: ParseError,
+    },
     #[error("{0}")]
     Embed(#[from] EmbedError),
     #[error("{0}")]
@@ -48,7 +52,7 @@ impl IngestError {
             IngestError::Embed(e) => e.is_transient(),
             IngestError::Store(e) => e.is_transient(),
             IngestError::Database(_) => true,
-            IngestError::Parse(_) | IngestError::Dimensions { .. } | IngestError::Gone => false,
+            IngestError::Parse { .. } | IngestError::Dimensions { .. } | IngestError::Gone => false,
         }
     }
 }
@@ -237,6 +241,7 @@ struct Work {
     content_type: String,
     embedding: serde_json::Value,
     chunking: serde_json::Value,
+    filename: String,
     content: Vec<u8>,
 }
 
@@ -244,7 +249,7 @@ struct Work {
 async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
     let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
     let work: Option<Work> = sqlx::query_as(
-        "SELECT d.knowledge_base_id, d.content_type, kb.embedding, kb.chunking, b.content
+        "SELECT d.knowledge_base_id, d.content_type, kb.embedding, kb.chunking, b.filename, b.content
          FROM documents d JOIN knowledge_bases kb ON kb.id = d.knowledge_base_id
               JOIN document_blobs b ON b.document_id = d.id
          WHERE d.id = $1",
@@ -259,21 +264,27 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
         .await?;
     tx.commit().await?;
 
+    let parse_started = Instant::now();
     let format = Format::from_content_type(&work.content_type).unwrap_or(Format::Text);
-    let content = work.content;
-    let text = tokio::task::spawn_blocking(move || parse::extract(format, &content))
-        .await
-        .map_err(|_| ParseError::Pdf("the parser crashed".into()))??;
-
     let chunking: iafactory_crds::knowledgebase::ChunkingSpec =
         serde_json::from_value(work.chunking).unwrap_or_default();
-    let language = text::detect_language(&text);
-    let chunks = text::chunk(
-        &text,
-        chunking.size as usize,
-        chunking.overlap as usize,
+    let content = work.content;
+    let prepared = tokio::task::spawn_blocking(move || prepare(format, &content, &chunking))
+        .await
+        .unwrap_or_else(|_| Err(ParseError::Pdf("the parser crashed".into())))
+        .map_err(|source| IngestError::Parse {
+            document: work.filename.clone(),
+            source,
+        })?;
+    state
+        .rag
+        .metrics
+        .ingestion_stage("parse", parse_started.elapsed());
+    let Prepared {
+        chunks,
         language,
-    );
+        pages,
+    } = prepared;
 
     let embedding: iafactory_crds::knowledgebase::EmbeddingSpec =
         serde_json::from_value(work.embedding)
@@ -282,8 +293,13 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
         .rag
         .embedders
         .resolve(&embedding.provider, &embedding.model)?;
-    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let texts: Vec<String> = chunks.iter().map(|c| c.chunk.text.clone()).collect();
+    let embed_started = Instant::now();
     let vectors = embed_cached(state, job.tenant_id, embedder.as_ref(), &texts).await?;
+    state
+        .rag
+        .metrics
+        .ingestion_stage("embed", embed_started.elapsed());
     let declared = embedding.dimensions as usize;
     if let Some(actual) = vectors.first().map(Vec::len).filter(|n| *n != declared) {
         return Err(IngestError::Dimensions { declared, actual });
@@ -293,6 +309,7 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
         tenant_id: job.tenant_id,
         knowledge_base_id: work.knowledge_base_id,
     };
+    let store_started = Instant::now();
     state.rag.store.ensure_collection(scope, declared).await?;
     let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
     // A retried job starts over: its earlier chunks go.
@@ -302,18 +319,25 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
         .await?;
     let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
     sqlx::query(
-        "INSERT INTO chunks (id, tenant_id, knowledge_base_id, document_id, ordinal, content, language, search_text)
-         SELECT id, $1, $2, $3, ordinal, content, language, search_text
-         FROM UNNEST($4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS c(id, ordinal, content, language, search_text)",
+        "INSERT INTO chunks (id, tenant_id, knowledge_base_id, document_id, ordinal, content, language, search_text, metadata)
+         SELECT id, $1, $2, $3, ordinal, content, language, search_text, metadata
+         FROM UNNEST($4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[], $9::jsonb[])
+              AS c(id, ordinal, content, language, search_text, metadata)",
     )
     .bind(job.tenant_id)
     .bind(work.knowledge_base_id)
     .bind(job.document_id)
     .bind(&ids)
-    .bind(chunks.iter().map(|c| c.ordinal as i32).collect::<Vec<_>>())
+    .bind(chunks.iter().map(|c| c.chunk.ordinal as i32).collect::<Vec<_>>())
     .bind(&texts)
-    .bind(chunks.iter().map(|c| c.language.map(|l| l.code().to_owned())).collect::<Vec<_>>())
-    .bind(chunks.iter().map(|c| search_text(&c.text)).collect::<Vec<_>>())
+    .bind(
+        chunks
+            .iter()
+            .map(|c| c.chunk.language.map(|l| l.code().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(chunks.iter().map(|c| c.search_text.as_str()).collect::<Vec<_>>())
+    .bind(chunks.iter().map(|c| c.metadata()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -321,9 +345,11 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
     let points: Vec<VectorPoint> = ids
         .iter()
         .zip(vectors)
-        .map(|(id, vector)| VectorPoint {
+        .zip(&chunks)
+        .map(|((id, vector), chunk)| VectorPoint {
             chunk_id: *id,
             document_id: job.document_id,
+            language: chunk.chunk.language,
             vector,
         })
         .collect();
@@ -331,15 +357,77 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
 
     let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
     sqlx::query(
-        "UPDATE documents SET status = 'ready', error = NULL, chunk_count = $2, language = $3, updated_at = now() WHERE id = $1",
+        "UPDATE documents SET status = 'ready', error = NULL, chunk_count = $2, language = $3, pages = $4, updated_at = now() WHERE id = $1",
     )
     .bind(job.document_id)
     .bind(chunks.len() as i32)
     .bind(language.map(|l| l.code()))
+    .bind(pages.map(|p| p as i32))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    state
+        .rag
+        .metrics
+        .ingestion_stage("store", store_started.elapsed());
     Ok(chunks.len())
+}
+
+/// A chunk ready to store: its text, where it comes from, and its search form.
+pub struct PreparedChunk {
+    pub chunk: text::Chunk,
+    pub search_text: String,
+}
+
+impl PreparedChunk {
+    /// What `chunks.metadata` records: the pages and the section, for citations.
+    pub fn metadata(&self) -> serde_json::Value {
+        let mut metadata = serde_json::Map::new();
+        if let Some((first, last)) = self.chunk.pages {
+            metadata.insert("page".into(), first.into());
+            if last != first {
+                metadata.insert("page_end".into(), last.into());
+            }
+        }
+        if let Some(heading) = &self.chunk.heading {
+            metadata.insert("section".into(), heading.clone().into());
+        }
+        serde_json::Value::Object(metadata)
+    }
+}
+
+/// A document parsed and chunked: everything ingestion does before embedding.
+pub struct Prepared {
+    pub chunks: Vec<PreparedChunk>,
+    pub language: Option<iafactory_crds::Language>,
+    pub pages: Option<u32>,
+}
+
+/// Parses and chunks a document (CPU only: run it off the async workers).
+pub fn prepare(
+    format: Format,
+    content: &[u8],
+    chunking: &iafactory_crds::knowledgebase::ChunkingSpec,
+) -> Result<Prepared, ParseError> {
+    let parsed = parse::extract(format, content)?;
+    let language = text::detect_language(&parsed.text());
+    let chunks = text::chunk_sections(
+        &parsed.sections,
+        chunking.size as usize,
+        chunking.overlap as usize,
+        language,
+    );
+    Ok(Prepared {
+        chunks: chunks
+            .into_iter()
+            .map(|chunk| PreparedChunk {
+                search_text: search_text(&chunk.text),
+                chunk,
+            })
+            .collect(),
+        language,
+        pages: parsed.pages(),
+    })
 }
 
 /// Embeds `texts`, reusing the tenant's cached vectors of identical texts.

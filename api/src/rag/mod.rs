@@ -27,13 +27,14 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use embed::{EmbedError, EmbeddingProviders, LocalEmbedder};
+use embed::{EmbedError, EmbeddingProviders, LocalEmbedder, QueryVectorCache};
 use generate::ChatClient;
 use store::VectorStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
-    /// `embed`, `search` or `generate`.
+    /// `embed`, `search` or `generate` for requests; `parse`, `embed` or `store` for
+    /// ingestion.
     pub stage: String,
 }
 
@@ -43,6 +44,7 @@ pub struct RagMetrics {
     pub stage_duration: Family<StageLabel, Histogram>,
     pub documents_ingested: Family<ingest::StatusLabel, Counter>,
     pub ingestion_duration: Histogram,
+    pub ingestion_stage_duration: Family<StageLabel, Histogram>,
     pub queue_depth: Gauge,
     pub extractive_answers: Counter,
 }
@@ -55,6 +57,9 @@ impl RagMetrics {
             }),
             documents_ingested: Family::default(),
             ingestion_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            ingestion_stage_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+            }),
             queue_depth: Gauge::default(),
             extractive_answers: Counter::default(),
         };
@@ -74,6 +79,11 @@ impl RagMetrics {
             metrics.ingestion_duration.clone(),
         );
         registry.register(
+            "rag_ingestion_stage_duration_seconds",
+            "Time per document in each ingestion stage: parse (with chunking), embed, store",
+            metrics.ingestion_stage_duration.clone(),
+        );
+        registry.register(
             "rag_ingestion_queue_depth",
             "Documents waiting for or under ingestion",
             metrics.queue_depth.clone(),
@@ -84,6 +94,14 @@ impl RagMetrics {
             metrics.extractive_answers.clone(),
         );
         metrics
+    }
+
+    pub fn ingestion_stage(&self, stage: &str, elapsed: Duration) {
+        self.ingestion_stage_duration
+            .get_or_create(&StageLabel {
+                stage: stage.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn stage(&self, stage: &str, elapsed: Duration) {
@@ -98,6 +116,8 @@ impl RagMetrics {
 /// What the pipeline needs at run time.
 pub struct Rag {
     pub embedders: EmbeddingProviders,
+    /// Vectors of recent queries.
+    pub query_vectors: QueryVectorCache,
     pub store: Arc<dyn VectorStore>,
     /// The tenant's generator (its Ollama, or a provider sovereignty allows).
     pub chat: Option<ChatClient>,
@@ -168,17 +188,18 @@ impl Rag {
             _ => None,
         };
         Ok(Self {
-            embedders: EmbeddingProviders {
+            embedders: EmbeddingProviders::new(
                 local,
-                ollama_base_url: config.llm_base_url.clone().filter(|u| !u.is_empty()),
-                external: external
+                config.llm_base_url.clone().filter(|u| !u.is_empty()),
+                external
                     .into_iter()
                     .map(|p| {
                         let key = p.api_key_env.and_then(|var| std::env::var(var).ok());
                         (p.name, p.base_url, key)
                     })
                     .collect(),
-            },
+            ),
+            query_vectors: QueryVectorCache::new(4096),
             store,
             chat,
             reranker: config

@@ -77,21 +77,71 @@ pub enum ParseError {
     Empty,
 }
 
-/// Extracts the text of a document.
-pub fn extract(format: Format, bytes: &[u8]) -> Result<String, ParseError> {
-    let text = match format {
-        Format::Text => utf8(bytes)?,
-        Format::Markdown => markdown(&utf8(bytes)?),
-        Format::Html => html(bytes),
+/// A part of a document: a page of a PDF, or the text under a heading (Markdown,
+/// HTML, DOCX). Citations point into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The page, from 1, in paged formats.
+    pub page: Option<u32>,
+    /// The heading the text sits under; the text repeats it as its first line.
+    pub heading: Option<String>,
+    pub text: String,
+}
+
+/// A document's text, in reading order, with its structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedDocument {
+    /// Never empty, and no section is empty.
+    pub sections: Vec<Section>,
+}
+
+impl ParsedDocument {
+    /// The whole text, sections apart by a blank line.
+    pub fn text(&self) -> String {
+        self.sections
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// The number of pages, for paged formats.
+    pub fn pages(&self) -> Option<u32> {
+        self.sections.iter().filter_map(|s| s.page).max()
+    }
+}
+
+/// Extracts the text of a document and its pages or sections.
+pub fn extract(format: Format, bytes: &[u8]) -> Result<ParsedDocument, ParseError> {
+    let raw = match format {
+        Format::Text => vec![unstructured(utf8(bytes)?)],
+        Format::Markdown => by_headings(&utf8(bytes)?),
+        Format::Html => by_headings(&html(bytes)),
         Format::Pdf => pdf(bytes)?,
         Format::Docx => docx(bytes)?,
-        Format::Csv => csv(bytes)?,
+        Format::Csv => vec![unstructured(csv(bytes)?)],
     };
-    let text = tidy(&text);
-    if text.trim().is_empty() {
+    let sections: Vec<Section> = raw
+        .into_iter()
+        .map(|section| Section {
+            heading: section.heading.map(|h| tidy(&h)).filter(|h| !h.is_empty()),
+            text: tidy(&section.text),
+            page: section.page,
+        })
+        .filter(|section| !section.text.trim().is_empty())
+        .collect();
+    if sections.is_empty() {
         Err(ParseError::Empty)
     } else {
-        Ok(text)
+        Ok(ParsedDocument { sections })
+    }
+}
+
+fn unstructured(text: String) -> Section {
+    Section {
+        page: None,
+        heading: None,
+        text,
     }
 }
 
@@ -100,19 +150,54 @@ fn utf8(bytes: &[u8]) -> Result<String, ParseError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| ParseError::NotUtf8)
 }
 
-/// Markdown keeps its words; the markup that is not prose goes.
-fn markdown(text: &str) -> String {
-    text.lines()
-        .map(|line| {
-            let line = line.trim_start();
-            let line = line
-                .trim_start_matches('#')
-                .trim_start_matches(['>', '*', '-', '+'])
-                .trim_start();
-            line.replace("**", "").replace("__", "").replace('`', "")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Markdown (and HTML rendered as Markdown) cut at its headings; the markup that is
+/// not prose goes, the words stay.
+fn by_headings(text: &str) -> Vec<Section> {
+    let mut sections = vec![unstructured(String::new())];
+    let mut in_code_fence = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            in_code_fence = !in_code_fence;
+            continue;
+        }
+        let hashes = trimmed.chars().take_while(|c| *c == '#').count();
+        if !in_code_fence && (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
+            let heading = inline_markup(trimmed[hashes..].trim().trim_end_matches('#').trim());
+            sections.push(Section {
+                page: None,
+                heading: Some(heading.clone()),
+                text: format!("{heading}\n"),
+            });
+            continue;
+        }
+        // Table rules and borders drawn with box characters carry no words.
+        if trimmed.chars().all(|c| {
+            c.is_whitespace() || ('\u{2500}'..='\u{257F}').contains(&c) || "-|:=+".contains(c)
+        }) && !trimmed.is_empty()
+        {
+            continue;
+        }
+        let line = trimmed
+            .trim_start_matches('>')
+            .trim_start()
+            .strip_prefix(['*', '-', '+'])
+            .map_or(
+                trimmed.trim_start_matches('>').trim_start(),
+                str::trim_start,
+            );
+        let current = sections.last_mut().expect("there is always a section");
+        current.text.push_str(&inline_markup(line));
+        current.text.push('\n');
+    }
+    sections
+}
+
+fn inline_markup(line: &str) -> String {
+    line.replace("**", "")
+        .replace("__", "")
+        .replace('`', "")
+        .replace('\u{2502}', " ")
 }
 
 fn html(bytes: &[u8]) -> String {
@@ -121,10 +206,10 @@ fn html(bytes: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
 }
 
-fn pdf(bytes: &[u8]) -> Result<String, ParseError> {
+fn pdf(bytes: &[u8]) -> Result<Vec<Section>, ParseError> {
     // pdf-extract panics on some malformed files; a bad upload must fail alone.
     let bytes = bytes.to_vec();
-    let lines = std::panic::catch_unwind(move || -> Result<Vec<Vec<String>>, ParseError> {
+    let pages = std::panic::catch_unwind(move || -> Result<Vec<PageGlyphs>, ParseError> {
         let document =
             pdf_extract::Document::load_mem(&bytes).map_err(|e| ParseError::Pdf(e.to_string()))?;
         if document.is_encrypted() {
@@ -136,17 +221,31 @@ fn pdf(bytes: &[u8]) -> Result<String, ParseError> {
         pdf_extract::output_doc(&document, &mut collector)
             .map_err(|e| ParseError::Pdf(e.to_string()))?;
         collector.finish_line();
-        Ok(collector.lines)
+        Ok(collector.pages)
     })
     .map_err(|_| ParseError::Pdf("the file is corrupt".into()))??;
-    Ok(lines
-        .iter()
-        .map(|clusters| arabic::logical_order_clusters(clusters))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(pages
+        .into_iter()
+        .map(|page| Section {
+            page: Some(page.number),
+            heading: None,
+            text: page
+                .lines
+                .iter()
+                .map(|clusters| arabic::logical_order_clusters(clusters))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })
+        .collect())
 }
 
-/// The glyphs of a PDF, line by line, each glyph with the text its font maps it to.
+/// One page's glyphs, line by line, each glyph with the text its font maps it to.
+#[derive(Default)]
+struct PageGlyphs {
+    number: u32,
+    lines: Vec<Vec<String>>,
+}
+
 /// Keeping glyphs apart (rather than one string, as plain extraction does) matters
 /// for right-to-left text drawn in visual order: a ligature such as lam-alef is one
 /// glyph standing for two letters in reading order, and must be moved as one.
@@ -157,13 +256,30 @@ struct GlyphLines {
     last_y: f64,
     first_in_word: bool,
     current: Vec<String>,
-    lines: Vec<Vec<String>>,
+    pages: Vec<PageGlyphs>,
 }
 
 impl GlyphLines {
     fn finish_line(&mut self) {
         if !self.current.is_empty() {
-            self.lines.push(std::mem::take(&mut self.current));
+            let line = std::mem::take(&mut self.current);
+            if self.pages.is_empty() {
+                self.pages.push(PageGlyphs {
+                    number: 1,
+                    lines: Vec::new(),
+                });
+            }
+            if let Some(page) = self.pages.last_mut() {
+                page.lines.push(line);
+            }
+        }
+    }
+
+    /// A blank line: a paragraph break.
+    fn break_paragraph(&mut self) {
+        self.finish_line();
+        if let Some(page) = self.pages.last_mut() {
+            page.lines.push(Vec::new());
         }
     }
 }
@@ -171,10 +287,15 @@ impl GlyphLines {
 impl pdf_extract::OutputDev for GlyphLines {
     fn begin_page(
         &mut self,
-        _page: u32,
+        page: u32,
         media_box: &pdf_extract::MediaBox,
         _art_box: Option<(f64, f64, f64, f64)>,
     ) -> Result<(), pdf_extract::OutputError> {
+        self.finish_line();
+        self.pages.push(PageGlyphs {
+            number: page,
+            lines: Vec::new(),
+        });
         self.flip = Some(pdf_extract::Transform::row_major(
             1.,
             0.,
@@ -189,7 +310,6 @@ impl pdf_extract::OutputDev for GlyphLines {
 
     fn end_page(&mut self) -> Result<(), pdf_extract::OutputError> {
         self.finish_line();
-        self.lines.push(Vec::new());
         Ok(())
     }
 
@@ -212,8 +332,7 @@ impl pdf_extract::OutputDev for GlyphLines {
         let (x, y) = (position.m31, position.m32);
         if self.first_in_word {
             if (y - self.last_y).abs() > size * 1.5 {
-                self.finish_line();
-                self.lines.push(Vec::new());
+                self.break_paragraph();
             } else if x < self.last_end && (y - self.last_y).abs() > size * 0.5 {
                 self.finish_line();
             } else if x > self.last_end + size * 0.1 && !self.current.is_empty() {
@@ -241,7 +360,7 @@ impl pdf_extract::OutputDev for GlyphLines {
     }
 }
 
-fn docx(bytes: &[u8]) -> Result<String, ParseError> {
+fn docx(bytes: &[u8]) -> Result<Vec<Section>, ParseError> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| ParseError::Docx(format!("not a DOCX (zip) file: {e}")))?;
     let mut xml = String::new();
@@ -251,30 +370,65 @@ fn docx(bytes: &[u8]) -> Result<String, ParseError> {
         .take(64 * 1024 * 1024)
         .read_to_string(&mut xml)
         .map_err(|e| ParseError::Docx(e.to_string()))?;
-    docx_text(&xml)
+    docx_sections(&xml)
 }
 
-/// Text of `w:t` runs, a paragraph per `w:p`, tabs and breaks kept.
-fn docx_text(xml: &str) -> Result<String, ParseError> {
+/// Whether a paragraph style makes a heading: Word's and LibreOffice's `Heading1`...,
+/// French Word's `Titre1`..., and `Title`.
+fn is_heading_style(style: &str) -> bool {
+    let style = style.to_ascii_lowercase();
+    ["heading", "titre", "title"]
+        .iter()
+        .any(|prefix| style.starts_with(prefix))
+}
+
+/// Text of `w:t` runs, a paragraph per `w:p`, tabs and breaks kept; a paragraph in a
+/// heading style (or with an outline level) starts a section.
+fn docx_sections(xml: &str) -> Result<Vec<Section>, ParseError> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
-    let mut text = String::new();
+    let mut sections = vec![unstructured(String::new())];
+    let mut paragraph = String::new();
+    let mut heading = false;
     let mut in_text = false;
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) if e.name().as_ref() == "w:t" => in_text = true,
             Ok(Event::End(e)) if e.name().as_ref() == "w:t" => in_text = false,
-            Ok(Event::End(e)) if e.name().as_ref() == "w:p" => text.push('\n'),
-            Ok(Event::Empty(e)) if e.name().as_ref() == "w:tab" => text.push('\t'),
-            Ok(Event::Empty(e)) if matches!(e.name().as_ref(), "w:br" | "w:cr") => text.push('\n'),
-            Ok(Event::Text(t)) if in_text => text.push_str(&t.xml10_content()),
+            Ok(Event::Empty(e)) if e.name().as_ref() == "w:pStyle" => {
+                heading |= e
+                    .attributes()
+                    .flatten()
+                    .filter(|a| a.key.as_ref() == "w:val")
+                    .any(|a| is_heading_style(&a.value));
+            }
+            Ok(Event::Empty(e)) if e.name().as_ref() == "w:outlineLvl" => heading = true,
+            Ok(Event::End(e)) if e.name().as_ref() == "w:p" => {
+                let text = std::mem::take(&mut paragraph);
+                if heading && !text.trim().is_empty() {
+                    sections.push(Section {
+                        page: None,
+                        heading: Some(text.trim().to_owned()),
+                        text: format!("{}\n", text.trim()),
+                    });
+                } else if let Some(current) = sections.last_mut() {
+                    current.text.push_str(&text);
+                    current.text.push('\n');
+                }
+                heading = false;
+            }
+            Ok(Event::Empty(e)) if e.name().as_ref() == "w:tab" => paragraph.push('\t'),
+            Ok(Event::Empty(e)) if matches!(e.name().as_ref(), "w:br" | "w:cr") => {
+                paragraph.push('\n')
+            }
+            Ok(Event::Text(t)) if in_text => paragraph.push_str(&t.xml10_content()),
             Ok(Event::GeneralRef(r)) if in_text => {
                 if let Ok(Some(c)) = r.resolve_char_ref() {
-                    text.push(c);
+                    paragraph.push(c);
                 } else if let Some(entity) =
                     quick_xml::escape::resolve_predefined_entity(&r.xml10_content())
                 {
-                    text.push_str(entity);
+                    paragraph.push_str(entity);
                 }
             }
             Ok(Event::Eof) => break,
@@ -282,7 +436,10 @@ fn docx_text(xml: &str) -> Result<String, ParseError> {
             _ => {}
         }
     }
-    Ok(text)
+    if let Some(current) = sections.last_mut() {
+        current.text.push_str(&paragraph);
+    }
+    Ok(sections)
 }
 
 /// Each row becomes a line `column: value; column: value`, so a passage keeps the
@@ -354,15 +511,49 @@ mod tests {
     }
 
     #[test]
-    fn docx_paragraphs_and_entities_survive() {
-        let xml = r#"<w:document><w:body><w:p><w:r><w:t>Salut &amp; bienvenue</w:t></w:r></w:p><w:p><w:r><w:t xml:space="preserve">مرحبا</w:t></w:r><w:r><w:tab/><w:t>x</w:t></w:r></w:p></w:body></w:document>"#;
-        assert_eq!(docx_text(xml).unwrap(), "Salut & bienvenue\nمرحبا\tx\n");
+    fn docx_paragraphs_entities_and_headings_survive() {
+        let xml = r#"<w:document><w:body><w:p><w:r><w:t>Salut &amp; bienvenue</w:t></w:r></w:p><w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>Article 2</w:t></w:r></w:p><w:p><w:r><w:t xml:space="preserve">مرحبا</w:t></w:r><w:r><w:tab/><w:t>x</w:t></w:r></w:p></w:body></w:document>"#;
+        let sections = docx_sections(xml).unwrap();
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[0].text, "Salut & bienvenue\n");
+        assert_eq!(sections[1].heading.as_deref(), Some("Article 2"));
+        assert_eq!(sections[1].text, "Article 2\nمرحبا\tx\n");
+    }
+
+    #[test]
+    fn markdown_and_html_are_cut_at_their_headings() {
+        let markdown = extract(
+            Format::Markdown,
+            "Intro **importante**.\n\n# Congés\n\n- trente jours\n\n## Absences ##\n\n> Justifier sous `48h`.\n".as_bytes(),
+        )
+        .unwrap();
+        let headings: Vec<Option<&str>> = markdown
+            .sections
+            .iter()
+            .map(|s| s.heading.as_deref())
+            .collect();
+        assert_eq!(headings, vec![None, Some("Congés"), Some("Absences")]);
+        assert_eq!(markdown.sections[0].text, "Intro importante.");
+        assert_eq!(markdown.sections[1].text, "Congés\n\ntrente jours");
+        assert_eq!(markdown.sections[2].text, "Absences\n\nJustifier sous 48h.");
+
+        let html = extract(
+            Format::Html,
+            b"<html><head><style>p{color:red}</style><script>var x = 1;</script></head><body><h1>Bourses</h1><p>Avant le <b>15 octobre</b>.</p><table><tr><td>a</td><td>b</td></tr></table></body></html>",
+        )
+        .unwrap();
+        assert_eq!(html.sections.len(), 1, "{html:?}");
+        assert_eq!(html.sections[0].heading.as_deref(), Some("Bourses"));
+        let text = html.text();
+        assert!(text.contains("Avant le 15 octobre."), "{text}");
+        assert!(!text.contains("var x") && !text.contains("color"), "{text}");
+        assert!(!text.contains('\u{2500}'), "no table rules: {text}");
     }
 
     #[test]
     fn csv_rows_keep_their_column_names() {
         let text = extract(Format::Csv, b"service,horaire\nScolarite,8h-16h\n").unwrap();
-        assert_eq!(text, "service: Scolarite; horaire: 8h-16h");
+        assert_eq!(text.text(), "service: Scolarite; horaire: 8h-16h");
     }
 
     #[test]
@@ -388,6 +579,6 @@ mod tests {
     fn presentation_forms_become_letters() {
         // "سلام" written with Arabic presentation forms, as many PDFs store it.
         let text = extract(Format::Text, "\u{FEB3}\u{FEE0}\u{FE8E}\u{FEE1}".as_bytes()).unwrap();
-        assert_eq!(text, "سلام");
+        assert_eq!(text.text(), "سلام");
     }
 }

@@ -332,6 +332,8 @@ pub struct DocumentView {
     pub error: Option<String>,
     pub language: Option<String>,
     pub chunk_count: i32,
+    /// How many pages a paged document (PDF) has.
+    pub pages: Option<i32>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -346,7 +348,7 @@ pub struct UploadAccepted {
     pub duplicate: bool,
 }
 
-const DOCUMENT_COLUMNS: &str = "id, knowledge_base_id, title, content_type, size_bytes, status, error, language, chunk_count, metadata, created_at, updated_at";
+const DOCUMENT_COLUMNS: &str = "id, knowledge_base_id, title, content_type, size_bytes, status, error, language, chunk_count, pages, metadata, created_at, updated_at";
 
 struct Upload {
     title: String,
@@ -691,6 +693,8 @@ pub struct Citation {
     pub snippet: String,
     pub score: f32,
     pub language: Option<String>,
+    pub page: Option<i32>,
+    pub section: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -745,7 +749,7 @@ async fn retrieve(
 
     let mut timings = Timings::default();
     let embed_started = Instant::now();
-    let mut vectors: BTreeMap<String, Option<Vec<f32>>> = BTreeMap::new();
+    let mut vectors: BTreeMap<String, Option<std::sync::Arc<Vec<f32>>>> = BTreeMap::new();
     for kb in &knowledge_bases {
         let key = kb.embedding.to_string();
         if vectors.contains_key(&key) {
@@ -760,8 +764,13 @@ async fn retrieve(
                     .resolve(&spec.provider, &spec.model)
                     .ok()
             }) {
-            Some(embedder) => match embedder.embed(&[query.to_owned()]).await {
-                Ok(mut v) => v.pop(),
+            Some(embedder) => match state
+                .rag
+                .query_vectors
+                .embed(embedder.as_ref(), query)
+                .await
+            {
+                Ok(vector) => Some(vector),
                 Err(error) => {
                     // Full-text search still answers while the embedding server is down.
                     tracing::warn!(%error, "query embedding failed; searching text only");
@@ -789,7 +798,7 @@ async fn retrieve(
             state.rag.store.as_ref(),
             scope,
             query,
-            vector.as_deref(),
+            vector.as_deref().map(Vec::as_slice),
             candidates,
             filters,
         )
@@ -873,6 +882,8 @@ fn citations(results: &[SearchResult]) -> Vec<Citation> {
             snippet: r.snippet.clone(),
             score: r.score,
             language: r.language.clone(),
+            page: r.page,
+            section: r.section.clone(),
         })
         .collect()
 }

@@ -8,7 +8,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::arabic::normalize_for_search;
-use super::store::{Scope, StoreError, VectorHit, VectorStore};
+use iafactory_crds::Language;
+
+use super::store::{Scope, StoreError, VectorFilter, VectorHit, VectorStore};
 use crate::db::tenant_tx;
 
 /// RRF's constant: 60 as in Cormack et al.; it damps the weight of the very top ranks.
@@ -103,14 +105,29 @@ pub struct SearchResult {
     pub snippet: String,
     pub score: f32,
     pub language: Option<String>,
+    /// The page the passage starts on, for paged documents (PDF).
+    pub page: Option<i32>,
+    /// The heading the passage sits under, when the document has headings.
+    pub section: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SearchFilters {
     /// Only passages in this language (`ar`, `fr`, `en`).
-    pub language: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub language: Option<Language>,
     /// Only these documents.
     pub document_ids: Option<Vec<Uuid>>,
+}
+
+impl SearchFilters {
+    pub fn vector_filter(&self) -> VectorFilter {
+        VectorFilter {
+            document_ids: self.document_ids.clone(),
+            language: self.language,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +151,7 @@ pub async fn rank(
     let mut lists = Vec::new();
     if let Some(vector) = query_vector {
         let hits: Vec<VectorHit> = store
-            .search(scope, vector, candidates, filters.document_ids.as_deref())
+            .search(scope, vector, candidates, &filters.vector_filter())
             .await?;
         lists.push(hits.into_iter().map(|h| h.chunk_id).collect());
     }
@@ -142,7 +159,9 @@ pub async fn rank(
         let mut tx = tenant_tx(pool, scope.tenant_id).await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM chunks, to_tsquery('simple', $1) q
-             WHERE knowledge_base_id = $2 AND tsv @@ q AND ($4::uuid[] IS NULL OR document_id = ANY($4))
+             WHERE tenant_id = $5 AND knowledge_base_id = $2 AND tsv @@ q
+               AND ($4::uuid[] IS NULL OR document_id = ANY($4))
+               AND ($6::text IS NULL OR language = $6)
              ORDER BY ts_rank_cd(tsv, q, 1) DESC, id
              LIMIT $3",
         )
@@ -150,6 +169,8 @@ pub async fn rank(
         .bind(scope.knowledge_base_id)
         .bind(candidates as i64)
         .bind(filters.document_ids.as_deref())
+        .bind(scope.tenant_id)
+        .bind(filters.language.map(|l| l.code()))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -171,12 +192,15 @@ pub async fn results(
     let mut tx = tenant_tx(pool, tenant_id).await?;
     let rows: Vec<SearchResult> = sqlx::query_as(
         "SELECT c.document_id, c.knowledge_base_id, d.title, c.id AS chunk_id, c.ordinal, c.content,
-                '' AS snippet, 0::real AS score, c.language
+                '' AS snippet, 0::real AS score, c.language,
+                (c.metadata->>'page')::int AS page, c.metadata->>'section' AS section
          FROM chunks c JOIN documents d ON d.id = c.document_id
-         WHERE c.id = ANY($1) AND d.status = 'ready' AND ($2::text IS NULL OR c.language = $2)",
+         WHERE c.id = ANY($1) AND c.tenant_id = $3 AND d.status = 'ready'
+           AND ($2::text IS NULL OR c.language = $2)",
     )
     .bind(&ids)
-    .bind(filters.language.as_deref())
+    .bind(filters.language.map(|l| l.code()))
+    .bind(tenant_id)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -1,11 +1,11 @@
 //! Vector storage behind one trait. pgvector is the default: the vectors live in the
 //! `chunks` rows, each knowledge base with its own HNSW index. The trait is shaped for
-//! Qdrant as well: a collection per knowledge base, points carrying the tenant and
-//! knowledge base as payload, and every search filtered by both.
+//! Qdrant as well (see [`VectorStore`] for how each call maps onto it).
 
 use async_trait::async_trait;
+use iafactory_crds::Language;
 use pgvector::Vector;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::db::tenant_tx;
@@ -17,11 +17,29 @@ pub struct Scope {
     pub knowledge_base_id: Uuid,
 }
 
+/// One chunk's vector and the payload searches filter on.
 #[derive(Debug, Clone)]
 pub struct VectorPoint {
     pub chunk_id: Uuid,
     pub document_id: Uuid,
+    pub language: Option<Language>,
+    /// Unit length: the embedders normalise, so cosine is a dot product.
     pub vector: Vec<f32>,
+}
+
+/// What a search may return within its scope. Empty: the whole knowledge base.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VectorFilter {
+    /// Only chunks of these documents.
+    pub document_ids: Option<Vec<Uuid>>,
+    /// Only chunks in this language.
+    pub language: Option<Language>,
+}
+
+impl VectorFilter {
+    pub fn is_empty(&self) -> bool {
+        self.document_ids.is_none() && self.language.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,43 +51,84 @@ pub struct VectorHit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the vector store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the vector store refused the request: {0}")]
-    Rejected(String),
+    #[error("the {store} vector store is unavailable during {operation}: {reason}")]
+    Unavailable {
+        store: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
+    #[error("the {store} vector store refused {operation}: {reason}")]
+    Rejected {
+        store: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 impl StoreError {
+    /// Worth retrying later: the store is down or overloaded, not the request wrong.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable { .. })
     }
-}
 
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Database(db) => StoreError::Rejected(db.to_string()),
-            other => StoreError::Unavailable(other.to_string()),
+    fn pgvector(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |error| match error {
+            sqlx::Error::Database(db) => StoreError::Rejected {
+                store: "pgvector",
+                operation,
+                reason: db.to_string(),
+            },
+            other => StoreError::Unavailable {
+                store: "pgvector",
+                operation,
+                reason: other.to_string(),
+            },
         }
     }
 }
 
+/// Where a knowledge base's vectors live.
+///
+/// The contract, for every implementation:
+/// - Every call names its [`Scope`], and touches nothing outside it. A search returns
+///   only points of that tenant's knowledge base, whatever the filter says.
+/// - A point is identified by its chunk id: upserting it again replaces it.
+/// - Deletions are idempotent: deleting what is not there succeeds.
+/// - Scores are cosine similarities (higher is better); results come best first.
+/// - Errors say whether they are transient ([`StoreError::is_transient`]): ingestion
+///   retries those with backoff, and search falls back to full text.
+///
+/// How it maps onto the two stores:
+///
+/// | call                | pgvector (default)                                   | Qdrant                                                      |
+/// |---------------------|------------------------------------------------------|-------------------------------------------------------------|
+/// | `ensure_collection` | a partial HNSW index (cosine) on the knowledge base's rows | create the collection (size, `Distance::Cosine`) and payload indexes on `tenant_id`, `knowledge_base_id`, `document_id`, `language` |
+/// | `upsert`            | set `chunks.embedding` of rows already inserted      | upsert points: id = chunk id, payload = tenant, knowledge base, document, language |
+/// | `delete_document`   | clear the document's vectors                         | delete by filter `document_id`                              |
+/// | `delete_collection` | drop the index                                       | delete the collection                                       |
+/// | `search`            | `ORDER BY embedding <=> $q` in the tenant's RLS transaction, `WHERE tenant_id AND knowledge_base_id` | query with a `must` filter on `tenant_id` and `knowledge_base_id` (always, even in a per-knowledge-base collection), plus the [`VectorFilter`] |
+///
+/// Chunk text, titles and full-text search stay in PostgreSQL whatever the vector
+/// store: it returns chunk ids and scores only.
 #[async_trait]
 pub trait VectorStore: Send + Sync {
+    /// `pgvector` or `qdrant`, for logs and metrics.
     fn kind(&self) -> &'static str;
-    /// Prepares a knowledge base's collection for vectors of this size.
+    /// Prepares a knowledge base's collection for vectors of this size. Idempotent.
     async fn ensure_collection(&self, scope: Scope, dimensions: usize) -> Result<(), StoreError>;
+    /// Stores points, in one batch, replacing those with the same chunk ids.
     async fn upsert(&self, scope: Scope, points: &[VectorPoint]) -> Result<(), StoreError>;
+    /// Removes a document's points.
     async fn delete_document(&self, scope: Scope, document_id: Uuid) -> Result<(), StoreError>;
+    /// Removes the knowledge base's collection and every point in it.
     async fn delete_collection(&self, scope: Scope) -> Result<(), StoreError>;
-    /// The nearest chunks of the knowledge base, best first, optionally among some
-    /// documents only.
+    /// The `limit` chunks nearest to `vector` in the knowledge base, best first.
     async fn search(
         &self,
         scope: Scope,
         vector: &[f32],
         limit: usize,
-        documents: Option<&[Uuid]>,
+        filter: &VectorFilter,
     ) -> Result<Vec<VectorHit>, StoreError>;
     /// Whether the store answers (readiness).
     async fn ready(&self) -> bool;
@@ -84,17 +143,32 @@ impl PgVectorStore {
         Self { pool }
     }
 
-    async fn dimensions(&self, scope: Scope) -> Result<Option<i32>, StoreError> {
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
-        let dimensions: Option<i32> = sqlx::query_scalar(
-            "SELECT (embedding->>'dimensions')::int FROM knowledge_bases WHERE id = $1",
+    /// The index that serves a knowledge base's searches (see the migrations'
+    /// `ensure_vector_index`).
+    pub fn index_name(knowledge_base_id: Uuid) -> String {
+        format!("chunks_hnsw_{}", knowledge_base_id.simple())
+    }
+
+    /// A transaction in the tenant's RLS context, with the search settings, in one
+    /// round trip.
+    async fn search_tx(
+        &self,
+        tenant_id: Uuid,
+        filtered: bool,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // ef_search 100 keeps recall up; a filtered search scans the graph further
+        // until it has enough matching rows (pgvector's iterative scans).
+        sqlx::query(
+            "SELECT set_config('app.current_tenant_id', $1, true),
+                    set_config('hnsw.ef_search', '100', true),
+                    set_config('hnsw.iterative_scan', $2, true)",
         )
-        .bind(scope.knowledge_base_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
-        tx.commit().await?;
-        Ok(dimensions)
+        .bind(tenant_id.to_string())
+        .bind(if filtered { "relaxed_order" } else { "off" })
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
     }
 }
 
@@ -105,69 +179,88 @@ impl VectorStore for PgVectorStore {
     }
 
     async fn ensure_collection(&self, scope: Scope, dimensions: usize) -> Result<(), StoreError> {
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
+        let failed = || StoreError::pgvector("ensure_collection");
+        let mut tx = tenant_tx(&self.pool, scope.tenant_id)
+            .await
+            .map_err(failed())?;
         sqlx::query("SELECT ensure_vector_index($1, $2)")
             .bind(scope.knowledge_base_id)
             .bind(dimensions as i32)
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .await
+            .map_err(failed())?;
+        tx.commit().await.map_err(failed())
     }
 
     async fn upsert(&self, scope: Scope, points: &[VectorPoint]) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());
         }
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
+        let failed = || StoreError::pgvector("upsert");
         let ids: Vec<Uuid> = points.iter().map(|p| p.chunk_id).collect();
         let vectors: Vec<Vector> = points
             .iter()
             .map(|p| Vector::from(p.vector.clone()))
             .collect();
+        let mut tx = tenant_tx(&self.pool, scope.tenant_id)
+            .await
+            .map_err(failed())?;
         let updated = sqlx::query(
             "UPDATE chunks SET embedding = v.embedding
              FROM UNNEST($1::uuid[], $2::vector[]) AS v(id, embedding)
-             WHERE chunks.id = v.id AND chunks.knowledge_base_id = $3",
+             WHERE chunks.id = v.id AND chunks.tenant_id = $3 AND chunks.knowledge_base_id = $4",
         )
         .bind(&ids)
         .bind(&vectors)
+        .bind(scope.tenant_id)
         .bind(scope.knowledge_base_id)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(failed())?;
         if updated.rows_affected() != points.len() as u64 {
-            return Err(StoreError::Rejected(format!(
-                "{} of {} chunks are not in knowledge base {}",
-                points.len() as u64 - updated.rows_affected(),
-                points.len(),
-                scope.knowledge_base_id
-            )));
+            return Err(StoreError::Rejected {
+                store: "pgvector",
+                operation: "upsert",
+                reason: format!(
+                    "{} of {} chunks are not in knowledge base {}",
+                    points.len() as u64 - updated.rows_affected(),
+                    points.len(),
+                    scope.knowledge_base_id
+                ),
+            });
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await.map_err(failed())
     }
 
     async fn delete_document(&self, scope: Scope, document_id: Uuid) -> Result<(), StoreError> {
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
+        let failed = || StoreError::pgvector("delete_document");
+        let mut tx = tenant_tx(&self.pool, scope.tenant_id)
+            .await
+            .map_err(failed())?;
         sqlx::query(
-            "UPDATE chunks SET embedding = NULL WHERE document_id = $1 AND knowledge_base_id = $2",
+            "UPDATE chunks SET embedding = NULL
+             WHERE document_id = $1 AND tenant_id = $2 AND knowledge_base_id = $3",
         )
         .bind(document_id)
+        .bind(scope.tenant_id)
         .bind(scope.knowledge_base_id)
         .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
+        .map_err(failed())?;
+        tx.commit().await.map_err(failed())
     }
 
     async fn delete_collection(&self, scope: Scope) -> Result<(), StoreError> {
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
+        let failed = || StoreError::pgvector("delete_collection");
+        let mut tx = tenant_tx(&self.pool, scope.tenant_id)
+            .await
+            .map_err(failed())?;
         sqlx::query("SELECT drop_vector_index($1)")
             .bind(scope.knowledge_base_id)
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .await
+            .map_err(failed())?;
+        tx.commit().await.map_err(failed())
     }
 
     async fn search(
@@ -175,38 +268,39 @@ impl VectorStore for PgVectorStore {
         scope: Scope,
         vector: &[f32],
         limit: usize,
-        documents: Option<&[Uuid]>,
+        filter: &VectorFilter,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        let Some(dimensions) = self.dimensions(scope).await? else {
-            return Ok(Vec::new());
-        };
-        if dimensions as usize != vector.len() {
-            return Err(StoreError::Rejected(format!(
-                "the query vector has {} dimensions, the knowledge base {}",
-                vector.len(),
-                dimensions
-            )));
-        }
-        let mut tx = tenant_tx(&self.pool, scope.tenant_id).await?;
-        // A larger candidate list than the default keeps recall up for filtered
-        // searches; the expression matches the knowledge base's partial index.
-        sqlx::query("SET LOCAL hnsw.ef_search = 100")
-            .execute(&mut *tx)
-            .await?;
-        let rows: Vec<(Uuid, f64)> = sqlx::query_as(&format!(
+        let failed = || StoreError::pgvector("search");
+        // The knowledge base's index is partial (`WHERE knowledge_base_id = '<id>'`) and
+        // on `embedding::vector(<dimensions>)`: the query names both as literals so the
+        // planner can use it whatever plan it caches. The dimensions are the query
+        // vector's: a knowledge base holds vectors of one size only, the embedder's.
+        let dimensions = vector.len();
+        let mut tx = self
+            .search_tx(scope.tenant_id, !filter.is_empty())
+            .await
+            .map_err(failed())?;
+        let mut rows: Vec<(Uuid, f64)> = sqlx::query_as(&format!(
             "SELECT id, 1 - (embedding::vector({dimensions}) <=> $1::vector({dimensions})) AS score
              FROM chunks
-             WHERE knowledge_base_id = $2 AND embedding IS NOT NULL AND ($4::uuid[] IS NULL OR document_id = ANY($4))
+             WHERE tenant_id = $2 AND knowledge_base_id = '{knowledge_base}' AND embedding IS NOT NULL
+               AND ($4::uuid[] IS NULL OR document_id = ANY($4))
+               AND ($5::text IS NULL OR language = $5)
              ORDER BY embedding::vector({dimensions}) <=> $1::vector({dimensions})
-             LIMIT $3"
+             LIMIT $3",
+            knowledge_base = scope.knowledge_base_id,
         ))
         .bind(Vector::from(vector.to_vec()))
-        .bind(scope.knowledge_base_id)
+        .bind(scope.tenant_id)
         .bind(limit as i64)
-        .bind(documents)
+        .bind(filter.document_ids.as_deref())
+        .bind(filter.language.map(|l| l.code()))
         .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .await
+        .map_err(failed())?;
+        tx.commit().await.map_err(failed())?;
+        // Iterative scans return rows in roughly, not strictly, increasing distance.
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(rows
             .into_iter()
             .map(|(chunk_id, score)| VectorHit {

@@ -7,6 +7,8 @@
 
 use iafactory_crds::Language;
 
+use super::parse::Section;
+
 /// The document's language among those we process, or `None` when unsure.
 pub fn detect_language(text: &str) -> Option<Language> {
     let sample: String = text.chars().take(4000).collect();
@@ -25,57 +27,117 @@ pub struct Chunk {
     pub ordinal: usize,
     pub text: String,
     pub language: Option<Language>,
+    /// The pages the chunk spans (first, last), for paged formats.
+    pub pages: Option<(u32, u32)>,
+    /// The heading of the section the chunk starts in.
+    pub heading: Option<String>,
 }
 
-/// Splits `text` into chunks of about `size` characters sharing up to `overlap`.
+/// Splits plain text into chunks of about `size` characters sharing up to `overlap`.
 pub fn chunk(
     text: &str,
     size: usize,
     overlap: usize,
     document_language: Option<Language>,
 ) -> Vec<Chunk> {
+    chunk_sections(
+        &[Section {
+            page: None,
+            heading: None,
+            text: text.to_owned(),
+        }],
+        size,
+        overlap,
+        document_language,
+    )
+}
+
+/// A piece of text that is never cut: a sentence, or a clause of a long one.
+struct Unit {
+    text: String,
+    section: usize,
+}
+
+/// Splits a document's sections into chunks of about `size` characters sharing up to
+/// `overlap`; each chunk knows the pages it spans and the heading it starts under.
+pub fn chunk_sections(
+    sections: &[Section],
+    size: usize,
+    overlap: usize,
+    document_language: Option<Language>,
+) -> Vec<Chunk> {
     let size = size.max(50);
     let overlap = overlap.min(size / 2);
-    let mut units: Vec<String> = Vec::new();
-    for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
-        let paragraph = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
-        let mut sentences = split_keeping(&paragraph, &['.', '!', '?', '…', '؟', '؛']);
-        if let Some(last) = sentences.last_mut() {
-            last.push('\n');
-        }
-        for sentence in sentences {
-            if sentence.chars().count() <= size {
-                units.push(sentence);
-            } else {
-                units.extend(split_long(&sentence, size));
+    let mut units: Vec<Unit> = Vec::new();
+    for (section, part) in sections.iter().enumerate() {
+        for paragraph in part
+            .text
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let paragraph = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut sentences = split_keeping(&paragraph, &['.', '!', '?', '…', '؟', '؛']);
+            if let Some(last) = sentences.last_mut() {
+                last.push('\n');
+            }
+            for sentence in sentences {
+                let pieces = if sentence.chars().count() <= size {
+                    vec![sentence]
+                } else {
+                    split_long(&sentence, size)
+                };
+                units.extend(pieces.into_iter().map(|text| Unit { text, section }));
             }
         }
     }
 
+    let make_chunk = |ordinal: usize, current: &[Unit]| -> Option<Chunk> {
+        let text = current
+            .iter()
+            .map(|u| u.text.as_str())
+            .collect::<String>()
+            .trim()
+            .to_owned();
+        if text.is_empty() {
+            return None;
+        }
+        let first = &sections[current.first()?.section];
+        let last = &sections[current.last()?.section];
+        Some(Chunk {
+            ordinal,
+            language: detect_language(&text).or(document_language),
+            text,
+            pages: first.page.zip(last.page.or(first.page)),
+            heading: first.heading.clone(),
+        })
+    };
+
     let mut chunks: Vec<Chunk> = Vec::new();
-    let mut current: Vec<String> = Vec::new();
+    let mut current: Vec<Unit> = Vec::new();
     let mut length = 0;
     // How many units at the front of `current` repeat the previous chunk's end.
     let mut carried_units = 0;
     for unit in units {
-        let unit_length = unit.chars().count();
+        let unit_length = unit.text.chars().count();
         if length + unit_length > size && current.len() > carried_units {
-            let text = current.concat().trim().to_owned();
-            chunks.push(Chunk {
-                ordinal: chunks.len(),
-                language: detect_language(&text).or(document_language),
-                text,
-            });
+            chunks.extend(make_chunk(chunks.len(), &current));
             // Carry whole trailing units into the next chunk, within the overlap.
-            let mut carried: Vec<String> = Vec::new();
+            let mut carried: Vec<Unit> = Vec::new();
             let mut carried_length = 0;
             for previous in current.iter().rev() {
-                let n = previous.chars().count();
+                let n = previous.text.chars().count();
                 if carried_length + n > overlap {
                     break;
                 }
                 carried_length += n;
-                carried.insert(0, previous.clone());
+                carried.insert(
+                    0,
+                    Unit {
+                        text: previous.text.clone(),
+                        section: previous.section,
+                    },
+                );
             }
             carried_units = carried.len();
             current = carried;
@@ -83,21 +145,14 @@ pub fn chunk(
         }
         // The overlap gives way to new text rather than push a chunk past its size.
         while length + unit_length > size && carried_units > 0 {
-            length -= current.remove(0).chars().count();
+            length -= current.remove(0).text.chars().count();
             carried_units -= 1;
         }
         length += unit_length;
         current.push(unit);
     }
-    if !current.is_empty() {
-        let text = current.concat().trim().to_owned();
-        if !text.is_empty() {
-            chunks.push(Chunk {
-                ordinal: chunks.len(),
-                language: detect_language(&text).or(document_language),
-                text,
-            });
-        }
+    if current.len() > carried_units || chunks.is_empty() {
+        chunks.extend(make_chunk(chunks.len(), &current));
     }
     chunks
 }
@@ -225,5 +280,39 @@ mod tests {
         assert!(chunks.iter().all(|c| c.text.chars().count() <= 80));
         assert_eq!(chunks[0].ordinal, 0);
         assert_eq!(chunks.last().unwrap().ordinal, chunks.len() - 1);
+    }
+
+    #[test]
+    fn chunks_know_their_pages_and_headings() {
+        let page = |n: u32, text: &str| Section {
+            page: Some(n),
+            heading: None,
+            text: text.to_owned(),
+        };
+        let sections = [
+            page(1, "Article premier. Le campus ouvre à huit heures."),
+            page(2, "Article deux. La cantine sert à midi."),
+            page(3, "Article trois. Le parking ferme à minuit."),
+        ];
+        let chunks = chunk_sections(&sections, 90, 0, None);
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert_eq!(chunks[0].pages, Some((1, 2)));
+        assert_eq!(chunks[1].pages, Some((3, 3)));
+
+        let headed = [
+            Section {
+                page: None,
+                heading: None,
+                text: "Préambule du règlement intérieur de la société.".into(),
+            },
+            Section {
+                page: None,
+                heading: Some("Congés".into()),
+                text: "Congés\n\nTrente jours par an.".into(),
+            },
+        ];
+        let chunks = chunk_sections(&headed, 50, 0, None);
+        assert_eq!(chunks.last().unwrap().heading.as_deref(), Some("Congés"));
+        assert_eq!(chunks[0].pages, None);
     }
 }
