@@ -1,12 +1,17 @@
 //! The platform configuration every plan is made from: images, plan tiers, network.
 //!
 //! `config/iafactory.toml` is embedded as the built-in default; drivers layer their
-//! own sources on top through [`PlatformConfig::figment`].
+//! own sources on top through [`PlatformConfig::figment`]. The file is shared by both
+//! drivers: each keeps its own settings in its own table (`[appliance]`,
+//! `[operator]`), which the plan carries without reading, so that a typo anywhere
+//! else is still an error rather than a silent default.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::Dict;
 use serde::{Deserialize, Serialize};
 
 use crate::common::ResourceRequirements;
@@ -32,8 +37,15 @@ pub struct PlatformConfig {
     pub registry: String,
     pub images: Images,
     pub api: ApiSettings,
+    pub ollama: OllamaSettings,
     pub network: NetworkSettings,
     pub plans: Plans,
+    /// The appliance's own settings (`figment.focus("appliance")`), opaque here.
+    #[serde(default, skip_serializing_if = "Dict::is_empty")]
+    pub appliance: Dict,
+    /// The operator's own settings (`figment.focus("operator")`), opaque here.
+    #[serde(default, skip_serializing_if = "Dict::is_empty")]
+    pub operator: Dict,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,9 +61,28 @@ pub struct Images {
 #[serde(deny_unknown_fields)]
 pub struct ImageSettings {
     pub image: String,
+    /// The user the image's process runs as (and owns its volumes, as fsGroup).
+    pub uid: i64,
     /// The command Docker runs to check health; empty means "running is healthy".
     #[serde(default)]
     pub healthcheck: Vec<String>,
+    /// Arguments for the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment added to the plan's own (a name the plan sets is overridden).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OllamaSettings {
+    /// Whether the model server pulls models (Ollama's `/api/pull`). A stand-in
+    /// without it (the llama.cpp server of the tests and the demo) serves the model
+    /// baked into its image, and no preload job runs.
+    pub pull_models: bool,
+    /// How long a loaded model stays in memory after its last request.
+    pub keep_alive: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,7 +98,9 @@ pub struct ApiSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSettings {
-    pub ingress_namespace: String,
+    /// Namespaces whose pods may reach a tenant's API: the ingress controller's.
+    pub ingress_namespaces: Vec<String>,
+    /// Where Prometheus runs; it may reach the metrics of tenants with monitoring.
     pub monitoring_namespace: String,
     pub cert_manager_issuer: String,
     #[serde(default)]
@@ -238,8 +271,29 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_an_error_not_a_silent_default() {
-        let figment = PlatformConfig::figment().merge(Toml::string("domian = \"typo.dz\""));
-        let error = PlatformConfig::extract(figment).unwrap_err().to_string();
-        assert!(error.contains("domian"), "{error}");
+        for typo in ["domian = \"typo.dz\"", "[images.api]\nimgae = \"x\""] {
+            let figment = PlatformConfig::figment().merge(Toml::string(typo));
+            let error = PlatformConfig::extract(figment).unwrap_err().to_string();
+            assert!(
+                error.contains("domian") || error.contains("imgae"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_driver_keeps_its_own_table() {
+        let figment = PlatformConfig::figment().merge(Toml::string(
+            "[appliance]\ndata_dir = \"/var/lib/iafactory\"\n[operator]\nleader_election = true",
+        ));
+        let config = PlatformConfig::extract(figment.clone()).unwrap();
+        assert_eq!(config.domain, "iafactory.local");
+        #[derive(Deserialize)]
+        struct ApplianceSettings {
+            data_dir: String,
+        }
+        let appliance: ApplianceSettings = figment.focus("appliance").extract().unwrap();
+        assert_eq!(appliance.data_dir, "/var/lib/iafactory");
+        assert!(config.operator.contains_key("leader_election"));
     }
 }

@@ -96,32 +96,11 @@ fn parse_variable(name: &str) -> Option<TemplateVariable> {
 /// variables that only read ancestors. Returns every error found, not just the first,
 /// in agent order.
 pub fn validate(agents: &[AgentSpec]) -> Result<Dag, Vec<DagError>> {
-    let mut errors = Vec::new();
-    let mut seen = BTreeSet::new();
-    for agent in agents {
-        if !seen.insert(agent.name.as_str()) {
-            errors.push(DagError::DuplicateName {
-                agent: agent.name.clone(),
-            });
-        }
-    }
-    for agent in agents {
-        for dependency in &agent.depends_on {
-            if dependency == &agent.name {
-                errors.push(DagError::SelfDependency {
-                    agent: agent.name.clone(),
-                });
-            } else if !seen.contains(dependency.as_str()) {
-                errors.push(DagError::UnknownDependency {
-                    agent: agent.name.clone(),
-                    missing: dependency.clone(),
-                });
-            }
-        }
-    }
+    let errors = membership_errors(agents);
     if !errors.is_empty() {
         return Err(errors);
     }
+    let mut errors = Vec::new();
 
     let dependencies: BTreeMap<&str, BTreeSet<&str>> = agents
         .iter()
@@ -171,6 +150,52 @@ pub fn validate(agents: &[AgentSpec]) -> Result<Dag, Vec<DagError>> {
     } else {
         Err(errors)
     }
+}
+
+/// What the API server checks of the graph without walking it (the list-map key on
+/// `name` and the CEL rules on `dependsOn`): unique names, and dependencies that name
+/// another agent of the workflow.
+fn membership_errors(agents: &[AgentSpec]) -> Vec<DagError> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for agent in agents {
+        if !seen.insert(agent.name.as_str()) {
+            errors.push(DagError::DuplicateName {
+                agent: agent.name.clone(),
+            });
+        }
+    }
+    for agent in agents {
+        for dependency in &agent.depends_on {
+            if dependency == &agent.name {
+                errors.push(DagError::SelfDependency {
+                    agent: agent.name.clone(),
+                });
+            } else if !seen.contains(dependency.as_str()) {
+                errors.push(DagError::UnknownDependency {
+                    agent: agent.name.clone(),
+                    missing: dependency.clone(),
+                });
+            }
+        }
+    }
+    errors
+}
+
+/// The garde mirror of the Workflow's CEL rules (`spec.agents`), for those who
+/// validate a [`crate::WorkflowSpec`] alone, like the platform API.
+pub(crate) fn check_membership(agents: &[AgentSpec], _: &()) -> garde::Result {
+    let errors = membership_errors(agents);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(garde::Error::new(
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    ))
 }
 
 /// Kahn's algorithm by waves; on a cycle, returns one cycle's path.

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Language, all_languages};
 
+// Cross-field rules, in CEL for the API server and in Rust (the garde `custom` checks
+// below) for everyone else; `tests/rule_mirrors.rs` keeps the two in agreement.
 const CHUNK_OVERLAP_RULE: &str = "!has(self.spec.chunking) || !has(self.spec.chunking.overlap) || !has(self.spec.chunking.size) || self.spec.chunking.overlap < self.spec.chunking.size";
+const CHUNK_OVERLAP_MESSAGE: &str = "chunking.overlap must be smaller than chunking.size";
 const ONE_SOURCE_KIND_RULE: &str = "!has(self.spec.sources) || self.spec.sources.all(s, (has(s.inline) ? 1 : 0) + (has(s.configMap) ? 1 : 0) + (has(s.url) ? 1 : 0) == 1)";
+const ONE_SOURCE_KIND_MESSAGE: &str = "each source sets exactly one of inline, configMap or url";
 
 /// A knowledge base in a tenant's namespace (`iaf-<tenant>`), managed by a tenant
 /// admin. The operator registers it with the tenant's API, which owns the documents.
@@ -38,8 +42,8 @@ const ONE_SOURCE_KIND_RULE: &str = "!has(self.spec.sources) || self.spec.sources
     printcolumn = r#"{"name":"Chunks","type":"integer","jsonPath":".status.chunks"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(CHUNK_OVERLAP_RULE).message("chunking.overlap must be smaller than chunking.size").field_path(".spec.chunking.overlap"),
-    validation = Rule::new(ONE_SOURCE_KIND_RULE).message("each source sets exactly one of inline, configMap or url").field_path(".spec.sources"),
+    validation = Rule::new(CHUNK_OVERLAP_RULE).message(CHUNK_OVERLAP_MESSAGE).field_path(".spec.chunking.overlap"),
+    validation = Rule::new(ONE_SOURCE_KIND_RULE).message(ONE_SOURCE_KIND_MESSAGE).field_path(".spec.sources"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseSpec {
@@ -49,7 +53,7 @@ pub struct KnowledgeBaseSpec {
 
     /// Languages of the documents; Arabic enables Arabic normalisation for search.
     #[serde(default = "all_languages")]
-    #[garde(length(min = 1, max = 3))]
+    #[garde(length(min = 1, max = 3), custom(crate::validation::unique_items))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub languages: Vec<Language>,
 
@@ -69,7 +73,7 @@ pub struct KnowledgeBaseSpec {
 
     /// Documents to ingest when the knowledge base is registered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[garde(length(max = 100), dive)]
+    #[garde(length(max = 100), dive, custom(one_kind_per_source))]
     pub sources: Vec<Source>,
 }
 
@@ -98,8 +102,18 @@ pub struct ChunkingSpec {
     pub size: i32,
     /// Characters shared by consecutive passages; smaller than `size`.
     #[serde(default = "default_chunk_overlap")]
-    #[garde(range(min = 0, max = 2000))]
+    #[garde(range(min = 0, max = 2000), custom(smaller_than_size(self.size)))]
     pub overlap: i32,
+}
+
+fn smaller_than_size(size: i32) -> impl FnOnce(&i32, &()) -> garde::Result {
+    move |overlap, _| {
+        if *overlap < size {
+            Ok(())
+        } else {
+            Err(garde::Error::new(CHUNK_OVERLAP_MESSAGE))
+        }
+    }
 }
 
 impl Default for ChunkingSpec {
@@ -117,6 +131,21 @@ fn default_chunk_size() -> i32 {
 
 fn default_chunk_overlap() -> i32 {
     120
+}
+
+fn one_kind_per_source(sources: &[Source], _: &()) -> garde::Result {
+    let one_kind = |s: &Source| {
+        [s.inline.is_some(), s.config_map.is_some(), s.url.is_some()]
+            .into_iter()
+            .filter(|set| *set)
+            .count()
+            == 1
+    };
+    if sources.iter().all(one_kind) {
+        Ok(())
+    } else {
+        Err(garde::Error::new(ONE_SOURCE_KIND_MESSAGE))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

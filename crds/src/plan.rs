@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::common::{Language, ResourceRequirements};
-use crate::config::{CpuMemory, PlatformConfig, TierPolicy};
+use crate::config::{CpuMemory, ImageSettings, PlatformConfig, TierPolicy};
 use crate::quantity::Quantity;
 use crate::tenant::{
     LlmProviderKind, PlanTier, Retention, Sovereignty, Tenant, TlsMode, VectorStoreKind,
@@ -488,6 +488,11 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
     }
     components.push(api(tenant, tier, config, &name, api_replicas, &providers)?);
     for component in &mut components {
+        let settings = image_settings(config, component.kind);
+        component.args = settings.args.clone();
+        for (name, value) in &settings.env {
+            set_literal(&mut component.env, name, value);
+        }
         if spec.suspended {
             component.replicas = 0;
         }
@@ -528,6 +533,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
     }
 
     let model_preload = (ollama_enabled
+        && config.ollama.pull_models
         && !spec.suspended
         && !spec.components.ollama.models.is_empty())
     .then(|| {
@@ -598,10 +604,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
         egress: EgressPlan {
             internet: false,
             providers,
-            api_ingress_from_namespaces: vec![
-                config.network.ingress_namespace.clone(),
-                config.network.monitoring_namespace.clone(),
-            ],
+            api_ingress_from_namespaces: api_ingress_namespaces(spec, config),
         },
         secrets,
         components,
@@ -633,6 +636,39 @@ const POSTGRES_PORT: u16 = 5432;
 const QDRANT_HTTP_PORT: u16 = 6333;
 const QDRANT_GRPC_PORT: u16 = 6334;
 const OLLAMA_PORT: u16 = 11434;
+
+fn image_settings(config: &PlatformConfig, kind: ComponentKind) -> &ImageSettings {
+    match kind {
+        ComponentKind::Database => &config.images.postgres,
+        ComponentKind::VectorStore => &config.images.qdrant,
+        ComponentKind::Ollama => &config.images.ollama,
+        ComponentKind::Api => &config.images.api,
+    }
+}
+
+/// Sets `name` to a literal, in place if the plan defines it already (so templates
+/// that read it still come after it), at the end otherwise.
+fn set_literal(env: &mut Vec<EnvVarPlan>, name: &str, value: &str) {
+    match env.iter_mut().find(|var| var.name == name) {
+        Some(var) => {
+            var.value = EnvValue::Literal {
+                value: value.to_owned(),
+            }
+        }
+        None => env.push(literal(name, value)),
+    }
+}
+
+/// The ingress controller's namespaces, and Prometheus' when the tenant is monitored.
+fn api_ingress_namespaces(spec: &crate::TenantSpec, config: &PlatformConfig) -> Vec<String> {
+    let mut namespaces = config.network.ingress_namespaces.clone();
+    if spec.components.monitoring.enabled {
+        namespaces.push(config.network.monitoring_namespace.clone());
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
 
 fn check_name(name: &str) -> Result<(), PlanError> {
     let reason = if name.is_empty() {
@@ -814,8 +850,7 @@ fn database(
             &tier.defaults.database.resources,
         )?,
         gpu: 0,
-        // The uid of `postgres` in the official image.
-        security: security(999, true),
+        security: security(config.images.postgres.uid, true),
         depends_on: vec![],
         spec_hash: String::new(),
     })
@@ -905,7 +940,7 @@ fn vector_store(
             &tier.defaults.vector_store.resources,
         )?,
         gpu: 0,
-        security: security(1000, true),
+        security: security(config.images.qdrant.uid, true),
         depends_on: vec![],
         spec_hash: String::new(),
     })
@@ -945,7 +980,7 @@ fn ollama(
             literal("OLLAMA_MODELS", "/models"),
             // The image expects a writable home; the root filesystem is read-only.
             literal("HOME", "/home/ollama"),
-            literal("OLLAMA_KEEP_ALIVE", "30m"),
+            literal("OLLAMA_KEEP_ALIVE", &config.ollama.keep_alive),
         ],
         ports: vec![PortPlan {
             name: "http".into(),
@@ -987,7 +1022,7 @@ fn ollama(
             &tier.defaults.ollama.resources,
         )?,
         gpu,
-        security: security(1000, true),
+        security: security(config.images.ollama.uid, true),
         depends_on: vec![],
         spec_hash: String::new(),
     })
@@ -1147,8 +1182,7 @@ fn api(
             &tier.defaults.api.resources,
         )?,
         gpu: 0,
-        // distroless' `nonroot`.
-        security: security(65532, true),
+        security: security(config.images.api.uid, true),
         depends_on,
         spec_hash: String::new(),
     })
@@ -1283,11 +1317,14 @@ fn check_quota(plan: &TenantPlan, tier: &TierPolicy) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// A stable hash of a component's whole spec: serde_json writes struct fields in
-/// declaration order and our maps are BTreeMaps, so equal plans hash equally.
+/// A stable hash of what one replica of a component runs: serde_json writes struct
+/// fields in declaration order and our maps are BTreeMaps, so equal plans hash
+/// equally. The replica count is left out: scaling, suspending and resuming replace
+/// nothing that runs.
 fn spec_hash(component: &ComponentPlan) -> String {
     let mut unhashed = component.clone();
     unhashed.spec_hash = String::new();
+    unhashed.replicas = 0;
     let bytes = serde_json::to_vec(&unhashed).expect("a plan always serialises");
     short_hash(&bytes, 16)
 }

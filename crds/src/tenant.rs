@@ -8,13 +8,21 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Language, ResourceRequirements, SecretKeyRef, all_languages};
 use crate::quantity::Quantity;
 
-// The CEL rules the API server enforces (x-kubernetes-validations). The appliance, which
-// has no API server, evaluates the very same rules through `Tenant::validate_cel`.
-const TENANT_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 59";
+// The cross-field rules. Each is said twice: in CEL, which the API server enforces
+// (x-kubernetes-validations), and in Rust (the garde `custom` checks below), which the
+// appliance and the platform API run without an API server. The two share their
+// message, and `tests/rule_mirrors.rs` runs one table of cases through both.
+pub(crate) const TENANT_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 59";
+const TENANT_NAME_MESSAGE: &str = "a Tenant name must be a DNS-1123 label of at most 59 characters, because its namespace is iaf-<name>";
 const PROVIDERS_NEED_OPEN_RULE: &str = "!has(self.spec.llmProviders) || size(self.spec.llmProviders) == 0 || (has(self.spec.sovereignty) && self.spec.sovereignty == 'open')";
+const PROVIDERS_NEED_OPEN_MESSAGE: &str = "llmProviders are only allowed with sovereignty: open; strict sovereignty keeps every model call inside the tenant";
 const MODELS_NEED_OLLAMA_RULE: &str = "!has(self.spec.components) || !has(self.spec.components.ollama) || !has(self.spec.components.ollama.models) || size(self.spec.components.ollama.models) == 0 || !has(self.spec.components.ollama.enabled) || self.spec.components.ollama.enabled";
+const MODELS_NEED_OLLAMA_MESSAGE: &str =
+    "components.ollama.models lists models to preload, but components.ollama.enabled is false";
 const TLS_OR_SECRET_RULE: &str =
     "!has(self.spec.ingress) || !(has(self.spec.ingress.tls) && has(self.spec.ingress.secretName))";
+const TLS_OR_SECRET_MESSAGE: &str =
+    "set either ingress.tls (acme or none) or ingress.secretName, not both";
 
 /// An organisation on the platform. A platform admin manages Tenants; everything a
 /// tenant runs lives in the namespace (or Docker network) `iaf-<name>`.
@@ -45,10 +53,10 @@ const TLS_OR_SECRET_RULE: &str =
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(TENANT_NAME_RULE).message("a Tenant name must be a DNS-1123 label of at most 59 characters, because its namespace is iaf-<name>"),
-    validation = Rule::new(PROVIDERS_NEED_OPEN_RULE).message("llmProviders are only allowed with sovereignty: open; strict sovereignty keeps every model call inside the tenant").reason(Reason::FieldValueForbidden).field_path(".spec.llmProviders"),
-    validation = Rule::new(MODELS_NEED_OLLAMA_RULE).message("components.ollama.models lists models to preload, but components.ollama.enabled is false").field_path(".spec.components.ollama.models"),
-    validation = Rule::new(TLS_OR_SECRET_RULE).message("set either ingress.tls (acme or none) or ingress.secretName, not both").field_path(".spec.ingress"),
+    validation = Rule::new(TENANT_NAME_RULE).message(TENANT_NAME_MESSAGE),
+    validation = Rule::new(PROVIDERS_NEED_OPEN_RULE).message(PROVIDERS_NEED_OPEN_MESSAGE).reason(Reason::FieldValueForbidden).field_path(".spec.llmProviders"),
+    validation = Rule::new(MODELS_NEED_OLLAMA_RULE).message(MODELS_NEED_OLLAMA_MESSAGE).field_path(".spec.components.ollama.models"),
+    validation = Rule::new(TLS_OR_SECRET_RULE).message(TLS_OR_SECRET_MESSAGE).field_path(".spec.ingress"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
@@ -75,7 +83,7 @@ pub struct TenantSpec {
 
     /// Languages of the tenant's documents and interface.
     #[serde(default = "all_languages")]
-    #[garde(length(min = 1, max = 3))]
+    #[garde(length(min = 1, max = 3), custom(crate::validation::unique_items))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub languages: Vec<Language>,
 
@@ -86,7 +94,12 @@ pub struct TenantSpec {
 
     /// External model providers, reachable only under `sovereignty: open`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[garde(length(max = 16), dive, custom(unique_provider_names))]
+    #[garde(
+        length(max = 16),
+        dive,
+        custom(unique_provider_names),
+        custom(providers_need_open(self.sovereignty))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub llm_providers: Vec<LlmProvider>,
 
@@ -98,7 +111,7 @@ pub struct TenantSpec {
 
     /// Public access to the tenant's API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[garde(dive)]
+    #[garde(dive, custom(tls_or_secret))]
     pub ingress: Option<IngressSpec>,
 
     /// Scheduled backups of the database and the vector store.
@@ -187,6 +200,18 @@ pub struct LlmProvider {
 pub enum LlmProviderKind {
     OpenaiCompatible,
     Anthropic,
+}
+
+fn providers_need_open(
+    sovereignty: Sovereignty,
+) -> impl FnOnce(&Vec<LlmProvider>, &()) -> garde::Result {
+    move |providers, _| {
+        if providers.is_empty() || sovereignty == Sovereignty::Open {
+            Ok(())
+        } else {
+            Err(garde::Error::new(PROVIDERS_NEED_OPEN_MESSAGE))
+        }
+    }
 }
 
 fn unique_provider_names(providers: &[LlmProvider], _: &()) -> garde::Result {
@@ -296,7 +321,9 @@ pub struct OllamaComponent {
         inner(
             length(min = 1, max = 128),
             pattern(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
-        )
+        ),
+        custom(crate::validation::unique_items),
+        custom(models_need_ollama(self.enabled))
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub models: Vec<String>,
@@ -310,6 +337,16 @@ pub struct OllamaComponent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[garde(dive)]
     pub resources: Option<ResourceRequirements>,
+}
+
+fn models_need_ollama(enabled: bool) -> impl FnOnce(&Vec<String>, &()) -> garde::Result {
+    move |models, _| {
+        if models.is_empty() || enabled {
+            Ok(())
+        } else {
+            Err(garde::Error::new(MODELS_NEED_OLLAMA_MESSAGE))
+        }
+    }
 }
 
 impl Default for OllamaComponent {
@@ -366,6 +403,17 @@ pub struct IngressSpec {
     pub secret_name: Option<String>,
 }
 
+fn tls_or_secret(ingress: &Option<IngressSpec>, _: &()) -> garde::Result {
+    match ingress {
+        Some(IngressSpec {
+            tls: Some(_),
+            secret_name: Some(_),
+            ..
+        }) => Err(garde::Error::new(TLS_OR_SECRET_MESSAGE)),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
@@ -378,7 +426,11 @@ pub enum TlsMode {
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// Five-field cron schedule, in the platform's timezone (Africa/Algiers by default).
-    #[garde(length(min = 9, max = 100), custom(crate::validation::cron_schedule))]
+    #[garde(
+        length(min = 9, max = 100),
+        pattern(r"^[^ \t]+([ \t]+[^ \t]+){4}$"),
+        custom(crate::validation::cron_schedule)
+    )]
     pub schedule: String,
     /// How many backups to keep.
     #[serde(default = "default_backup_retention")]

@@ -1,15 +1,24 @@
 //! Validation of whole resources, as the API server would do it plus what it cannot.
 //!
 //! Three layers, each defined once, in the types:
-//! - bounds, patterns and lengths (garde attributes, which schemars also writes into the
-//!   CRD schema);
-//! - cross-field rules (CEL in `x-kubernetes-validations`, evaluated here client-side
-//!   with kube's CEL interpreter, so the appliance enforces exactly what a cluster does);
-//! - what neither can say: the agent graph (`crate::dag`) and cron syntax.
+//! - bounds, patterns, lengths and list uniqueness (garde attributes, which schemars
+//!   also writes into the CRD schema);
+//! - cross-field rules: CEL in `x-kubernetes-validations` for the API server, mirrored
+//!   by garde `custom` checks for those who validate a bare spec (the platform API),
+//!   and evaluated here client-side too, with kube's CEL interpreter, so the appliance
+//!   enforces exactly what a cluster does;
+//! - what neither can say: the agent graph (`crate::dag`), cron syntax, and that a
+//!   KnowledgeBase or Workflow lives in a tenant's namespace.
+//!
+//! `tests/schema_drift.rs` and `tests/rule_mirrors.rs` keep the layers in agreement.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use garde::Validate;
+use kube::CustomResourceExt;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+use serde::Serialize;
 
 use crate::knowledgebase::KnowledgeBase;
 use crate::tenant::Tenant;
@@ -79,15 +88,15 @@ impl Collector {
         }
     }
 
-    fn cel(&mut self, result: Result<(), kube::core::cel::ValidationErrors>) {
-        if let Err(errors) = result {
-            for error in errors.iter() {
-                let path = error.field_path.trim_start_matches('.').to_owned();
-                // A field the Rust checks already explained needs no second message.
-                if self.0.iter().any(|e| e.path == path) {
-                    continue;
-                }
-                self.push(path, error.message.clone());
+    fn cel<K: CustomResourceExt + Serialize>(&mut self, rules: &CelRules, object: &K) {
+        let errors = match rules.check(object) {
+            Ok(()) => return,
+            Err(errors) => errors,
+        };
+        for error in errors {
+            // A field the Rust checks already explained needs no second message.
+            if !self.0.iter().any(|e| e.path == error.path) {
+                self.0.push(error);
             }
         }
     }
@@ -99,6 +108,100 @@ impl Collector {
         } else {
             Err(ValidationErrors(self.0))
         }
+    }
+}
+
+/// The CEL rules of one resource, compiled once: compiling them costs more than a
+/// whole reconcile, and the operator validates on every one.
+pub(crate) struct CelRules(OnceLock<CompiledSchema>);
+
+static TENANT_RULES: CelRules = CelRules(OnceLock::new());
+static KNOWLEDGE_BASE_RULES: CelRules = CelRules(OnceLock::new());
+static WORKFLOW_RULES: CelRules = CelRules(OnceLock::new());
+
+thread_local! {
+    // Holds the CEL function library; cheap to share within a thread.
+    static CEL: Validator = Validator::new();
+}
+
+impl CelRules {
+    fn check<K: CustomResourceExt + Serialize>(&self, object: &K) -> Result<(), Vec<FieldError>> {
+        let compiled = self
+            .0
+            .get_or_init(|| compile_schema(&openapi_schema::<K>()));
+        let value = serde_json::to_value(object).map_err(|e| {
+            vec![FieldError {
+                path: String::new(),
+                message: format!("cannot be checked: {e}"),
+            }]
+        })?;
+        CEL.with(|cel| cel.validate_compiled(compiled, &value, None))
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|error| FieldError {
+                        // A rule on metadata cannot carry a fieldPath (the CRD schema
+                        // has no metadata properties), but it is about the name.
+                        path: if error.rule == crate::tenant::TENANT_NAME_RULE {
+                            "metadata.name".to_owned()
+                        } else {
+                            error.field_path.trim_start_matches('.').to_owned()
+                        },
+                        message: error.message.clone(),
+                    })
+                    .collect()
+            })
+    }
+}
+
+/// The `openAPIV3Schema` of a resource's CRD, as JSON.
+pub fn openapi_schema<K: CustomResourceExt>() -> serde_json::Value {
+    let crd = K::crd();
+    crd.spec
+        .versions
+        .first()
+        .and_then(|version| version.schema.as_ref())
+        .and_then(|schema| schema.open_api_v3_schema.as_ref())
+        .and_then(|schema| serde_json::to_value(schema).ok())
+        .unwrap_or_default()
+}
+
+/// For `x-kubernetes-list-type: set` lists: the API server refuses a repeated item.
+pub(crate) fn unique_items<T: PartialEq + fmt::Debug>(items: &[T], _: &()) -> garde::Result {
+    for (i, item) in items.iter().enumerate() {
+        if items[..i].contains(item) {
+            return Err(garde::Error::new(format!(
+                "{item:?} is listed twice; each item may appear once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Tenant {
+    /// Everything the API server would check (schema bounds and CEL rules) and the
+    /// name rule of its namespace, every problem with its field path.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        validate_tenant(self)
+    }
+}
+
+impl KnowledgeBase {
+    /// The schema, the CEL rules, and that it lives in a tenant's namespace.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        validate_knowledge_base(self)
+    }
+}
+
+impl Workflow {
+    /// The schema, the CEL rules, a tenant's namespace, and the agent graph.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        validate_workflow(self)
+    }
+
+    /// The agent graph in topological waves, or every error of it.
+    pub fn dag(&self) -> Result<crate::dag::Dag, Vec<crate::dag::DagError>> {
+        crate::dag::validate(&self.spec.agents)
     }
 }
 
@@ -129,7 +232,7 @@ pub fn validate_tenant(tenant: &Tenant) -> Result<(), ValidationErrors> {
         Some(_) => {}
     }
     errors.garde("spec", tenant.spec.validate());
-    errors.cel(tenant.validate_cel());
+    errors.cel(&TENANT_RULES, tenant);
     errors.finish()
 }
 
@@ -137,7 +240,7 @@ pub fn validate_knowledge_base(kb: &KnowledgeBase) -> Result<(), ValidationError
     let mut errors = Collector::default();
     check_namespaced_name(&mut errors, "KnowledgeBase", &kb.metadata);
     errors.garde("spec", kb.spec.validate());
-    errors.cel(kb.validate_cel());
+    errors.cel(&KNOWLEDGE_BASE_RULES, kb);
     errors.finish()
 }
 
@@ -145,8 +248,10 @@ pub fn validate_workflow(workflow: &Workflow) -> Result<(), ValidationErrors> {
     let mut errors = Collector::default();
     check_namespaced_name(&mut errors, "Workflow", &workflow.metadata);
     errors.garde("spec", workflow.spec.validate());
-    errors.cel(workflow.validate_cel());
-    if let Err(dag_errors) = crate::dag::validate(&workflow.spec.agents) {
+    errors.cel(&WORKFLOW_RULES, workflow);
+    // Unknown and duplicate agents are already reported, at `spec.agents`.
+    let membership_reported = errors.0.iter().any(|e| e.path == "spec.agents");
+    if !membership_reported && let Err(dag_errors) = crate::dag::validate(&workflow.spec.agents) {
         for error in dag_errors {
             let path = workflow
                 .spec

@@ -6,11 +6,16 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-// What CEL can say about the graph; cycles and template variables need a real graph
-// walk and are checked by `crate::dag`, in the operator, the appliance and the API.
+// What CEL can say about the graph (unique names come from the list-map key); cycles
+// and template variables need a real graph walk and are checked by `crate::dag`, in
+// the operator, the appliance and the API. The Rust mirror of these rules is
+// `crate::dag::check_membership`; `tests/rule_mirrors.rs` keeps them in agreement.
 const DEPENDS_ON_EXIST_RULE: &str = "self.spec.agents.all(a, !has(a.dependsOn) || a.dependsOn.all(d, self.spec.agents.exists(b, b.name == d)))";
+pub(crate) const DEPENDS_ON_EXIST_MESSAGE: &str =
+    "every dependsOn must name an agent of this workflow";
 const NO_SELF_DEPENDENCY_RULE: &str =
     "self.spec.agents.all(a, !has(a.dependsOn) || !(a.name in a.dependsOn))";
+pub(crate) const NO_SELF_DEPENDENCY_MESSAGE: &str = "an agent cannot depend on itself";
 
 #[derive(
     CustomResource,
@@ -39,8 +44,8 @@ const NO_SELF_DEPENDENCY_RULE: &str =
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.trigger.schedule"}"#,
     printcolumn = r#"{"name":"Last run","type":"string","jsonPath":".status.lastExecution.status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(DEPENDS_ON_EXIST_RULE).message("every dependsOn must name an agent of this workflow").field_path(".spec.agents"),
-    validation = Rule::new(NO_SELF_DEPENDENCY_RULE).message("an agent cannot depend on itself").field_path(".spec.agents"),
+    validation = Rule::new(DEPENDS_ON_EXIST_RULE).message(DEPENDS_ON_EXIST_MESSAGE).field_path(".spec.agents"),
+    validation = Rule::new(NO_SELF_DEPENDENCY_RULE).message(NO_SELF_DEPENDENCY_MESSAGE).field_path(".spec.agents"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowSpec {
@@ -50,7 +55,7 @@ pub struct WorkflowSpec {
 
     /// The agents; `dependsOn` makes the graph. Agents whose dependencies are done
     /// run concurrently.
-    #[garde(length(min = 1, max = 16), dive)]
+    #[garde(length(min = 1, max = 16), dive, custom(crate::dag::check_membership))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub agents: Vec<AgentSpec>,
 
@@ -90,7 +95,11 @@ pub struct AgentSpec {
     #[garde(length(min = 1, max = 20000))]
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[garde(length(max = 8), inner(length(min = 1, max = 63)))]
+    #[garde(
+        length(max = 8),
+        inner(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
+        custom(crate::validation::unique_items)
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub depends_on: Vec<String>,
     /// A KnowledgeBase in the same namespace, searched before the call and cited.
@@ -117,6 +126,7 @@ pub struct TriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[garde(
         length(min = 9, max = 100),
+        pattern(r"^[^ \t]+([ \t]+[^ \t]+){4}$"),
         custom(crate::validation::optional_cron_schedule)
     )]
     pub schedule: Option<String>,

@@ -4,7 +4,7 @@ mod common;
 
 use iafactory_crds::PlatformConfig;
 use iafactory_crds::manifest::{self, Manifest};
-use iafactory_crds::plan::{ComponentKind, ResourcePlan, plan_manifest};
+use iafactory_crds::plan::{ComponentKind, EnvValue, ResourcePlan, plan_manifest};
 
 #[test]
 fn every_sample_parses_validates_and_plans() {
@@ -127,8 +127,71 @@ fn a_suspended_tenant_keeps_its_volumes_and_runs_nothing() {
     assert!(suspended.model_preload.is_none());
     for (a, b) in running.components.iter().zip(&suspended.components) {
         assert_eq!(a.volumes, b.volumes, "{} keeps its data", a.name);
-        assert_ne!(a.spec_hash, b.spec_hash, "{} changes", a.name);
+        assert_eq!(
+            a.spec_hash, b.spec_hash,
+            "{}: resuming starts what ran before, it replaces nothing",
+            a.name
+        );
     }
+}
+
+#[test]
+fn the_llama_cpp_stand_in_is_configuration_not_code() {
+    use figment::providers::{Format, Toml};
+    let config = PlatformConfig::extract(PlatformConfig::figment().merge(Toml::string(
+        r#"
+[images.ollama]
+image = "iafactory/llama-server:smollm2"
+args = ["--port", "11434", "--model", "/models/model.gguf"]
+env = { LLAMA_ARG_CTX_SIZE = "2048", OLLAMA_KEEP_ALIVE = "5m" }
+healthcheck = []
+[ollama]
+pull_models = false
+"#,
+    )))
+    .unwrap();
+    let loaded =
+        manifest::load_paths(&[common::samples_dir().join("tenant-univ-tlemcen.yaml")]).unwrap();
+    let Manifest::Tenant(tenant) = &loaded[0].manifest else {
+        unreachable!()
+    };
+    let plan = iafactory_crds::plan(tenant, &config).unwrap();
+    let ollama = plan.component(ComponentKind::Ollama).unwrap();
+    assert_eq!(ollama.image, "iafactory/llama-server:smollm2");
+    assert_eq!(ollama.args[0], "--port");
+    assert!(ollama.healthcheck.is_empty());
+    let env = |name: &str| {
+        ollama
+            .env
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.value.clone())
+    };
+    assert_eq!(
+        env("OLLAMA_KEEP_ALIVE"),
+        Some(EnvValue::Literal { value: "5m".into() }),
+        "the configuration overrides the plan's value in place"
+    );
+    assert_eq!(
+        env("LLAMA_ARG_CTX_SIZE"),
+        Some(EnvValue::Literal {
+            value: "2048".into()
+        })
+    );
+    assert!(
+        plan.model_preload.is_none(),
+        "a server that cannot pull gets no preload job"
+    );
+    let default = plan_of("tenant-univ-tlemcen.yaml");
+    assert_ne!(
+        default.component(ComponentKind::Ollama).unwrap().spec_hash,
+        ollama.spec_hash
+    );
+    assert_eq!(
+        default.component(ComponentKind::Api).unwrap().spec_hash,
+        plan.component(ComponentKind::Api).unwrap().spec_hash,
+        "the API is untouched"
+    );
 }
 
 #[test]
