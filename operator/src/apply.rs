@@ -1,0 +1,241 @@
+//! Apply: the thin I/O edge that makes the cluster match what `build` produced.
+//!
+//! Every write is a server-side apply with one field manager and `force`. What the
+//! cluster already holds is known from watch caches, never from reads per reconcile:
+//! an object whose applied-hash annotation equals the built one is skipped, so a
+//! steady state costs no request at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
+    PostParams, PropagationPolicy,
+};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use rand::TryRngCore;
+
+use crate::build::{Child, SecretToCreate, TenantObjects};
+use crate::error::{Error, Result};
+use crate::labels::{ANNOTATION_APPLIED_HASH, FIELD_MANAGER, LABEL_TENANT};
+use crate::metrics::Metrics;
+
+pub type MetaStore = Store<PartialObjectMeta<DynamicObject>>;
+
+/// `group/kind`: how caches of owned kinds are keyed.
+pub fn kind_key(resource: &ApiResource) -> String {
+    format!("{}/{}", resource.group, resource.kind)
+}
+
+/// What the operator's watches know of the cluster.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every namespaced kind the operator owns, by [`kind_key`], metadata only.
+    pub owned: Arc<HashMap<String, (ApiResource, MetaStore)>>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub jobs: Store<Job>,
+}
+
+impl Caches {
+    /// Waits until every watch has listed once: before that, "not in the cache"
+    /// does not mean "not in the cluster".
+    pub async fn ready(&self) -> Result<()> {
+        let not_ready = |_| Error::Dependency("a watch cache stopped before it was ready".into());
+        for (_, store) in self.owned.values() {
+            store.wait_until_ready().await.map_err(not_ready)?;
+        }
+        self.namespaces
+            .wait_until_ready()
+            .await
+            .map_err(not_ready)?;
+        self.secrets.wait_until_ready().await.map_err(not_ready)?;
+        self.deployments
+            .wait_until_ready()
+            .await
+            .map_err(not_ready)?;
+        self.stateful_sets
+            .wait_until_ready()
+            .await
+            .map_err(not_ready)?;
+        self.jobs.wait_until_ready().await.map_err(not_ready)?;
+        Ok(())
+    }
+
+    fn cached_hash(&self, child: &Child) -> Option<Option<String>> {
+        let name = child.name();
+        if !child.namespaced {
+            let object = self.namespaces.get(&ObjectRef::new(&name))?;
+            return Some(object.annotations().get(ANNOTATION_APPLIED_HASH).cloned());
+        }
+        let namespace = child.object.namespace().unwrap_or_default();
+        let (resource, store) = self.owned.get(&kind_key(&child.resource))?;
+        let object = store.get(&ObjectRef::new_with(&name, resource.clone()).within(&namespace))?;
+        Some(object.annotations().get(ANNOTATION_APPLIED_HASH).cloned())
+    }
+
+    /// Owned objects of one kind in one tenant's namespace.
+    pub fn owned_in(&self, key: &str, namespace: &str, tenant: &str) -> Vec<(ApiResource, String)> {
+        let Some((resource, store)) = self.owned.get(key) else {
+            return Vec::new();
+        };
+        store
+            .state()
+            .iter()
+            .filter(|o| {
+                o.namespace().as_deref() == Some(namespace)
+                    && o.labels().get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+            })
+            .map(|o| (resource.clone(), o.name_any()))
+            .collect()
+    }
+}
+
+/// How one apply pass went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub applied: Vec<String>,
+    pub created_secrets: Vec<String>,
+    pub deleted_orphans: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn wrote(&self) -> bool {
+        !(self.applied.is_empty()
+            && self.created_secrets.is_empty()
+            && self.deleted_orphans.is_empty())
+    }
+}
+
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub caches: &'a Caches,
+    pub metrics: &'a Metrics,
+}
+
+impl Applier<'_> {
+    fn api(&self, child: &Child) -> Api<DynamicObject> {
+        match child.object.namespace() {
+            Some(namespace) if child.namespaced => {
+                Api::namespaced_with(self.client.clone(), &namespace, &child.resource)
+            }
+            _ => Api::all_with(self.client.clone(), &child.resource),
+        }
+    }
+
+    pub async fn apply_child(&self, child: &Child, report: &mut ApplyReport) -> Result<()> {
+        match self.caches.cached_hash(child) {
+            Some(_) if child.create_only => return Ok(()),
+            Some(Some(hash)) if hash == child.hash() => return Ok(()),
+            _ => {}
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api(child)
+            .patch(&child.name(), &params, &Patch::Apply(&child.object))
+            .await
+            .map_err(|e| Error::kube("applying", child.describe(), e))?;
+        self.metrics.wrote("apply");
+        report.applied.push(child.describe());
+        Ok(())
+    }
+
+    async fn ensure_secret(&self, secret: &SecretToCreate, report: &mut ApplyReport) -> Result<()> {
+        let name = secret.template.name_any();
+        let namespace = secret.template.namespace().unwrap_or_default();
+        if self
+            .caches
+            .secrets
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut object = secret.template.clone();
+        let mut data = std::collections::BTreeMap::new();
+        for (key, bytes) in &secret.keys {
+            let mut buffer = vec![0_u8; *bytes];
+            rand::rngs::OsRng.try_fill_bytes(&mut buffer).map_err(|e| {
+                Error::Dependency(format!("the system's random source failed: {e}"))
+            })?;
+            data.insert(
+                key.clone(),
+                k8s_openapi::ByteString(hex::encode(buffer).into_bytes()),
+            );
+        }
+        object.data = Some(data);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        // Create, never apply: an existing Secret (say, from a retained namespace) is
+        // kept as it is, whatever a stale cache says.
+        match api
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                },
+                &object,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.wrote("create");
+                report.created_secrets.push(format!("Secret/{name}"));
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(Error::kube("creating", format!("Secret/{name}"), e)),
+        }
+    }
+
+    /// Applies everything, in order, then deletes what carries the tenant's labels
+    /// but was not built this time.
+    pub async fn apply_tenant(&self, objects: &TenantObjects, tenant: &str) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        self.apply_child(&objects.namespace, &mut report).await?;
+        for secret in &objects.secrets {
+            self.ensure_secret(secret, &mut report).await?;
+        }
+        for child in &objects.children {
+            self.apply_child(child, &mut report).await?;
+        }
+        let namespace = objects.namespace.name();
+        let wanted: BTreeSet<(String, String)> = objects
+            .children
+            .iter()
+            .map(|c| (kind_key(&c.resource), c.name()))
+            .collect();
+        for key in self.caches.owned.keys() {
+            for (resource, name) in self.caches.owned_in(key, &namespace, tenant) {
+                if wanted.contains(&(key.clone(), name.clone())) {
+                    continue;
+                }
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), &namespace, &resource);
+                let described = format!("{}/{name}", resource.kind);
+                match api
+                    .delete(
+                        &name,
+                        &DeleteParams {
+                            propagation_policy: Some(PropagationPolicy::Background),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        self.metrics.wrote("delete");
+                        report.deleted_orphans.push(described);
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(Error::kube("deleting the orphan", described, e)),
+                }
+            }
+        }
+        Ok(report)
+    }
+}

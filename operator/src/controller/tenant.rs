@@ -1,0 +1,269 @@
+//! Tenant: a namespace with everything the tenant runs, and its retention on delete.
+
+use std::sync::Arc;
+
+use iafactory_crds::plan::{ComponentKind, NAMESPACE_PREFIX, TenantPlan};
+use iafactory_crds::tenant::{Retention, TenantEndpoints};
+use iafactory_crds::{Tenant, TenantStatus};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::{Context, RESYNC, RETRY, announce, measured, now, patch_status};
+use crate::apply::{Applier, kind_key};
+use crate::build::{BuildContext, build, workload_kinds};
+use crate::error::{Error, Result};
+use crate::labels::{LABEL_RETAINED, TENANT_FINALIZER};
+use crate::status::{
+    JobObservation, READY, TenantObservation, WorkloadObservation, invalid_conditions, is_ready,
+    tenant_conditions,
+};
+
+pub const CONTROLLER: &str = "tenant";
+
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
+    measured(CONTROLLER, &ctx.metrics, async {
+        let api: Api<Tenant> = Api::all(ctx.client.clone());
+        finalizer(&api, TENANT_FINALIZER, tenant, |event| async {
+            match event {
+                Finalizer::Apply(tenant) => apply(&tenant, &ctx).await,
+                Finalizer::Cleanup(tenant) => cleanup(&tenant, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    })
+    .await
+}
+
+/// What the cluster reports for the tenant's workloads, from the watch caches.
+fn observe(plan: &TenantPlan, ctx: &Context) -> TenantObservation {
+    let mut observation = TenantObservation::default();
+    for component in &plan.components {
+        let observed = if component.stateful {
+            ctx.caches
+                .stateful_sets
+                .get(&ObjectRef::new(&component.name).within(&plan.namespace))
+                .map(|s| WorkloadObservation::of_stateful_set(&s))
+        } else {
+            ctx.caches
+                .deployments
+                .get(&ObjectRef::new(&component.name).within(&plan.namespace))
+                .map(|d| WorkloadObservation::of_deployment(&d))
+        };
+        if let Some(observed) = observed {
+            observation
+                .workloads
+                .insert(component.name.clone(), observed);
+        }
+    }
+    if let Some(preload) = &plan.model_preload {
+        observation.model_preload = Some(
+            ctx.caches
+                .jobs
+                .get(&ObjectRef::new(&preload.name).within(&plan.namespace))
+                .map_or(JobObservation::Missing, |job| JobObservation::of_job(&job)),
+        );
+    }
+    observation
+}
+
+fn endpoints(plan: &TenantPlan) -> TenantEndpoints {
+    let api = plan.component(ComponentKind::Api).map(|api| {
+        let port = api.ports.first().map_or(80, |p| p.port);
+        format!("http://{}.{}.svc:{port}", api.name, plan.namespace)
+    });
+    let public = plan.ingress.as_ref().map(|ingress| {
+        let scheme = match ingress.tls {
+            iafactory_crds::plan::TlsPlan::None => "http",
+            _ => "https",
+        };
+        format!("{scheme}://{}", ingress.host)
+    });
+    TenantEndpoints { api, public }
+}
+
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    ctx.caches.ready().await?;
+    let previous = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let stamp = now();
+    let plan = match iafactory_crds::plan(tenant, &ctx.config) {
+        Ok(plan) => plan,
+        Err(error) => {
+            // A spec that cannot be planned waits for the user to change it: no retry.
+            let conditions = invalid_conditions(
+                "InvalidSpec",
+                &error.to_string(),
+                &previous.conditions,
+                generation,
+                &stamp,
+            );
+            let status = TenantStatus {
+                conditions,
+                observed_generation: generation,
+                ..previous.clone()
+            };
+            announce(ctx, tenant, &previous.conditions, &status.conditions, READY).await;
+            patch_status(
+                ctx,
+                &Api::<Tenant>::all(ctx.client.clone()),
+                tenant,
+                tenant.status.as_ref(),
+                &status,
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let owner = tenant
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Dependency("the Tenant has no uid yet".into()))?;
+    let objects = build(
+        &plan,
+        &BuildContext {
+            owner,
+            service_monitors: ctx.service_monitors,
+        },
+    );
+    let applier = Applier {
+        client: &ctx.client,
+        caches: &ctx.caches,
+        metrics: &ctx.metrics,
+    };
+    let report = applier.apply_tenant(&objects, &plan.tenant).await?;
+    if report.wrote() {
+        tracing::info!(tenant = %plan.tenant, applied = ?report.applied, secrets = ?report.created_secrets, orphans = ?report.deleted_orphans, "applied");
+    }
+    let conditions = tenant_conditions(
+        &plan,
+        &observe(&plan, ctx),
+        &previous.conditions,
+        generation,
+        &stamp,
+    );
+    let ready = is_ready(&conditions);
+    let status = TenantStatus {
+        conditions,
+        observed_generation: generation,
+        namespace: Some(plan.namespace.clone()),
+        endpoints: Some(endpoints(&plan)),
+    };
+    announce(ctx, tenant, &previous.conditions, &status.conditions, READY).await;
+    patch_status(
+        ctx,
+        &Api::<Tenant>::all(ctx.client.clone()),
+        tenant,
+        tenant.status.as_ref(),
+        &status,
+    )
+    .await?;
+    // Workload status changes arrive through the watches; the requeue is a safety net.
+    Ok(Action::requeue(if ready || plan.suspended {
+        RESYNC
+    } else {
+        RETRY
+    }))
+}
+
+async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    ctx.caches.ready().await?;
+    let name = tenant.name_any();
+    let namespace = format!("{NAMESPACE_PREFIX}{name}");
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let (reason, note) = match tenant.spec.retention {
+        Retention::Delete => {
+            match namespaces
+                .delete(&namespace, &DeleteParams::foreground())
+                .await
+            {
+                Ok(_) => ctx.metrics.wrote("delete"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(Error::kube("deleting", format!("Namespace/{namespace}"), e)),
+            }
+            (
+                "Deleted",
+                format!("deleted namespace {namespace} with everything in it"),
+            )
+        }
+        Retention::Retain => {
+            retain(ctx, &name, &namespace).await?;
+            (
+                "Retained",
+                format!(
+                    "retention is Retain: workloads removed; namespace {namespace} is kept with its volumes and Secrets, labelled {LABEL_RETAINED}=true"
+                ),
+            )
+        }
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+        tracing::warn!(%error, "publishing the cleanup event failed");
+    }
+    Ok(Action::await_change())
+}
+
+/// Removes what runs, keeps what holds data, and lets the rest outlive the Tenant by
+/// dropping its owner reference (garbage collection would take it otherwise).
+async fn retain(ctx: &Context, tenant: &str, namespace: &str) -> Result<()> {
+    let workloads: Vec<String> = workload_kinds().iter().map(kind_key).collect();
+    for key in ctx.caches.owned.keys() {
+        for (resource, name) in ctx.caches.owned_in(key, namespace, tenant) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+            let described = format!("{}/{name}", resource.kind);
+            let result = if workloads.contains(key) {
+                api.delete(
+                    &name,
+                    &DeleteParams {
+                        propagation_policy: Some(PropagationPolicy::Background),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+                .map(|_| ())
+            } else {
+                let unowned = serde_json::json!({ "metadata": { "ownerReferences": null } });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&unowned))
+                    .await
+                    .map(|_| ())
+            };
+            match result {
+                Ok(()) => ctx.metrics.wrote("retain"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(Error::kube("retaining", described, e)),
+            }
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let label = serde_json::json!({ "metadata": { "labels": { LABEL_RETAINED: "true" } } });
+    match namespaces
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+    {
+        Ok(_) => ctx.metrics.wrote("retain"),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => {
+            return Err(Error::kube(
+                "labelling",
+                format!("Namespace/{namespace}"),
+                e,
+            ));
+        }
+    }
+    Ok(())
+}

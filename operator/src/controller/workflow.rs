@@ -1,0 +1,282 @@
+//! Workflow: its agent graph and providers checked against its Tenant, registered with
+//! the tenant's API, and validity and last execution mirrored into the status.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iafactory_crds::workflow::LastExecution;
+use iafactory_crds::{Workflow, WorkflowStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+use super::knowledge_base::{FINALIZER, owning_tenant};
+use super::{Context, RETRY, announce, measured, now, operator_token, patch_status};
+use crate::error::{Error, Result};
+use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
+
+pub const CONTROLLER: &str = "workflow";
+/// How often the last execution is refreshed from the API.
+const REFRESH: Duration = Duration::from_secs(60);
+
+pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action> {
+    measured(CONTROLLER, &ctx.metrics, async {
+        let namespace = workflow.namespace().unwrap_or_default();
+        let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &namespace);
+        finalizer(&api, FINALIZER, workflow, |event| async {
+            match event {
+                Finalizer::Apply(workflow) => apply(&workflow, &ctx).await,
+                Finalizer::Cleanup(workflow) => cleanup(&workflow, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    })
+    .await
+}
+
+async fn wait(
+    ctx: &Context,
+    workflow: &Workflow,
+    previous: &WorkflowStatus,
+    conditions: Vec<Condition>,
+    valid_dag: Option<bool>,
+) -> Result<Action> {
+    let status = WorkflowStatus {
+        conditions,
+        observed_generation: workflow.metadata.generation,
+        valid_dag: valid_dag.or(previous.valid_dag),
+        agents: Some(i32::try_from(workflow.spec.agents.len()).unwrap_or(i32::MAX)),
+        ..previous.clone()
+    };
+    announce(
+        ctx,
+        workflow,
+        &previous.conditions,
+        &status.conditions,
+        READY,
+    )
+    .await;
+    patch_status(
+        ctx,
+        &Api::<Workflow>::namespaced(
+            ctx.client.clone(),
+            &workflow.namespace().unwrap_or_default(),
+        ),
+        workflow,
+        workflow.status.as_ref(),
+        &status,
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+fn waiting(
+    reason: &str,
+    message: &str,
+    previous: &[Condition],
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let stamp = now();
+    let mut conditions = ConditionSet::new(previous, generation, &stamp);
+    conditions.set(READY, false, reason, message);
+    conditions.into_vec()
+}
+
+fn parse_time(text: Option<String>) -> Option<Time> {
+    text.and_then(|t| t.parse().ok()).map(Time)
+}
+
+async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
+    let previous = workflow.status.clone().unwrap_or_default();
+    let generation = workflow.metadata.generation;
+    let namespace = workflow.namespace().unwrap_or_default();
+    let name = workflow.name_any();
+    if let Err(error) = iafactory_crds::plan::plan_workflow(workflow, &ctx.config) {
+        let conditions = invalid_conditions(
+            "InvalidSpec",
+            &error.to_string(),
+            &previous.conditions,
+            generation,
+            &now(),
+        );
+        return wait(ctx, workflow, &previous, conditions, Some(false)).await;
+    }
+    let Some(tenant) = owning_tenant(ctx, &namespace) else {
+        let message =
+            format!("no Tenant owns namespace {namespace}: Workflows live in iaf-<tenant>");
+        return wait(
+            ctx,
+            workflow,
+            &previous,
+            waiting("TenantNotFound", &message, &previous.conditions, generation),
+            Some(true),
+        )
+        .await;
+    };
+    let knowledge_bases: BTreeSet<String> = ctx
+        .knowledge_bases
+        .state()
+        .iter()
+        .filter(|kb| kb.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|kb| kb.name_any())
+        .collect();
+    if let Err(message) = crate::admission::check_workflow(workflow, &tenant, &knowledge_bases) {
+        let conditions = invalid_conditions(
+            "InvalidSpec",
+            &message,
+            &previous.conditions,
+            generation,
+            &now(),
+        );
+        return wait(ctx, workflow, &previous, conditions, Some(true)).await;
+    }
+    if !tenant
+        .status
+        .as_ref()
+        .is_some_and(|s| is_ready(&s.conditions))
+    {
+        let message = format!("waiting for Tenant {} to be Ready", tenant.name_any());
+        return wait(
+            ctx,
+            workflow,
+            &previous,
+            waiting("TenantNotReady", &message, &previous.conditions, generation),
+            Some(true),
+        )
+        .await;
+    }
+    let tenant_name = tenant.name_any();
+    let token = operator_token(ctx, &namespace).await?;
+    let registered = async {
+        ctx.tenant_api
+            .upsert_tenant(&tenant_name, &tenant.spec, &token)
+            .await?;
+        ctx.tenant_api
+            .upsert_workflow(&tenant_name, &name, &workflow.spec, &token)
+            .await
+    }
+    .await;
+    let record = match registered {
+        Ok(record) => record,
+        Err(Error::Rejected { message, .. }) => {
+            let message = format!("the tenant's API rejected it: {message}");
+            let conditions = invalid_conditions(
+                "Rejected",
+                &message,
+                &previous.conditions,
+                generation,
+                &now(),
+            );
+            return wait(ctx, workflow, &previous, conditions, None).await;
+        }
+        Err(error) => {
+            let status = WorkflowStatus {
+                conditions: waiting(
+                    "ApiUnavailable",
+                    &error.to_string(),
+                    &previous.conditions,
+                    generation,
+                ),
+                observed_generation: generation,
+                ..previous.clone()
+            };
+            announce(
+                ctx,
+                workflow,
+                &previous.conditions,
+                &status.conditions,
+                READY,
+            )
+            .await;
+            patch_status(
+                ctx,
+                &Api::<Workflow>::namespaced(
+                    ctx.client.clone(),
+                    &workflow.namespace().unwrap_or_default(),
+                ),
+                workflow,
+                workflow.status.as_ref(),
+                &status,
+            )
+            .await?;
+            return Ok(Action::requeue(RETRY));
+        }
+    };
+    let stamp = now();
+    let mut conditions = ConditionSet::new(&previous.conditions, generation, &stamp);
+    conditions.set(
+        READY,
+        true,
+        "Registered",
+        format!("registered with the tenant's API, {} agents", record.agents),
+    );
+    let status = WorkflowStatus {
+        valid_dag: Some(record.valid_dag),
+        agents: Some(record.agents),
+        last_execution: record.last_execution.map(|e| LastExecution {
+            id: e.id,
+            status: e.status,
+            started_at: parse_time(e.started_at),
+            finished_at: parse_time(e.finished_at),
+            failed_agent: e.failed_agent,
+        }),
+        api_id: Some(record.id),
+        conditions: conditions.into_vec(),
+        observed_generation: generation,
+    };
+    announce(
+        ctx,
+        workflow,
+        &previous.conditions,
+        &status.conditions,
+        READY,
+    )
+    .await;
+    patch_status(
+        ctx,
+        &Api::<Workflow>::namespaced(
+            ctx.client.clone(),
+            &workflow.namespace().unwrap_or_default(),
+        ),
+        workflow,
+        workflow.status.as_ref(),
+        &status,
+    )
+    .await?;
+    Ok(Action::requeue(REFRESH))
+}
+
+async fn cleanup(workflow: &Workflow, ctx: &Context) -> Result<Action> {
+    let namespace = workflow.namespace().unwrap_or_default();
+    let Some(tenant) = owning_tenant(ctx, &namespace) else {
+        return Ok(Action::await_change());
+    };
+    if tenant.metadata.deletion_timestamp.is_some()
+        || super::namespace_terminating(ctx, &namespace)
+        || workflow
+            .status
+            .as_ref()
+            .and_then(|s| s.api_id.as_ref())
+            .is_none()
+    {
+        return Ok(Action::await_change());
+    }
+    let token = operator_token(ctx, &namespace).await?;
+    ctx.tenant_api
+        .delete(
+            &tenant.name_any(),
+            "workflows",
+            &workflow.name_any(),
+            &token,
+        )
+        .await?;
+    Ok(Action::await_change())
+}

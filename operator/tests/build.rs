@@ -1,0 +1,571 @@
+//! The pure build: each sample Tenant gives the committed objects, every built-in
+//! object passes `kubernetes-validate --strict`, and the properties the issue asks for
+//! hold (isolation, restricted pods, owner references, preload job naming, RBAC).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use iafactory_crds::manifest::{self, Manifest};
+use iafactory_crds::{PlatformConfig, Tenant, TenantPlan};
+use iafactory_operator::build::{BuildContext, Child, TenantObjects, build, owned_kinds};
+use iafactory_operator::rbac;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tenant_samples() -> Vec<(String, Tenant)> {
+    let mut samples = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("config/samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        for loaded in manifest::load_paths(std::slice::from_ref(&file)).unwrap() {
+            if let Manifest::Tenant(tenant) = loaded.manifest {
+                let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+                samples.push((stem, *tenant));
+            }
+        }
+    }
+    assert!(
+        samples.len() >= 3,
+        "the samples hold at least three Tenants"
+    );
+    samples
+}
+
+fn owner(name: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "iafactory.dz/v1alpha1".into(),
+        kind: "Tenant".into(),
+        name: name.into(),
+        uid: "00000000-0000-4000-8000-000000000001".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn build_sample(tenant: &Tenant, service_monitors: bool) -> (TenantPlan, TenantObjects) {
+    let plan = iafactory_crds::plan(tenant, &PlatformConfig::default()).unwrap();
+    let objects = build(
+        &plan,
+        &BuildContext {
+            owner: owner(&plan.tenant),
+            service_monitors,
+        },
+    );
+    (plan, objects)
+}
+
+fn to_yaml(objects: &TenantObjects) -> String {
+    let mut documents: Vec<String> = objects
+        .all()
+        .map(|c| serde_yaml::to_string(&c.object).unwrap())
+        .collect();
+    for secret in &objects.secrets {
+        documents.push(serde_yaml::to_string(&secret.template).unwrap());
+    }
+    documents.join("---\n")
+}
+
+fn find<'a>(objects: &'a TenantObjects, kind: &str, name: &str) -> &'a Child {
+    objects
+        .all()
+        .find(|c| c.resource.kind == kind && c.name() == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} was built"))
+}
+
+fn field<'a>(child: &'a Child, pointer: &str) -> &'a serde_json::Value {
+    child
+        .object
+        .data
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("{} has no {pointer}", child.describe()))
+}
+
+#[test]
+fn samples_build_the_committed_objects() {
+    for (stem, tenant) in tenant_samples() {
+        let (_, objects) = build_sample(&tenant, true);
+        let path = repo_root().join(format!("operator/tests/golden/{stem}.objects.yaml"));
+        let actual = to_yaml(&objects);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        if expected != actual {
+            let diff = similar::TextDiff::from_lines(expected.as_str(), actual.as_str());
+            panic!(
+                "{} is out of date.\nRegenerate it with: UPDATE_GOLDEN=1 cargo test -p iafactory-operator --test build\n\n{}",
+                path.display(),
+                diff.unified_diff().header("committed", "built")
+            );
+        }
+    }
+}
+
+#[test]
+fn every_built_object_passes_kubernetes_validate_strict_for_1_33() {
+    let validate = std::env::var("IAF_TEST_KUBERNETES_VALIDATE").expect(
+        "IAF_TEST_KUBERNETES_VALIDATE is unset: run scripts/engines.sh up kubevalidate and source /tmp/iafactory-engines/env",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (stem, tenant) in tenant_samples() {
+        // Without ServiceMonitors every object is a built-in kind the validator knows.
+        let (_, objects) = build_sample(&tenant, false);
+        let path = dir.path().join(format!("{stem}.yaml"));
+        std::fs::write(&path, to_yaml(&objects)).unwrap();
+        files.push(path);
+    }
+    let output = std::process::Command::new(&validate)
+        .args(["--strict", "-k", "1.33.0"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kubernetes-validate rejected the built objects:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_namespace_enforces_pod_security_restricted_and_is_found_by_label() {
+    for (_, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let labels = objects.namespace.object.metadata.labels.clone().unwrap();
+        assert_eq!(objects.namespace.name(), format!("iaf-{}", plan.tenant));
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(labels["iafactory.dz/tenant"], plan.tenant);
+        assert_eq!(labels["iafactory.dz/managed-by"], "iafactory-operator");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "iafactory-operator");
+        assert!(objects.namespace.object.metadata.owner_references.is_none());
+    }
+}
+
+#[test]
+fn every_namespaced_child_has_the_tenant_as_controller_owner() {
+    for (_, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, true);
+        for child in &objects.children {
+            let owners = child
+                .object
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default();
+            assert_eq!(owners, vec![owner(&plan.tenant)], "{}", child.describe());
+            assert_eq!(
+                child.object.metadata.namespace.as_deref(),
+                Some(plan.namespace.as_str())
+            );
+        }
+        // Secrets outlive a retained Tenant: no owner, found by label.
+        for secret in &objects.secrets {
+            assert!(secret.template.metadata.owner_references.is_none());
+            assert_eq!(
+                secret.template.metadata.labels.as_ref().unwrap()["iafactory.dz/tenant"],
+                plan.tenant
+            );
+        }
+    }
+}
+
+#[test]
+fn pods_are_restricted_and_never_mount_a_token() {
+    for (_, tenant) in tenant_samples() {
+        let (_, objects) = build_sample(&tenant, false);
+        for child in objects.all().filter(|c| {
+            matches!(
+                c.resource.kind.as_str(),
+                "Deployment" | "StatefulSet" | "Job"
+            )
+        }) {
+            let pod = field(child, "/spec/template/spec");
+            assert_eq!(
+                pod["automountServiceAccountToken"],
+                false,
+                "{}",
+                child.describe()
+            );
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
+            for container in pod["containers"].as_array().unwrap() {
+                let security = &container["securityContext"];
+                assert_eq!(security["allowPrivilegeEscalation"], false);
+                assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+            }
+        }
+        for account in objects
+            .all()
+            .filter(|c| c.resource.kind == "ServiceAccount")
+        {
+            assert_eq!(account.object.data["automountServiceAccountToken"], false);
+        }
+        let api = find(&objects, "Deployment", "api");
+        let container = &field(api, "/spec/template/spec/containers")[0];
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    }
+}
+
+#[test]
+fn network_policies_deny_by_default_and_open_only_what_sovereignty_allows() {
+    for (_, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let deny = find(&objects, "NetworkPolicy", "default-deny");
+        assert_eq!(field(deny, "/spec/podSelector"), &serde_json::json!({}));
+        assert_eq!(
+            field(deny, "/spec/policyTypes"),
+            &serde_json::json!(["Ingress", "Egress"])
+        );
+        assert!(
+            field(deny, "/spec").get("ingress").is_none()
+                && field(deny, "/spec").get("egress").is_none()
+        );
+        find(&objects, "NetworkPolicy", "allow-same-namespace");
+        find(&objects, "NetworkPolicy", "allow-dns");
+        let ingress = find(&objects, "NetworkPolicy", "allow-api-ingress");
+        let from: Vec<String> = field(ingress, "/spec/ingress/0/from")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(from.contains(&"ingress-nginx".to_owned()));
+        assert_eq!(
+            from.contains(&"monitoring".to_owned()),
+            plan.monitoring.enabled
+        );
+
+        let llm = objects.all().find(|c| c.name() == "allow-llm-providers");
+        match tenant.spec.sovereignty {
+            iafactory_crds::tenant::Sovereignty::Strict => {
+                assert!(llm.is_none(), "strict sovereignty opens no provider egress");
+            }
+            iafactory_crds::tenant::Sovereignty::Open => {
+                let llm = llm.expect("open sovereignty with providers opens their egress");
+                let rules = field(llm, "/spec/egress").as_array().unwrap();
+                assert_eq!(rules.len(), tenant.spec.llm_providers.len());
+                for rule in rules {
+                    assert_eq!(
+                        rule["ports"],
+                        serde_json::json!([{"port": 443, "protocol": "TCP"}])
+                    );
+                    let except = &rule["to"][0]["ipBlock"]["except"];
+                    assert!(except.as_array().unwrap().iter().any(|r| r == "10.0.0.0/8"));
+                }
+                // Only the API talks to providers.
+                assert_eq!(
+                    field(llm, "/spec/podSelector/matchLabels/iafactory.dz~1component"),
+                    "api"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quota_and_limits_follow_the_plan_tier() {
+    for (_, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let quota = find(&objects, "ResourceQuota", "tenant-quota");
+        assert_eq!(
+            field(quota, "/spec/hard/requests.cpu"),
+            plan.quota.requests_cpu.as_str()
+        );
+        assert_eq!(
+            field(quota, "/spec/hard/pods"),
+            &serde_json::json!(plan.quota.pods.to_string())
+        );
+        let limits = find(&objects, "LimitRange", "tenant-limits");
+        assert_eq!(
+            field(limits, "/spec/limits/0/max/memory"),
+            plan.limit_range.max.memory.as_str()
+        );
+    }
+}
+
+#[test]
+fn gpus_bring_requests_and_tolerations_and_replicas_bring_a_budget() {
+    let (_, tenant) = tenant_samples()
+        .into_iter()
+        .find(|(stem, _)| stem == "tenant-enterprise-qdrant-gpu")
+        .unwrap();
+    let (_, objects) = build_sample(&tenant, false);
+    let ollama = find(&objects, "StatefulSet", "ollama");
+    let pod = field(ollama, "/spec/template/spec");
+    assert_eq!(
+        pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    assert!(
+        pod["containers"][0]["startupProbe"].is_object(),
+        "Ollama has a startup probe"
+    );
+    find(&objects, "StatefulSet", "qdrant");
+    let budget = find(&objects, "PodDisruptionBudget", "api");
+    assert_eq!(field(budget, "/spec/maxUnavailable"), 1);
+
+    let mut single = tenant.clone();
+    single.spec.components.api.replicas = Some(1);
+    single.spec.components.ollama.gpu = Some(0);
+    let (_, objects) = build_sample(&single, false);
+    assert!(
+        objects
+            .all()
+            .all(|c| c.resource.kind != "PodDisruptionBudget")
+    );
+    let pod = field(
+        find(&objects, "StatefulSet", "ollama"),
+        "/spec/template/spec",
+    );
+    assert!(pod.get("tolerations").is_none());
+}
+
+#[test]
+fn the_preload_job_is_renamed_by_a_new_model_list_and_not_by_an_upgrade() {
+    let (_, tenant) = tenant_samples()
+        .into_iter()
+        .find(|(stem, _)| stem == "tenant-enterprise-qdrant-gpu")
+        .unwrap();
+    let job_of = |tenant: &Tenant| {
+        let (_, objects) = build_sample(tenant, false);
+        let job = objects
+            .all()
+            .find(|c| c.resource.kind == "Job")
+            .cloned()
+            .expect("a preload Job");
+        assert!(job.create_only, "a Job is never updated in place");
+        job
+    };
+    let original = job_of(&tenant);
+    let args = field(&original, "/spec/template/spec/containers/0/args");
+    assert!(args.as_array().unwrap().iter().any(|a| a == "bge-m3"));
+
+    let mut upgraded = tenant.clone();
+    upgraded.spec.components.ollama.image = Some("ollama/ollama:0.13.0".into());
+    assert_eq!(job_of(&upgraded).name(), original.name());
+
+    let mut more_models = tenant.clone();
+    more_models
+        .spec
+        .components
+        .ollama
+        .models
+        .push("qwen2.5:7b".into());
+    assert_ne!(job_of(&more_models).name(), original.name());
+}
+
+#[test]
+fn suspending_scales_to_zero_and_keeps_the_volumes() {
+    for (_, tenant) in tenant_samples() {
+        let (_, running) = build_sample(&tenant, false);
+        let mut suspended = tenant.clone();
+        suspended.spec.suspended = true;
+        let (_, asleep) = build_sample(&suspended, false);
+        for child in asleep
+            .all()
+            .filter(|c| matches!(c.resource.kind.as_str(), "Deployment" | "StatefulSet"))
+        {
+            assert_eq!(field(child, "/spec/replicas"), 0, "{}", child.describe());
+            let awake = find(&running, &child.resource.kind, &child.name());
+            // Claim templates are immutable: suspending must not touch them.
+            assert_eq!(
+                child.object.data.pointer("/spec/volumeClaimTemplates"),
+                awake.object.data.pointer("/spec/volumeClaimTemplates")
+            );
+        }
+    }
+}
+
+#[test]
+fn ingress_tls_follows_the_tenant() {
+    for (_, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let ingress = objects.all().find(|c| c.resource.kind == "Ingress");
+        let Some(ingress_plan) = &plan.ingress else {
+            assert!(ingress.is_none());
+            continue;
+        };
+        let ingress = ingress.unwrap();
+        assert_eq!(
+            field(ingress, "/spec/rules/0/host"),
+            ingress_plan.host.as_str()
+        );
+        match &ingress_plan.tls {
+            iafactory_crds::plan::TlsPlan::Acme { issuer, secret } => {
+                assert_eq!(
+                    ingress.object.metadata.annotations.as_ref().unwrap()["cert-manager.io/cluster-issuer"],
+                    *issuer
+                );
+                assert_eq!(field(ingress, "/spec/tls/0/secretName"), secret.as_str());
+            }
+            iafactory_crds::plan::TlsPlan::Secret { secret } => {
+                assert_eq!(field(ingress, "/spec/tls/0/secretName"), secret.as_str());
+            }
+            iafactory_crds::plan::TlsPlan::None => {
+                assert!(ingress.object.data["spec"].get("tls").is_none())
+            }
+        }
+    }
+}
+
+#[test]
+fn monitoring_uses_a_service_monitor_when_the_crd_exists_and_annotations_otherwise() {
+    let monitored: Vec<_> = tenant_samples()
+        .into_iter()
+        .filter(|(_, t)| t.spec.components.monitoring.enabled)
+        .collect();
+    assert!(!monitored.is_empty(), "a sample enables monitoring");
+    for (_, tenant) in monitored {
+        let (_, with_crd) = build_sample(&tenant, true);
+        assert!(with_crd.all().any(|c| c.resource.kind == "ServiceMonitor"));
+        let api = find(&with_crd, "Service", "api");
+        assert!(
+            api.object
+                .metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key("prometheus.io/scrape"))
+        );
+        let (_, without) = build_sample(&tenant, false);
+        assert!(without.all().all(|c| c.resource.kind != "ServiceMonitor"));
+        let api = find(&without, "Service", "api");
+        assert_eq!(
+            api.object.metadata.annotations.as_ref().unwrap()["prometheus.io/scrape"],
+            "true"
+        );
+    }
+}
+
+#[test]
+fn the_build_is_deterministic_and_hashes_change_with_the_spec() {
+    let (_, tenant) = tenant_samples()
+        .into_iter()
+        .find(|(_, t)| t.spec.plan != iafactory_crds::tenant::PlanTier::Enterprise)
+        .unwrap();
+    let (_, first) = build_sample(&tenant, true);
+    let (_, second) = build_sample(&tenant, true);
+    let hashes = |o: &TenantObjects| {
+        o.all()
+            .map(|c| (c.describe(), c.hash().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hashes(&first), hashes(&second));
+    assert!(first.all().all(|c| c.hash().len() == 24));
+
+    let mut bigger = tenant.clone();
+    bigger.spec.plan = iafactory_crds::tenant::PlanTier::Enterprise;
+    let (_, third) = build_sample(&bigger, true);
+    assert_ne!(
+        find(&first, "ResourceQuota", "tenant-quota").hash(),
+        find(&third, "ResourceQuota", "tenant-quota").hash()
+    );
+}
+
+/// `(group, plural)` of everything the operator builds, watches or writes.
+fn used_resources() -> BTreeSet<(String, String)> {
+    let mut used: BTreeSet<(String, String)> = owned_kinds(true)
+        .iter()
+        .map(|r| (r.group.clone(), r.plural.clone()))
+        .collect();
+    for (_, tenant) in tenant_samples() {
+        let (_, objects) = build_sample(&tenant, true);
+        used.extend(
+            objects
+                .all()
+                .map(|c| (c.resource.group.clone(), c.resource.plural.clone())),
+        );
+    }
+    for (group, plural) in [
+        ("", "secrets"),
+        ("iafactory.dz", "tenants"),
+        ("iafactory.dz", "knowledgebases"),
+        ("iafactory.dz", "workflows"),
+        ("iafactory.dz", "tenants/status"),
+        ("iafactory.dz", "knowledgebases/status"),
+        ("iafactory.dz", "workflows/status"),
+        ("coordination.k8s.io", "leases"),
+        ("events.k8s.io", "events"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ] {
+        used.insert((group.into(), plural.into()));
+    }
+    used
+}
+
+#[test]
+fn the_cluster_role_covers_everything_built_and_asks_for_nothing_unused() {
+    for (_, tenant) in tenant_samples() {
+        let (_, objects) = build_sample(&tenant, true);
+        for child in objects.all() {
+            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+                assert!(
+                    rbac::allows(&child.resource.group, &child.resource.plural, verb),
+                    "the ClusterRole does not allow {verb} on {}",
+                    child.describe()
+                );
+            }
+        }
+    }
+    let used = used_resources();
+    for (group, resources, verbs) in rbac::RULES {
+        for resource in *resources {
+            assert!(
+                used.contains(&((*group).to_owned(), (*resource).to_owned())),
+                "{group}/{resource} is granted but never used"
+            );
+        }
+        assert!(
+            !verbs.contains(&"*") && !resources.contains(&"*"),
+            "no wildcards"
+        );
+        // Secrets are created once and never changed or deleted by the operator.
+        if resources.contains(&"secrets") {
+            assert!(
+                !verbs.contains(&"patch")
+                    && !verbs.contains(&"update")
+                    && !verbs.contains(&"delete")
+            );
+        }
+    }
+}
+
+#[test]
+fn config_rbac_is_generated_from_the_rules() {
+    let path = repo_root().join("config/rbac/clusterrole.yaml");
+    let generated = rbac::cluster_role_yaml();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        committed,
+        generated,
+        "{} drifted from operator/src/rbac.rs: run `cargo run -p iafactory-operator -- rbac > config/rbac/clusterrole.yaml`",
+        path.display()
+    );
+}
