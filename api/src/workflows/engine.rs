@@ -80,16 +80,12 @@ pub fn spawn(state: AppState, request: ExecutionRequest, execution_id: Uuid) {
             Ok(status) => status,
             Err(error) => {
                 tracing::error!(%error, %execution_id, "a workflow execution could not be recorded");
-                let _ = finish(
-                    &state,
-                    request.tenant_id,
-                    execution_id,
-                    "failed",
-                    None,
-                    Some(&format!("internal error: {error}")),
-                    None,
-                )
-                .await;
+                if let Ok(log) =
+                    EventLog::resume(state.db.clone(), request.tenant_id, execution_id).await
+                {
+                    let message = format!("internal error: {error}");
+                    let _ = finish(&state, &log, "failed", None, Some(&message), None).await;
+                }
                 "failed"
             }
         };
@@ -168,28 +164,35 @@ async fn set_step(
     tx.commit().await
 }
 
+/// Records the end of a run and its `execution.finished` event, together.
 async fn finish(
     state: &AppState,
-    tenant_id: Uuid,
-    execution_id: Uuid,
+    log: &EventLog,
     status: &str,
     output: Option<&str>,
     error: Option<&str>,
     failed_agent: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let mut tx = tenant_tx(&state.db, log.tenant_id).await?;
     sqlx::query(
         "UPDATE workflow_executions e SET status = $2, output = $3, error = $4, failed_agent = $5, finished_at = now(),
              prompt_tokens = (SELECT coalesce(sum(prompt_tokens), 0) FROM workflow_steps s WHERE s.execution_id = e.id),
              completion_tokens = (SELECT coalesce(sum(completion_tokens), 0) FROM workflow_steps s WHERE s.execution_id = e.id)
          WHERE id = $1",
     )
-    .bind(execution_id)
+    .bind(log.execution_id)
     .bind(status)
     .bind(output)
     .bind(error)
     .bind(failed_agent)
     .execute(&mut *tx)
+    .await?;
+    log.append_in(
+        &mut tx,
+        "execution.finished",
+        None,
+        json!({ "status": status, "error": error, "failedAgent": failed_agent }),
+    )
     .await?;
     tx.commit().await
 }
@@ -211,14 +214,15 @@ async fn run(
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
+        log.append_in(
+            &mut tx,
+            "execution.started",
+            None,
+            json!({ "agents": request.spec.agents.len() }),
+        )
+        .await?;
         tx.commit().await?;
     }
-    log.append(
-        "execution.started",
-        None,
-        json!({ "agents": request.spec.agents.len() }),
-    )
-    .await?;
 
     let knowledge_bases = knowledge_base_ids(state, tenant_id, &request.spec).await?;
     let agents: BTreeMap<String, AgentSpec> = request
@@ -363,18 +367,11 @@ async fn run(
         (status == "succeeded").then(|| final_output(&request.spec.agents, &dependents, &outputs));
     finish(
         state,
-        tenant_id,
-        execution_id,
+        &log,
         status,
         output.as_deref(),
         error.as_deref(),
         failed_agent.as_deref(),
-    )
-    .await?;
-    log.append(
-        "execution.finished",
-        None,
-        json!({ "status": status, "error": error, "failedAgent": failed_agent }),
     )
     .await?;
     Ok(status)
@@ -519,15 +516,16 @@ async fn run_agent_inner(
             .bind(duration_ms)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             context
                 .log
-                .append(
+                .append_in(
+                    &mut tx,
                     "agent.succeeded",
                     Some(&agent.name),
                     json!({ "durationMs": duration_ms, "attempts": answer.attempts, "completionTokens": answer.completion_tokens }),
                 )
                 .await?;
+            tx.commit().await?;
             ("succeeded", AgentOutcome::Succeeded(answer.output))
         }
         Err(AgentFailure::Cancelled) => {
@@ -668,11 +666,7 @@ async fn call_agent(
         .and_then(|s| u64::try_from(s).ok())
         .map_or(workflows.agent_timeout, Duration::from_secs);
     let client = workflows
-        .client(
-            &agent.provider,
-            &agent.model,
-            timeout + Duration::from_secs(1),
-        )
+        .client(&agent.provider, &agent.model)
         .map_err(|e| failed(e, 0))?;
     let messages = vec![
         Message {

@@ -43,8 +43,8 @@ impl ExecutionEvent {
 /// process that runs the execution.
 pub struct EventLog {
     pool: PgPool,
-    tenant_id: Uuid,
-    execution_id: Uuid,
+    pub tenant_id: Uuid,
+    pub execution_id: Uuid,
     next: AtomicI32,
 }
 
@@ -58,16 +58,51 @@ impl EventLog {
         })
     }
 
+    /// Continues a log that already has events (after an error mid-run).
+    pub async fn resume(
+        pool: PgPool,
+        tenant_id: Uuid,
+        execution_id: Uuid,
+    ) -> Result<Arc<Self>, sqlx::Error> {
+        let mut tx = tenant_tx(&pool, tenant_id).await?;
+        let last: i32 = sqlx::query_scalar(
+            "SELECT coalesce(max(seq), 0) FROM workflow_events WHERE execution_id = $1",
+        )
+        .bind(execution_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let log = Self::new(pool, tenant_id, execution_id);
+        log.next.store(last + 1, Ordering::SeqCst);
+        Ok(log)
+    }
+
     pub async fn append(
         &self,
         kind: &str,
         agent: Option<&str>,
         data: serde_json::Value,
     ) -> Result<(), sqlx::Error> {
-        let seq = self.next.fetch_add(1, Ordering::SeqCst);
         let mut tx = tenant_tx(&self.pool, self.tenant_id).await?;
+        self.append_in(&mut tx, kind, agent, data).await?;
+        tx.commit().await
+    }
+
+    /// Appends within the caller's transaction, so that a step's new state and the
+    /// event announcing it commit together (and cost one round trip).
+    pub async fn append_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        kind: &str,
+        agent: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
         sqlx::query(
-            "INSERT INTO workflow_events (tenant_id, execution_id, seq, type, agent, data) VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH event AS (
+                 INSERT INTO workflow_events (tenant_id, execution_id, seq, type, agent, data)
+                 VALUES ($1, $2, $3, $4, $5, $6))
+             SELECT pg_notify($7, $8)",
         )
         .bind(self.tenant_id)
         .bind(self.execution_id)
@@ -75,14 +110,11 @@ impl EventLog {
         .bind(kind)
         .bind(agent)
         .bind(data)
-        .execute(&mut *tx)
+        .bind(EVENTS_CHANNEL)
+        .bind(format!("{}/{}", self.tenant_id, self.execution_id))
+        .execute(&mut **tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(EVENTS_CHANNEL)
-            .bind(format!("{}/{}", self.tenant_id, self.execution_id))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        Ok(())
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Notice {
 /// The engine's shared state: one per process.
 pub struct Workflows {
     providers: BTreeMap<String, Provider>,
+    /// One pool of connections to the providers for every agent call.
+    http: reqwest::Client,
     open_sovereignty: bool,
     /// Bounds the agent calls in flight in this process, across executions.
     pub permits: Arc<Semaphore>,
@@ -116,6 +118,8 @@ pub struct Workflows {
 pub enum WorkflowError {
     #[error("IAF_LLM_PROVIDERS is not valid JSON: {0}")]
     Providers(String),
+    #[error("building the providers' HTTP client: {0}")]
+    Http(String),
 }
 
 impl Workflows {
@@ -148,7 +152,13 @@ impl Workflows {
                 );
             }
         }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(config.workflow_concurrency)
+            .build()
+            .map_err(|e| WorkflowError::Http(e.to_string()))?;
         Ok(Self {
+            http,
             providers,
             open_sovereignty,
             permits: Arc::new(Semaphore::new(config.workflow_concurrency)),
@@ -182,21 +192,17 @@ impl Workflows {
         Ok(())
     }
 
-    /// A client for one agent's call. Checked again at run time: the configuration
-    /// may have changed since the workflow was saved.
-    pub fn client(
-        &self,
-        provider: &str,
-        model: &str,
-        timeout: Duration,
-    ) -> Result<ChatClient, String> {
+    /// A client for one agent's call, over the shared connection pool (the caller
+    /// bounds the call with the agent's timeout). Checked again at run time: the
+    /// configuration may have changed since the workflow was saved.
+    pub fn client(&self, provider: &str, model: &str) -> Result<ChatClient, String> {
         self.check_provider(provider)?;
         let provider = &self.providers[provider];
-        Ok(ChatClient::new(
+        Ok(ChatClient::with_client(
+            self.http.clone(),
             &provider.base_url,
             model,
             provider.api_key.clone(),
-            timeout,
         ))
     }
 
