@@ -837,3 +837,90 @@ async fn the_websocket_streams_agent_status_to_a_jwt_holder_only() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_sample_workflow_registered_like_the_operator_does_runs_as_written() {
+    use iafactory_crds::manifest::{Manifest, load_paths};
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+    let mut workflow_spec = None;
+    let mut kb_spec = None;
+    for loaded in load_paths(&[
+        samples.join("workflow-synthese.yaml"),
+        samples.join("knowledgebase-reglements.yaml"),
+    ])
+    .unwrap()
+    {
+        match loaded.manifest {
+            Manifest::Workflow(w) => workflow_spec = Some(w.spec),
+            Manifest::KnowledgeBase(kb) => kb_spec = Some(kb.spec),
+            Manifest::Tenant(_) => {}
+        }
+    }
+    let db = TestDb::new().await;
+    let config = iafactory_api::config::Config {
+        workflow_max_tokens: 32,
+        workflow_scheduler_tick_seconds: 0,
+        ..common::rag_config(&db)
+    };
+    let app = TestApp::with_workflows(config).await;
+    let operator = Auth::Bearer(common::OPERATOR_TOKEN);
+    let reply = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-tlemcen",
+            operator,
+            Some(json!({"name": "Université de Tlemcen", "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-tlemcen/knowledge-bases/reglements",
+            operator,
+            Some(serde_json::to_value(kb_spec.unwrap()).unwrap()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-tlemcen/workflows/synthese",
+            operator,
+            Some(serde_json::to_value(workflow_spec.unwrap()).unwrap()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let workflow = reply.body["data"]["id"].as_str().unwrap().to_owned();
+
+    // A tenant admin of that tenant runs it.
+    let tenant_id: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id_by_slug('univ-tlemcen')")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let admin = app
+        .state
+        .jwt
+        .issue(
+            uuid::Uuid::new_v4(),
+            tenant_id,
+            iafactory_api::auth::Role::TenantAdmin,
+        )
+        .unwrap();
+    let id = start(&app, &admin, &workflow, "le calendrier des examens").await;
+    let view = wait_finished(&app, &admin, &workflow, &id, Duration::from_secs(240)).await;
+    assert_eq!(view["status"], "succeeded", "{view:#}");
+    for agent in ["collecte", "analyse", "synthese"] {
+        assert_eq!(step(&view, agent)["status"], "succeeded");
+    }
+    // Registered by the operator: read-only through the public API.
+    let reply = app
+        .request(
+            Method::DELETE,
+            &format!("/api/workflows/{workflow}"),
+            Auth::Bearer(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+}
