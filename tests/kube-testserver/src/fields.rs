@@ -16,7 +16,7 @@ pub type FieldSet = BTreeSet<Path>;
 fn untracked(path: &[String]) -> bool {
     match path {
         [] => true,
-        [top] if top == "apiVersion" || top == "kind" => true,
+        [top] if top == "apiVersion" || top == "kind" || top == "metadata" => true,
         [meta, field, ..] if meta == "metadata" => matches!(
             field.as_str(),
             "name"
@@ -305,7 +305,7 @@ pub fn apply(
             .iter()
             .filter(|m| !m.same_entry(writer.manager, "Apply", writer.subresource))
             .any(|m| m.fields.iter().any(|f| overlaps(f, dropped)))
-            || new_set.iter().any(|p| overlaps(p, dropped));
+            || new_set.iter().any(|p| p.starts_with(dropped));
         if !still_owned {
             remove_path(&mut obj, dropped);
         }

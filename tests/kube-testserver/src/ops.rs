@@ -246,10 +246,10 @@ fn builtin_defaults(store: &mut Store, info: &ResourceInfo, obj: &mut Value, cre
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
-        ("apps", "deployments") | ("apps", "statefulsets") => {
-            if obj["spec"]["replicas"].is_null() {
-                obj["spec"]["replicas"] = json!(1);
-            }
+        ("apps", "deployments") | ("apps", "statefulsets")
+            if obj["spec"]["replicas"].is_null() =>
+        {
+            obj["spec"]["replicas"] = json!(1);
         }
         ("batch", "jobs") => {
             for (k, v) in [("completions", 1), ("parallelism", 1), ("backoffLimit", 6)] {
@@ -404,11 +404,11 @@ fn create_inner(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    if name.is_empty() {
-        if let Some(prefix) = obj["metadata"]["generateName"].as_str() {
-            name = format!("{prefix}{}", generate_suffix());
-            obj["metadata"]["name"] = json!(name);
-        }
+    if name.is_empty()
+        && let Some(prefix) = obj["metadata"]["generateName"].as_str()
+    {
+        name = format!("{prefix}{}", generate_suffix());
+        obj["metadata"]["name"] = json!(name);
     }
     if name.is_empty() {
         return Err(ApiError::invalid(

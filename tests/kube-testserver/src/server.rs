@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::{ApiError, Result};
 use crate::ops::{self, DeleteOpts, Deleted, PatchKind, Propagation, Sub, WriteOpts};
-use crate::resources::ResourceInfo;
+use crate::resources::{Registry, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::store::{Event, EventKind, ObjectKey, Store, rv_of};
 
@@ -213,6 +213,9 @@ fn route(
                     "preferredVersion": vs[0]}),
             )
         }
+        ["openapi", "v3"] => ok(StatusCode::OK, &openapi_index(&shared.lock().registry)),
+        ["openapi", "v3", "api", version] => openapi_doc(shared, "", version),
+        ["openapi", "v3", "apis", group, version] => openapi_doc(shared, group, version),
         ["api", version] => discovery(shared, "", version),
         ["apis", group, version] => discovery(shared, group, version),
         ["api", version, rest @ ..] => {
@@ -223,6 +226,79 @@ fn route(
         }
         _ => Err(ApiError::no_route()),
     }
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// The OpenAPI v3 index. The documents only describe PATCH operations and their query
+/// parameters, enough for kubectl to see that the server validates fields itself.
+fn openapi_index(registry: &Registry) -> Value {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut gvs: Vec<(String, String)> = vec![(String::new(), "v1".to_string())];
+    for (g, versions) in registry.groups() {
+        for v in versions {
+            gvs.push((g.clone(), v));
+        }
+    }
+    let mut paths = serde_json::Map::new();
+    for (g, v) in gvs {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        registry
+            .resource_list(&g, &v)
+            .map(|l| l.to_string())
+            .hash(&mut h);
+        let path = gv_path(&g, &v);
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={:016X}", h.finish())}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+fn openapi_doc(shared: &Shared, group: &str, version: &str) -> Result<Routed> {
+    let store = shared.lock();
+    let list = store
+        .registry
+        .resource_list(group, version)
+        .ok_or_else(ApiError::no_route)?;
+    let mut paths = serde_json::Map::new();
+    let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
+        .iter()
+        .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": true}}))
+        .collect();
+    for r in list["resources"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or_default();
+        if name.contains('/') {
+            continue;
+        }
+        let ns = if r["namespaced"] == json!(true) {
+            "/namespaces/{namespace}"
+        } else {
+            ""
+        };
+        paths.insert(
+            format!("/{}{ns}/{name}/{{name}}", gv_path(group, version)),
+            json!({"patch": {
+                "operationId": format!("patch{}", r["kind"].as_str().unwrap_or_default()),
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": r["kind"]},
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
+    }
+    ok(
+        StatusCode::OK,
+        &json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
+            "paths": paths, "components": {"schemas": {}}}),
+    )
 }
 
 fn discovery(shared: &Shared, group: &str, version: &str) -> Result<Routed> {
@@ -319,6 +395,15 @@ fn resource_request(
     let count = |counter: &AtomicU64| counter.fetch_add(1, Ordering::Relaxed);
     let present = |v: Value| ops::present(info, &t.version, v);
     let opts = write_opts(params, headers);
+    if matches!(*method, Method::POST | Method::PUT) {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        if ct.contains("protobuf") || ct.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(ct));
+        }
+    }
     let needs_ns = |name: &str| -> Result<()> {
         if info.namespaced && ns.is_none() {
             return Err(ApiError::not_found(info.subject(name)));
