@@ -246,9 +246,7 @@ fn builtin_defaults(store: &mut Store, info: &ResourceInfo, obj: &mut Value, cre
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
-        ("apps", "deployments") | ("apps", "statefulsets")
-            if obj["spec"]["replicas"].is_null() =>
-        {
+        ("apps", "deployments") | ("apps", "statefulsets") if obj["spec"]["replicas"].is_null() => {
             obj["spec"]["replicas"] = json!(1);
         }
         ("batch", "jobs") => {
