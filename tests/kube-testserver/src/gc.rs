@@ -32,7 +32,10 @@ fn without_finalizer(obj: &mut Value, name: &str) {
 /// One collection pass. Returns whether it changed anything.
 pub fn gc_pass(store: &mut Store) -> bool {
     let start = store.current_rv();
-    let keys = store.keys();
+    let keys = store.gc_candidates();
+    if keys.is_empty() {
+        return false;
+    }
     let mut dependents: HashMap<String, Vec<ObjectKey>> = HashMap::new();
     for k in &keys {
         if let Some(obj) = store.get(k) {

@@ -27,6 +27,8 @@
 //! - **Status subresource** for Deployments, StatefulSets, Jobs, CronJobs, Services, PVCs,
 //!   Namespaces, Pods, ResourceQuotas, PDBs, Ingresses, CRDs, and custom resources that
 //!   declare it: `/status` writes only status, main-resource writes keep the stored status.
+//!   Deployments and StatefulSets also serve `/scale` (`autoscaling/v1` Scale) for
+//!   `kubectl scale`.
 //! - **Admission and defaults:** namespaced writes need an existing namespace (404) that is
 //!   not terminating (403); Secret `stringData` is folded into `data`; Services get a
 //!   cluster IP and port defaults; `replicas` defaults to 1; Job completions, parallelism
@@ -58,9 +60,14 @@
 //!   [`TestServer::compact`] and [`TestServer::close_watches`] force watchers to relist.
 //!
 //! # What it does not implement
-//! - Authentication, authorization, TLS, protobuf and CBOR bodies (JSON and YAML only),
-//!   aggregated discovery (clients fall back to the legacy endpoints), and OpenAPI
-//!   (`/openapi/v2`, `/openapi/v3` answer 404, so `kubectl apply` needs `--validate=false`).
+//! - Authentication, authorization, TLS, and protobuf and CBOR request bodies (415): JSON
+//!   and YAML only. `kubectl create namespace|configmap|secret ...` (the typed generators)
+//!   send protobuf, so they fail; `kubectl create -f` and `kubectl apply -f` send JSON and work.
+//! - Aggregated discovery (clients fall back to the legacy endpoints). OpenAPI v2 answers
+//!   404; OpenAPI v3 serves stub documents that only list PATCH operations and their query
+//!   parameters, so that kubectl sees the server validates fields itself and skips its
+//!   client-side schema validation. `kubectl explain` does not work. `fieldValidation` is
+//!   accepted and ignored: unknown fields are kept, never reported.
 //! - Table output: `kubectl get` falls back to its client-side columns.
 //! - CRD schema validation, pruning of unknown fields, CEL rules and conversion webhooks;
 //!   every version of a custom resource is stored and served as is, only `apiVersion`

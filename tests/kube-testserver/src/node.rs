@@ -247,15 +247,13 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut live = HashSet::new();
+        let mut updates: Vec<(ObjectKey, Value)> = Vec::new();
         for (group, resource) in WORKLOADS {
             let gr = (group.to_string(), resource.to_string());
-            let items: Vec<(ObjectKey, Value)> = store
-                .list(&gr, None)
-                .map(|((ns, n), v)| (ObjectKey::new(gr.clone(), ns, n), v.clone()))
-                .collect();
-            for (key, obj) in items {
+            for ((ns, name), obj) in store.list(&gr, None) {
+                let key = ObjectKey::new(gr.clone(), ns, name);
                 live.insert(key.clone());
-                if is_deleting(&obj) {
+                if is_deleting(obj) {
                     continue;
                 }
                 let generation = int(&obj["metadata"]["generation"], 1);
@@ -273,7 +271,7 @@ impl Node {
                     Phase::Starting
                 };
                 let t = now();
-                let mut desired = desired_status(resource, &obj, phase, &t);
+                let mut desired = desired_status(resource, obj, phase, &t);
                 let current = &obj["status"];
                 if timeless(&desired) == timeless(current) {
                     continue;
@@ -292,8 +290,11 @@ impl Node {
                         }
                     }
                 }
-                ops::internal_update(store, &key, |o| o["status"] = desired);
+                updates.push((key, desired));
             }
+        }
+        for (key, desired) in updates {
+            ops::internal_update(store, &key, |o| o["status"] = desired);
         }
         self.seen.retain(|k, _| live.contains(k));
         next

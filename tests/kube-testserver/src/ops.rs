@@ -13,6 +13,8 @@ use crate::store::{ObjectKey, Store, rv_of};
 pub enum Sub {
     Main,
     Status,
+    /// `/scale` of Deployments and StatefulSets: an `autoscaling/v1` Scale view.
+    Scale,
 }
 
 impl Sub {
@@ -20,6 +22,7 @@ impl Sub {
         match self {
             Self::Main => "",
             Self::Status => "status",
+            Self::Scale => "scale",
         }
     }
 }
@@ -757,7 +760,7 @@ fn applicable(info: &ResourceInfo, applied: &Value, sub: Sub) -> Value {
     let mut v = applied.clone();
     match sub {
         Sub::Status => json!({"status": v.get("status").cloned().unwrap_or(Value::Null)}),
-        Sub::Main => {
+        Sub::Main | Sub::Scale => {
             if let Some(m) = v.as_object_mut() {
                 m.remove("apiVersion");
                 m.remove("kind");
@@ -1001,6 +1004,103 @@ fn strip_directives(v: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(strip_directives),
         _ => {}
     }
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or StatefulSet.
+pub fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector.join(",")},
+    })
+}
+
+/// PUT (`patch` is `None`) or PATCH of `/scale`: sets `spec.replicas`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_scale(
+    store: &mut Store,
+    info: &ResourceInfo,
+    version: &str,
+    namespace: Option<&str>,
+    name: &str,
+    patch: Option<PatchKind>,
+    body: &[u8],
+    opts: &WriteOpts,
+) -> Result<Value> {
+    let key = object_key(info, namespace, name);
+    let live = store
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(info.subject(name)))?;
+    let mut scale = scale_of(&live);
+    let input = parse_body(body, false)?;
+    match patch {
+        None => scale = input,
+        Some(PatchKind::Merge) => json_patch::merge(&mut scale, &input),
+        Some(PatchKind::Strategic) => strategic_merge(&mut scale, &input),
+        Some(PatchKind::Json) => {
+            let ops: json_patch::Patch = serde_json::from_value(input)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut scale, &ops).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the JSON patch could not be applied: {e}"),
+                )
+            })?;
+        }
+        Some(PatchKind::Apply) => {
+            return Err(ApiError::unsupported_media_type(
+                "application/apply-patch+yaml on /scale",
+            ));
+        }
+    }
+    let replicas = scale["spec"]["replicas"]
+        .as_i64()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                info.subject(name),
+                "Scale",
+                "spec.replicas",
+                "Invalid value: must be a non-negative integer",
+            )
+        })?;
+    let mut new = live.clone();
+    new["spec"]["replicas"] = json!(replicas);
+    match scale["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if !rv.is_empty() => new["metadata"]["resourceVersion"] = json!(rv),
+        _ => {
+            if let Some(m) = new["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+        }
+    }
+    let stored = commit_update(
+        store,
+        info,
+        version,
+        &key,
+        &live,
+        new,
+        Sub::Main,
+        opts,
+        Managed::Update,
+    )?;
+    Ok(scale_of(&stored))
 }
 
 /// The preconditions a DELETE may carry.

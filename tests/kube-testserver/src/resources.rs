@@ -77,6 +77,17 @@ impl ResourceInfo {
         if self.short_names.is_empty() {
             out[0].as_object_mut().map(|o| o.remove("shortNames"));
         }
+        if self.group == "apps" {
+            out.push(json!({
+                "name": format!("{}/scale", self.plural),
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if self.status {
             out.push(json!({
                 "name": format!("{}/status", self.plural),

@@ -333,6 +333,7 @@ fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Result<T
         [] => (None, Sub::Main),
         [name] => (Some((*name).to_string()), Sub::Main),
         [name, "status"] if info.status => (Some((*name).to_string()), Sub::Status),
+        [name, "scale"] if info.group == "apps" => (Some((*name).to_string()), Sub::Scale),
         [name, "finalize"] if info.plural == "namespaces" => (Some((*name).to_string()), Sub::Main),
         _ => return Err(ApiError::no_route()),
     };
@@ -411,6 +412,31 @@ fn resource_request(
         Ok(())
     };
     match (method, t.name.as_deref()) {
+        (&Method::GET, Some(name)) if t.sub == Sub::Scale => {
+            count(&c.get);
+            ok(
+                StatusCode::OK,
+                &ops::scale_of(&ops::get(&store, info, ns, name)?),
+            )
+        }
+        (&Method::PUT | &Method::PATCH, Some(name)) if t.sub == Sub::Scale => {
+            let kind = if *method == Method::PUT {
+                count(&c.update);
+                None
+            } else {
+                count(&c.patch);
+                let ct = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                Some(
+                    PatchKind::from_content_type(ct)
+                        .ok_or_else(|| ApiError::unsupported_media_type(ct))?,
+                )
+            };
+            let scale = ops::write_scale(&mut store, info, version, ns, name, kind, body, &opts)?;
+            ok(StatusCode::OK, &scale)
+        }
         (&Method::GET, Some(name)) => {
             count(&c.get);
             needs_ns(name)?;
@@ -725,6 +751,15 @@ fn render_event(w: &WatchRequest, e: &Event) -> Option<Bytes> {
         }
         _ => return None,
     };
+    if kind == e.kind.as_str() {
+        let (version, bytes) = e.rendered.get_or_init(|| {
+            let obj = ops::present(&w.info, &w.version, e.object.clone());
+            (w.version.clone(), line(kind, &obj))
+        });
+        if *version == w.version {
+            return Some(bytes.clone());
+        }
+    }
     Some(line(
         kind,
         &ops::present(&w.info, &w.version, e.object.clone()),

@@ -1,8 +1,10 @@
 //! The object store: JSON objects keyed by group, resource, namespace and name, one global
 //! `resourceVersion` counter, and a bounded history of watch events.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
@@ -54,6 +56,9 @@ pub struct Event {
     pub object: Value,
     /// The object before the change, for `Modified`.
     pub previous: Option<Value>,
+    /// The watch line most watchers send for this event, rendered once: the served
+    /// version it was rendered for, and the line.
+    pub rendered: OnceLock<(String, Bytes)>,
 }
 
 /// A watch asked to start before the history window.
@@ -64,6 +69,8 @@ pub struct Store {
     pub registry: Registry,
     objects: HashMap<GroupResource, BTreeMap<(String, String), Value>>,
     uids: HashMap<String, ObjectKey>,
+    /// Objects the garbage collector must look at: with owners, or being deleted.
+    gc_interest: BTreeSet<ObjectKey>,
     rv: u64,
     history: VecDeque<Arc<Event>>,
     history_cap: usize,
@@ -86,6 +93,7 @@ impl Store {
             registry,
             objects: HashMap::new(),
             uids: HashMap::new(),
+            gc_interest: BTreeSet::new(),
             rv: 1,
             history: VecDeque::new(),
             history_cap: history_cap.max(1),
@@ -127,6 +135,23 @@ impl Store {
             .collect()
     }
 
+    /// Objects with owner references or a deletion timestamp.
+    pub fn gc_candidates(&self) -> Vec<ObjectKey> {
+        self.gc_interest.iter().cloned().collect()
+    }
+
+    fn track(&mut self, key: &ObjectKey, obj: &Value) {
+        let meta = &obj["metadata"];
+        let owned = meta["ownerReferences"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty());
+        if owned || !meta["deletionTimestamp"].is_null() {
+            self.gc_interest.insert(key.clone());
+        } else {
+            self.gc_interest.remove(key);
+        }
+    }
+
     pub fn key_of_uid(&self, uid: &str) -> Option<&ObjectKey> {
         self.uids.get(uid)
     }
@@ -157,6 +182,7 @@ impl Store {
         if let Some(uid) = obj["metadata"]["uid"].as_str() {
             self.uids.insert(uid.to_string(), key.clone());
         }
+        self.track(&key, &obj);
         self.objects
             .entry(key.gr.clone())
             .or_default()
@@ -167,6 +193,7 @@ impl Store {
             rv,
             object: obj.clone(),
             previous: None,
+            rendered: OnceLock::new(),
         });
         obj
     }
@@ -174,6 +201,7 @@ impl Store {
     /// Replaces a stored object under the next resourceVersion.
     pub fn replace(&mut self, key: ObjectKey, mut obj: Value) -> Value {
         let rv = self.bump(&mut obj);
+        self.track(&key, &obj);
         let previous = self
             .objects
             .entry(key.gr.clone())
@@ -185,6 +213,7 @@ impl Store {
             rv,
             object: obj.clone(),
             previous,
+            rendered: OnceLock::new(),
         });
         obj
     }
@@ -198,6 +227,7 @@ impl Store {
         if let Some(uid) = obj["metadata"]["uid"].as_str() {
             self.uids.remove(uid);
         }
+        self.gc_interest.remove(key);
         let rv = self.bump(&mut obj);
         self.emit(Event {
             kind: EventKind::Deleted,
@@ -205,6 +235,7 @@ impl Store {
             rv,
             object: obj.clone(),
             previous: None,
+            rendered: OnceLock::new(),
         });
         Some(obj)
     }

@@ -505,6 +505,22 @@ async fn deployment_status_subresource() {
         .await
         .unwrap();
     assert_eq!(s.status.unwrap().observed_generation, Some(99));
+
+    // The scale subresource reads and writes spec.replicas.
+    let scale = api.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    let scale = api
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 4}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(4));
+    let d = api.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(4));
+    assert_eq!(d.metadata.generation, Some(2));
 }
 
 #[tokio::test]

@@ -312,6 +312,64 @@ async fn delete_waits_for_finalizers() {
     );
 }
 
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: 'nginx:1', env: [{name: A, value: '1'}]}
+      - {name: side, image: busybox}
+";
+
+/// Client-side apply of a built-in kind sends a strategic merge patch; the simulated node
+/// makes the rollout finish; `kubectl scale` goes through the scale subresource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_apply_rollout_and_scale() {
+    let server = TestServer::start(Options {
+        ready_delay: Duration::from_millis(100),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let kc = server.kubeconfig_path().to_path_buf();
+    let file = kc.with_file_name("deployment.yaml");
+    std::fs::write(&file, DEPLOYMENT).unwrap();
+    let file = file.to_str().unwrap();
+    ok(&kc, &["apply", "-f", file]).await;
+    std::fs::write(
+        file,
+        DEPLOYMENT
+            .replace("nginx:1", "nginx:2")
+            .replace("'1'", "'2'"),
+    )
+    .unwrap();
+    let out = ok(&kc, &["apply", "-f", file]).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let d = server.get("apps", "deployments", "default", "web").unwrap();
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "nginx:2");
+    assert_eq!(containers[0]["env"][0]["value"], "2");
+    assert_eq!(containers[1]["name"], "side");
+    assert_eq!(d["metadata"]["generation"], 2);
+
+    let out = ok(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=10s"],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    ok(&kc, &["scale", "deployment", "web", "--replicas=3"]).await;
+    let d = server.get("apps", "deployments", "default", "web").unwrap();
+    assert_eq!(d["spec"]["replicas"], 3);
+}
+
 /// The binary: `ready` on stdout, a kubeconfig kubectl uses, and a clean exit on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_until_sigterm() {
