@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +14,14 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::watch;
 
 use crate::error::{ApiError, Result};
 use crate::ops::{self, DeleteOpts, Deleted, PatchKind, Propagation, Sub, WriteOpts};
 use crate::resources::{Registry, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
-use crate::store::{Event, EventKind, ObjectKey, Store, rv_of};
+use crate::store::{Event, EventKind, ObjectKey, Store, Subscription, rv_of};
 
 /// Requests served per verb, since the start or the last reset.
 #[derive(Debug, Default)]
@@ -444,7 +446,7 @@ fn resource_request(
         }
         (&Method::GET, None) if flag(params, "watch") => {
             count(&c.watch);
-            let w = watch_request(&store, &t, params)?;
+            let w = watch_request(&mut store, &t, params)?;
             Ok(Routed::Watch(Box::new(w)))
         }
         (&Method::GET, None) => {
@@ -632,7 +634,7 @@ struct WatchRequest {
     initial: Vec<Bytes>,
     /// Live events at or below this version were already covered by `initial`.
     covered: u64,
-    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    rx: Option<Subscription>,
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -652,7 +654,7 @@ fn bookmark(info: &ResourceInfo, version: &str, rv: u64, initial_end: bool) -> B
     )
 }
 
-fn watch_request(store: &Store, t: &Target, params: &Params) -> Result<WatchRequest> {
+fn watch_request(store: &mut Store, t: &Target, params: &Params) -> Result<WatchRequest> {
     let sel = selectors(params)?;
     let rv_param = params
         .get("resourceVersion")
@@ -683,7 +685,7 @@ fn watch_request(store: &Store, t: &Target, params: &Params) -> Result<WatchRequ
         timeout,
         initial: Vec::new(),
         covered: store.current_rv(),
-        rx: Some(store.subscribe()),
+        rx: None,
     };
     let gr = t.info.group_resource();
     let initial_state = match send_initial {
@@ -721,16 +723,18 @@ fn watch_request(store: &Store, t: &Target, params: &Params) -> Result<WatchRequ
                     store.oldest_watchable()
                 ));
                 w.initial.push(line("ERROR", &err.status()));
-                w.rx = None;
+                return Ok(w);
             }
         }
     }
+    w.rx = Some(store.subscribe(gr, w.namespace.clone(), w.selectors.clone()));
     Ok(w)
 }
 
 /// An event as one watcher sees it, after its namespace and selectors.
 fn render_event(w: &WatchRequest, e: &Event) -> Option<Bytes> {
-    if e.key.gr != w.info.group_resource()
+    if e.key.gr.1 != w.info.plural
+        || e.key.gr.0 != w.info.group
         || w.namespace
             .as_ref()
             .is_some_and(|ns| *ns != e.key.namespace)
@@ -766,58 +770,137 @@ fn render_event(w: &WatchRequest, e: &Event) -> Option<Bytes> {
     ))
 }
 
-fn watch_response(shared: &Arc<Shared>, mut w: WatchRequest) -> Response {
-    let (tx, rx) = mpsc::channel::<Bytes>(1024);
-    let interval = shared.bookmark_interval;
-    let mut closed = shared.close_watches.subscribe();
-    tokio::spawn(async move {
-        for b in std::mem::take(&mut w.initial) {
-            if tx.send(b).await.is_err() {
-                return;
+/// An open watch, polled directly by the connection that streams it.
+struct WatchStream {
+    w: WatchRequest,
+    rx: Option<Subscription>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    ticker: tokio::time::Interval,
+    closed: watch::Receiver<u64>,
+    last_rv: u64,
+    started: bool,
+    done: bool,
+}
+
+/// What one wait on a watch gave.
+enum Step {
+    Send(Bytes),
+    SendAndEnd(Bytes),
+    End,
+}
+
+impl WatchStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            let initial: Vec<u8> = std::mem::take(&mut self.w.initial).concat();
+            if self.rx.is_none() {
+                self.done = true;
+            }
+            if !initial.is_empty() {
+                return Some(Bytes::from(initial));
             }
         }
-        let Some(mut events) = w.rx.take() else {
-            return;
-        };
-        let deadline = tokio::time::sleep(w.timeout.unwrap_or(Duration::from_secs(3600 * 24)));
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        let mut last_rv = w.covered;
         loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Ok(e) => {
-                        if e.rv <= w.covered {
-                            continue;
+            let step = {
+                let Self {
+                    w,
+                    rx,
+                    deadline,
+                    ticker,
+                    closed,
+                    last_rv,
+                    ..
+                } = self;
+                let events = rx.as_mut()?;
+                tokio::select! {
+                    ev = events.events.recv() => {
+                        // Send every event already queued in one chunk: fewer writes.
+                        let mut buf: Vec<u8> = Vec::new();
+                        let mut next = ev.ok_or(TryRecvError::Disconnected);
+                        let mut end = None;
+                        loop {
+                            match next {
+                                Ok(e) => {
+                                    if e.rv > w.covered {
+                                        *last_rv = e.rv;
+                                        if let Some(b) = render_event(w, &e) {
+                                            buf.extend_from_slice(&b);
+                                        }
+                                    }
+                                }
+                                Err(TryRecvError::Disconnected) => {
+                                    end = Some(if events.lagged() {
+                                        let err = ApiError::gone(
+                                            "the watch fell behind the event window; restart it",
+                                        );
+                                        line("ERROR", &err.status())
+                                    } else {
+                                        Bytes::new()
+                                    });
+                                    break;
+                                }
+                                Err(TryRecvError::Empty) => break,
+                            }
+                            if buf.len() > 256 * 1024 {
+                                break;
+                            }
+                            next = events.events.try_recv();
                         }
-                        last_rv = e.rv;
-                        if let Some(b) = render_event(&w, &e)
-                            && tx.send(b).await.is_err()
-                        {
-                            return;
+                        match end {
+                            Some(last) => {
+                                buf.extend_from_slice(&last);
+                                if buf.is_empty() {
+                                    Step::End
+                                } else {
+                                    Step::SendAndEnd(Bytes::from(buf))
+                                }
+                            }
+                            None if buf.is_empty() => continue,
+                            None => Step::Send(Bytes::from(buf)),
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let err = ApiError::gone("the watch fell behind the event window; restart it");
-                        let _ = tx.send(line("ERROR", &err.status())).await;
-                        return;
+                    _ = ticker.tick(), if w.bookmarks => {
+                        Step::Send(bookmark(&w.info, &w.version, *last_rv, false))
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = ticker.tick(), if w.bookmarks => {
-                    if tx.send(bookmark(&w.info, &w.version, last_rv, false)).await.is_err() {
-                        return;
-                    }
+                    () = deadline.as_mut() => Step::End,
+                    _ = closed.changed() => Step::End,
                 }
-                () = &mut deadline => return,
-                _ = closed.changed() => return,
-                () = tx.closed() => return,
-            }
+            };
+            return match step {
+                Step::Send(b) => Some(b),
+                Step::SendAndEnd(b) => {
+                    self.done = true;
+                    Some(b)
+                }
+                Step::End => None,
+            };
         }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }
+}
+
+fn watch_response(shared: &Arc<Shared>, mut w: WatchRequest) -> Response {
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + shared.bookmark_interval,
+        shared.bookmark_interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = w.timeout.unwrap_or(Duration::from_secs(3600 * 24));
+    let state = WatchStream {
+        rx: w.rx.take(),
+        last_rv: w.covered,
+        w,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        ticker,
+        closed: shared.close_watches.subscribe(),
+        started: false,
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        st.next_chunk().await.map(|b| (Ok::<_, Infallible>(b), st))
     });
     Response::builder()
         .status(StatusCode::OK)

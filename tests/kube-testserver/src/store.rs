@@ -7,7 +7,11 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, broadcast};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::selector::Selectors;
 
 use crate::resources::{GroupResource, Registry};
 
@@ -61,6 +65,61 @@ pub struct Event {
     pub rendered: OnceLock<(String, Bytes)>,
 }
 
+/// How many events a watch may have pending before it is cut with 410 Gone.
+pub const WATCH_BUFFER: usize = 16 * 1024;
+
+/// A registered watch, as the store sees it: the events are filtered here, so that a watch
+/// is only woken for the events it will send.
+struct WatchSlot {
+    gr: GroupResource,
+    namespace: Option<String>,
+    selectors: Selectors,
+    tx: mpsc::Sender<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl WatchSlot {
+    /// Hands an event to the watch if it is in its selection; false once the watch is gone.
+    fn offer(&self, event: &Arc<Event>) -> bool {
+        if event.key.gr != self.gr
+            || self
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| *ns != event.key.namespace)
+        {
+            return !self.tx.is_closed();
+        }
+        let selected = self.selectors.matches(&event.object)
+            || event
+                .previous
+                .as_ref()
+                .is_some_and(|p| self.selectors.matches(p));
+        if !selected {
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// The receiving end of a watch registration.
+pub struct Subscription {
+    pub events: mpsc::Receiver<Arc<Event>>,
+    pub lagged: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+}
+
 /// A watch asked to start before the history window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooOld;
@@ -76,7 +135,7 @@ pub struct Store {
     history_cap: usize,
     /// Every event with a version above this one is still in `history`.
     compacted: u64,
-    tx: broadcast::Sender<Arc<Event>>,
+    watchers: Vec<WatchSlot>,
     /// Woken on every change, for the garbage collector and the simulated node.
     pub wake: Vec<Arc<Notify>>,
     next_ip: u32,
@@ -88,7 +147,6 @@ pub fn rv_of(obj: &Value) -> Option<u64> {
 
 impl Store {
     pub fn new(registry: Registry, history_cap: usize) -> Self {
-        let (tx, _) = broadcast::channel(history_cap.clamp(1024, 65536));
         Self {
             registry,
             objects: HashMap::new(),
@@ -98,7 +156,7 @@ impl Store {
             history: VecDeque::new(),
             history_cap: history_cap.max(1),
             compacted: 1,
-            tx,
+            watchers: Vec::new(),
             wake: Vec::new(),
             next_ip: 1,
         }
@@ -170,7 +228,7 @@ impl Store {
                 self.compacted = old.rv;
             }
         }
-        let _ = self.tx.send(event);
+        self.watchers.retain(|w| w.offer(&event));
         for w in &self.wake {
             w.notify_one();
         }
@@ -240,8 +298,24 @@ impl Store {
         Some(obj)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+    /// Registers a watch: it gets the events of its type, namespace and selection, from
+    /// the next change on. `lagged` is set if it fell `WATCH_BUFFER` events behind.
+    pub fn subscribe(
+        &mut self,
+        gr: GroupResource,
+        namespace: Option<String>,
+        selectors: Selectors,
+    ) -> Subscription {
+        let (tx, events) = mpsc::channel(WATCH_BUFFER);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.watchers.push(WatchSlot {
+            gr,
+            namespace,
+            selectors,
+            tx,
+            lagged: lagged.clone(),
+        });
+        Subscription { events, lagged }
     }
 
     /// The events after `rv`, or `TooOld` when some of them have left the window.
