@@ -1004,3 +1004,99 @@ async fn kube_client_from_the_written_kubeconfig() {
     let ns: Api<Namespace> = Api::all(client);
     assert!(ns.get("default").await.is_ok());
 }
+
+/// A kube-runtime `Controller` (watcher, reflector, owned objects) runs on the server: it
+/// reconciles a ConfigMap into an owned Secret by server-side apply, re-applying the same
+/// configuration stores nothing, and the Secret is collected with its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_reconciles_and_idles() {
+    use kube::Resource as _;
+    use kube::runtime::controller::{Action, Controller};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Ctx {
+        client: kube::Client,
+        runs: AtomicU64,
+    }
+    async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+        let name = format!("{}-secret", cm.metadata.name.as_deref().unwrap_or_default());
+        let owner = cm
+            .controller_owner_ref(&())
+            .expect("a stored object has a uid");
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "ownerReferences": [owner]},
+            "stringData": {"from": cm.metadata.name}});
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), "default");
+        api.patch(
+            &name,
+            &PatchParams::apply("ctrl").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+        ctx.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(Action::await_change())
+    }
+    fn error_policy(_: Arc<ConfigMap>, _: &kube::Error, _: Arc<Ctx>) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+
+    let server = start().await;
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        runs: AtomicU64::new(0),
+    });
+    let controller = Controller::new(cms.clone(), watcher::Config::default())
+        .owns(secrets.clone(), watcher::Config::default())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    cms.create(&PostParams::default(), &cm("app", json!({"k": "v"})))
+        .await
+        .unwrap();
+    eventually("the controller creates the secret", || async {
+        server.get("", "secrets", "default", "app-secret").is_some()
+    })
+    .await;
+    let secret = secrets.get("app-secret").await.unwrap();
+    assert_eq!(secret.data.unwrap()["from"].0, b"app");
+    let secret_rv = secret.metadata.resource_version;
+
+    // A change to the ConfigMap triggers a reconcile whose apply changes nothing.
+    let runs = ctx.runs.load(Ordering::SeqCst);
+    cms.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "w"}})),
+    )
+    .await
+    .unwrap();
+    server.reset_counts();
+    eventually("a second reconcile", || async {
+        ctx.runs.load(Ordering::SeqCst) > runs
+    })
+    .await;
+    let counts = server.counts();
+    assert_eq!((counts.create, counts.update, counts.delete), (0, 0, 0));
+    assert_eq!(
+        secrets
+            .get("app-secret")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_rv,
+        "the second reconcile stored nothing"
+    );
+
+    cms.delete("app", &DeleteParams::default()).await.unwrap();
+    eventually("the secret is collected with its owner", || async {
+        server.get("", "secrets", "default", "app-secret").is_none()
+    })
+    .await;
+    task.abort();
+}
