@@ -476,6 +476,7 @@ fn create_inner(
         let skeleton = json!({"metadata": {}});
         fields::record_update(&skeleton, obj, &writer(opts, Sub::Main, &api_version, &t));
     }
+    drop_empty_metadata(obj);
     obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
     obj["metadata"]["creationTimestamp"] = json!(t);
     obj["metadata"]["generation"] = json!(1);
@@ -607,6 +608,7 @@ fn commit_update(
         }
         Managed::Applied => {}
     }
+    drop_empty_metadata(&mut new);
     if spec_part(old) != spec_part(&new) {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
         new["metadata"]["generation"] = json!(generation + 1);
@@ -717,17 +719,7 @@ pub fn patch(
     match kind {
         PatchKind::Merge => json_patch::merge(&mut doc, &patch),
         PatchKind::Strategic => strategic_merge(&mut doc, &patch),
-        PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the JSON patch could not be applied: {e}"),
-                )
-            })?;
-        }
+        PatchKind::Json => json_patch_lenient(&mut doc, patch)?,
         PatchKind::Apply => unreachable!("handled above"),
     }
     if !doc.is_object() {
@@ -753,6 +745,45 @@ pub fn patch(
         Managed::Update,
     )
     .map(|v| (v, false))
+}
+
+/// RFC 6902 JSON patch, as the API server applies it: a `test` of `null` against a missing
+/// path passes (kube-runtime's finalizer helper relies on it).
+fn json_patch_lenient(doc: &mut Value, patch: Value) -> Result<()> {
+    let ops: json_patch::Patch = serde_json::from_value(patch)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && doc.pointer(t.path.as_str()).is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        json_patch::patch(doc, &[op]).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the JSON patch could not be applied: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Drops empty metadata collections, as the API's `omitempty` does.
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        meta.retain(|k, v| {
+            let collection = matches!(
+                k.as_str(),
+                "labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields"
+            );
+            !(collection
+                && (v.is_null()
+                    || v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(serde_json::Map::is_empty)))
+        });
+    }
 }
 
 /// The part of an applied configuration a subresource may set, without server-set fields.
@@ -1051,17 +1082,7 @@ pub fn write_scale(
         None => scale = input,
         Some(PatchKind::Merge) => json_patch::merge(&mut scale, &input),
         Some(PatchKind::Strategic) => strategic_merge(&mut scale, &input),
-        Some(PatchKind::Json) => {
-            let ops: json_patch::Patch = serde_json::from_value(input)
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut scale, &ops).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the JSON patch could not be applied: {e}"),
-                )
-            })?;
-        }
+        Some(PatchKind::Json) => json_patch_lenient(&mut scale, input)?,
         Some(PatchKind::Apply) => {
             return Err(ApiError::unsupported_media_type(
                 "application/apply-patch+yaml on /scale",

@@ -1100,3 +1100,41 @@ async fn controller_reconciles_and_idles() {
     .await;
     task.abort();
 }
+
+/// kube-runtime's finalizer helper: it adds its finalizer with a JSON patch that tests for
+/// `null`, and removes it by index after cleanup, which completes the deletion.
+#[tokio::test]
+async fn kube_runtime_finalizer_helper() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::Arc;
+
+    let server = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    api.create(&PostParams::default(), &cm("fin", json!({})))
+        .await
+        .unwrap();
+    let step = async |expect: &'static str| {
+        let obj = Arc::new(api.get("fin").await.unwrap());
+        finalizer(&api, "example.com/fin", obj, |event| async move {
+            let got = match event {
+                Event::Apply(_) => "apply",
+                Event::Cleanup(_) => "cleanup",
+            };
+            assert_eq!(got, expect);
+            Ok::<_, kube::Error>(Action::await_change())
+        })
+        .await
+        .unwrap();
+    };
+    // The first run only adds the finalizer; the second reconciles.
+    step("none").await;
+    assert_eq!(
+        api.get("fin").await.unwrap().metadata.finalizers,
+        Some(vec!["example.com/fin".to_string()])
+    );
+    step("apply").await;
+    api.delete("fin", &DeleteParams::default()).await.unwrap();
+    step("cleanup").await;
+    assert!(server.get("", "configmaps", "default", "fin").is_none());
+}
