@@ -32,14 +32,19 @@
 //! - **Admission and defaults:** namespaced writes need an existing namespace (404) that is
 //!   not terminating (403); Secret `stringData` is folded into `data`; Services get a
 //!   cluster IP and port defaults; `replicas` defaults to 1; Job completions, parallelism
-//!   and backoffLimit defaults; custom resources get the `default`s of their CRD schema;
-//!   CRDs get `Established` and `NamesAccepted` conditions at once.
+//!   and backoffLimit defaults; CRDs get `Established` and `NamesAccepted` conditions at once.
+//! - **CRD schemas** ([`schema`]): custom resources get the `default`s of their version's
+//!   schema, unknown fields are pruned (unless `x-kubernetes-preserve-unknown-fields`), and
+//!   types, `nullable`, `required`, `enum`, bounds, lengths, `pattern`s and item counts are
+//!   validated (422 Invalid, one cause per field).
 //! - **Watch:** `watch=true|1` with `resourceVersion`, `allowWatchBookmarks` (periodic
 //!   BOOKMARKs), `timeoutSeconds`, label and field selectors, and `sendInitialEvents` (with
 //!   the `k8s.io/initial-events-end` bookmark). Objects that start or stop matching a
 //!   selector are sent as ADDED or DELETED. A bounded event window
 //!   ([`Options::history_window`]); an older `resourceVersion`, or a watcher that falls
-//!   behind, gets an ERROR event with a 410 `Expired` Status.
+//!   behind (more than [`store::WATCH_BUFFER`] events pending), gets an ERROR event with a
+//!   410 `Expired` Status. Events are filtered per watch when they are stored, so a write
+//!   only wakes the watches that will send it.
 //! - **Deletion:** finalizers (a delete sets `deletionTimestamp` and the object stays until
 //!   its finalizers are gone, by update, patch or apply); `propagationPolicy` Background,
 //!   Foreground (the `foregroundDeletion` finalizer) and Orphan (`orphan` finalizer, or
@@ -69,9 +74,10 @@
 //!   client-side schema validation. `kubectl explain` does not work. `fieldValidation` is
 //!   accepted and ignored: unknown fields are kept, never reported.
 //! - Table output: `kubectl get` falls back to its client-side columns.
-//! - CRD schema validation, pruning of unknown fields, CEL rules and conversion webhooks;
-//!   every version of a custom resource is stored and served as is, only `apiVersion`
-//!   changes. Built-in kinds are not validated beyond names and namespaces.
+//! - CEL rules (`x-kubernetes-validations`), `format`s, list-type uniqueness and
+//!   conversion webhooks; every version of a custom resource is stored and served as is,
+//!   only `apiVersion` changes. Built-in kinds are neither pruned nor validated beyond names
+//!   and namespaces.
 //! - Strategic merge patch is merge patch plus element-wise merging of the usual keyed
 //!   lists (containers, volumes and env by name, volume mounts by path, conditions by type,
 //!   owner references by uid), union of finalizers, and the `$patch`, `$setElementOrder`
@@ -91,6 +97,7 @@ pub mod gc;
 pub mod node;
 pub mod ops;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;

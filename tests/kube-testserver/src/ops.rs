@@ -283,53 +283,43 @@ fn builtin_defaults(store: &mut Store, info: &ResourceInfo, obj: &mut Value, cre
         }
         _ => {}
     }
-    if let Some(schema) = info
-        .schemas
-        .get(
-            obj["apiVersion"]
-                .as_str()
-                .and_then(|a| a.rsplit('/').next())
-                .unwrap_or(""),
-        )
-        .or_else(|| info.versions.first().and_then(|v| info.schemas.get(v)))
-        .filter(|s| s.is_object())
-    {
-        apply_schema_defaults(obj, schema);
-    }
 }
 
-/// Fills `default`s from a structural schema, as the API server does for custom resources.
-pub fn apply_schema_defaults(obj: &mut Value, schema: &Value) {
-    match obj {
-        Value::Object(map) => {
-            if let Some(props) = schema["properties"].as_object() {
-                for (k, sub) in props {
-                    if k == "metadata" || k == "apiVersion" || k == "kind" {
-                        continue;
-                    }
-                    if !map.contains_key(k)
-                        && let Some(d) = sub.get("default")
-                    {
-                        map.insert(k.clone(), d.clone());
-                    }
-                    if let Some(child) = map.get_mut(k) {
-                        apply_schema_defaults(child, sub);
-                    }
-                }
-            }
-            if let Some(extra) = schema.get("additionalProperties").filter(|s| s.is_object()) {
-                for child in map.values_mut() {
-                    apply_schema_defaults(child, extra);
-                }
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                apply_schema_defaults(item, &schema["items"]);
-            }
-        }
-        _ => {}
+/// Defaults, prunes and validates a custom resource against its CRD schema (422 if invalid).
+fn admit_custom(info: &ResourceInfo, obj: &mut Value) -> Result<()> {
+    let version = obj["apiVersion"]
+        .as_str()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or("")
+        .to_string();
+    let Some(schema) = info
+        .schemas
+        .get(&version)
+        .or_else(|| info.versions.first().and_then(|v| info.schemas.get(v)))
+        .filter(|s| s.is_object())
+    else {
+        return Ok(());
+    };
+    let violations = crate::schema::admit(obj, schema);
+    if violations.is_empty() {
+        return Ok(());
     }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let causes: Vec<Value> = violations
+        .iter()
+        .map(|v| json!({"reason": v.reason, "message": v.message, "field": v.field}))
+        .collect();
+    let listed: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.message))
+        .collect();
+    let qualified = format!("{}.{}", info.kind, info.group);
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!("{qualified} \"{name}\" is invalid: [{}]", listed.join(", ")),
+    )
+    .with_details(json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes})))
 }
 
 fn writer<'a>(opts: &'a WriteOpts, sub: Sub, api_version: &'a str, now: &'a str) -> Writer<'a> {
@@ -470,6 +460,7 @@ fn create_inner(
     obj["apiVersion"] = json!(info.api_version(version));
     obj["kind"] = json!(info.kind);
     builtin_defaults(store, info, obj, true);
+    admit_custom(info, obj)?;
     let t = now();
     if !applied {
         let api_version = info.api_version(version);
@@ -589,6 +580,7 @@ fn commit_update(
     }
     new["apiVersion"] = old["apiVersion"].clone();
     new["kind"] = old["kind"].clone();
+    admit_custom(info, &mut new)?;
     if sub == Sub::Main {
         builtin_defaults(store, info, &mut new, false);
         if info.plural == "namespaces" {
@@ -1274,20 +1266,5 @@ mod tests {
         );
         assert_eq!(doc["metadata"]["finalizers"], json!(["y"]));
         assert_eq!(doc["metadata"]["labels"], json!({}));
-    }
-
-    #[test]
-    fn schema_defaults() {
-        let schema = json!({"properties": {"spec": {"properties": {
-            "chunking": {"default": {"size": 800}, "properties": {
-                "size": {"default": 800}, "overlap": {"default": 120}}},
-            "items": {"items": {"properties": {"x": {"default": 1}}}}}}}});
-        let mut obj = json!({"spec": {"items": [{}, {"x": 2}]}});
-        apply_schema_defaults(&mut obj, &schema);
-        assert_eq!(
-            obj["spec"]["chunking"],
-            json!({"size": 800, "overlap": 120})
-        );
-        assert_eq!(obj["spec"]["items"], json!([{"x": 1}, {"x": 2}]));
     }
 }

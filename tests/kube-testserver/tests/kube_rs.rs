@@ -417,6 +417,36 @@ async fn crd_registration_discovery_and_status_subresource() {
     );
     assert_eq!(created.metadata.generation, Some(1));
 
+    // The schema prunes unknown fields and rejects invalid values with 422.
+    let odd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "odd"}, "spec": {"color": "red", "shape": "round"}}))
+    .unwrap();
+    let odd = api.create(&PostParams::default(), &odd).await.unwrap();
+    assert!(
+        odd.data["spec"].get("shape").is_none(),
+        "unknown fields are pruned"
+    );
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "bad"}, "spec": {"size": "big"}}))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected a Status")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.contains("spec.size"), "{}", status.message);
+    let err = api
+        .patch(
+            "odd",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": -1.5}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err).0, 422);
+
     // /status writes only status.
     let s = api
         .patch_status(

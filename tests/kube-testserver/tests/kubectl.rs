@@ -108,6 +108,20 @@ async fn apply_samples_and_get_yaml() {
     assert!(table.contains("univ-tlemcen"), "{table}");
     let crds = ok(&kc, &["get", "crds", "-o", "name"]).await;
     assert_eq!(crds.lines().count(), 3, "{crds}");
+
+    // The CRD schema is enforced: an unsupported enum value is rejected.
+    let bad = kc.with_file_name("bad-tenant.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata:\n  name: bad\nspec:\n  displayName: Bad\n  plan: gold\n",
+    )
+    .unwrap();
+    let (success, _, stderr) = kubectl(&kc, &["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!success);
+    assert!(
+        stderr.contains("spec.plan") && stderr.contains("Unsupported value"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
