@@ -777,6 +777,7 @@ struct WatchStream {
     deadline: Pin<Box<tokio::time::Sleep>>,
     ticker: tokio::time::Interval,
     closed: watch::Receiver<u64>,
+    store: Arc<Mutex<Store>>,
     last_rv: u64,
     started: bool,
     done: bool,
@@ -813,6 +814,7 @@ impl WatchStream {
                     ticker,
                     closed,
                     last_rv,
+                    store,
                     ..
                 } = self;
                 let events = rx.as_mut()?;
@@ -864,7 +866,22 @@ impl WatchStream {
                         }
                     }
                     _ = ticker.tick(), if w.bookmarks => {
-                        Step::Send(bookmark(&w.info, &w.version, *last_rv, false))
+                        // Every event up to the store's version is already queued for this
+                        // watch (the store queues under its lock): send those, then a
+                        // bookmark at that version, so that resuming skips unrelated writes.
+                        let current = store.lock().unwrap_or_else(|e| e.into_inner()).current_rv();
+                        let mut buf: Vec<u8> = Vec::new();
+                        while let Ok(e) = events.events.try_recv() {
+                            if e.rv > w.covered {
+                                *last_rv = e.rv;
+                                if let Some(b) = render_event(w, &e) {
+                                    buf.extend_from_slice(&b);
+                                }
+                            }
+                        }
+                        *last_rv = (*last_rv).max(current);
+                        buf.extend_from_slice(&bookmark(&w.info, &w.version, *last_rv, false));
+                        Step::Send(Bytes::from(buf))
                     }
                     () = deadline.as_mut() => Step::End,
                     _ = closed.changed() => Step::End,
@@ -896,6 +913,7 @@ fn watch_response(shared: &Arc<Shared>, mut w: WatchRequest) -> Response {
         deadline: Box::pin(tokio::time::sleep(timeout)),
         ticker,
         closed: shared.close_watches.subscribe(),
+        store: shared.store.clone(),
         started: false,
         done: false,
     };

@@ -708,6 +708,23 @@ async fn raw_watch_events_and_gone() {
         WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, rv),
         other => panic!("expected a bookmark, got {other:?}"),
     }
+    // Writes the watch does not select still move its bookmarks on.
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let now = server.resource_version().to_string();
+    let mut advanced = false;
+    for _ in 0..20 {
+        match stream.next().await.unwrap().unwrap() {
+            WatchEvent::Bookmark(b) if b.metadata.resource_version == now => {
+                advanced = true;
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("expected a bookmark, got {other:?}"),
+        }
+    }
+    assert!(advanced, "the bookmarks reach the store's version {now}");
 }
 
 #[tokio::test]
