@@ -55,9 +55,15 @@ pub fn gc_pass(store: &mut Store) -> bool {
             .filter(|c| c.namespace == k.name)
             .collect();
         if contents.is_empty() {
+            // The namespace controller removes only its own finalizer.
             ops::internal_update(store, k, |ns| {
-                if let Some(m) = ns["spec"].as_object_mut() {
-                    m.remove("finalizers");
+                if let Some(fins) = ns["spec"]["finalizers"].as_array_mut() {
+                    fins.retain(|f| f != "kubernetes");
+                    if fins.is_empty()
+                        && let Some(m) = ns["spec"].as_object_mut()
+                    {
+                        m.remove("finalizers");
+                    }
                 }
             });
         } else {

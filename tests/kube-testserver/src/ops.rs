@@ -15,6 +15,8 @@ pub enum Sub {
     Status,
     /// `/scale` of Deployments and StatefulSets: an `autoscaling/v1` Scale view.
     Scale,
+    /// `/finalize` of Namespaces: only `spec.finalizers` changes.
+    Finalize,
 }
 
 impl Sub {
@@ -23,6 +25,7 @@ impl Sub {
             Self::Main => "",
             Self::Status => "status",
             Self::Scale => "scale",
+            Self::Finalize => "finalize",
         }
     }
 }
@@ -549,6 +552,10 @@ fn commit_update(
             merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
         }
         new = merged;
+    } else if sub == Sub::Finalize {
+        let mut merged = old.clone();
+        merged["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+        new = merged;
     } else if info.status {
         match old.get("status") {
             Some(s) => new["status"] = s.clone(),
@@ -783,7 +790,7 @@ fn applicable(info: &ResourceInfo, applied: &Value, sub: Sub) -> Value {
     let mut v = applied.clone();
     match sub {
         Sub::Status => json!({"status": v.get("status").cloned().unwrap_or(Value::Null)}),
-        Sub::Main | Sub::Scale => {
+        Sub::Main | Sub::Scale | Sub::Finalize => {
             if let Some(m) = v.as_object_mut() {
                 m.remove("apiVersion");
                 m.remove("kind");

@@ -336,7 +336,9 @@ fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Result<T
         [name] => (Some((*name).to_string()), Sub::Main),
         [name, "status"] if info.status => (Some((*name).to_string()), Sub::Status),
         [name, "scale"] if info.group == "apps" => (Some((*name).to_string()), Sub::Scale),
-        [name, "finalize"] if info.plural == "namespaces" => (Some((*name).to_string()), Sub::Main),
+        [name, "finalize"] if info.plural == "namespaces" => {
+            (Some((*name).to_string()), Sub::Finalize)
+        }
         _ => return Err(ApiError::no_route()),
     };
     Ok(Target {

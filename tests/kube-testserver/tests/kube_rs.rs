@@ -1185,3 +1185,61 @@ async fn kube_runtime_finalizer_helper() {
     step("cleanup").await;
     assert!(server.get("", "configmaps", "default", "fin").is_none());
 }
+
+/// A namespace whose `spec.finalizers` are cleared through `/finalize` goes once empty.
+#[tokio::test]
+async fn namespace_finalize_subresource() {
+    let server = start().await;
+    let client = server.client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "stuck"}})).unwrap();
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    // A main-resource write cannot change spec.finalizers.
+    let mut edited = namespaces.get("stuck").await.unwrap();
+    edited.spec = Some(serde_json::from_value(json!({"finalizers": []})).unwrap());
+    let kept = namespaces
+        .replace("stuck", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+
+    let mut body = namespaces.get("stuck").await.unwrap();
+    body.spec = Some(serde_json::from_value(json!({"finalizers": ["example.com/ns"]})).unwrap());
+    let req = http::Request::put("/api/v1/namespaces/stuck/finalize")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    let ns: Namespace = client.request(req).await.unwrap();
+    assert_eq!(
+        ns.spec.unwrap().finalizers,
+        Some(vec!["example.com/ns".to_string()])
+    );
+
+    namespaces
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        namespaces.get("stuck").await.is_ok(),
+        "held by example.com/ns"
+    );
+    let mut body = namespaces.get("stuck").await.unwrap();
+    body.spec = Some(serde_json::from_value(json!({"finalizers": []})).unwrap());
+    let req = http::Request::put("/api/v1/namespaces/stuck/finalize")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    client.request::<Namespace>(req).await.unwrap();
+    assert!(server.get("", "namespaces", "", "stuck").is_none());
+}
