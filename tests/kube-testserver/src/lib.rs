@@ -18,8 +18,9 @@
 //! - **Server-side apply:** `managedFields` per manager (`Apply` and `Update` operations, per
 //!   subresource), `force`, 409 conflicts naming the other manager and the field when a
 //!   field it owns would get a different value, and removal of fields a manager applied
-//!   before and no longer applies (unless another manager still owns them). Updates,
-//!   patches and creates record the writer as owner of the fields they changed.
+//!   before and no longer applies (unless another manager still owns them), down to items of
+//!   associative lists (containers by name, CRD `map` lists). Updates, patches and creates
+//!   record the writer as owner of the fields they changed.
 //! - **Metadata:** one monotonic `resourceVersion` across the store; a stale
 //!   `resourceVersion` on update or patch gets 409; `uid`, `creationTimestamp`;
 //!   `generation` bumps only when something other than metadata and status changes (and
@@ -81,8 +82,13 @@
 //! - Strategic merge patch is merge patch plus element-wise merging of the usual keyed
 //!   lists (containers, volumes and env by name, volume mounts by path, conditions by type,
 //!   owner references by uid), union of finalizers, and the `$patch`, `$setElementOrder`
-//!   and `$deleteFromPrimitiveList` directives. Server-side apply treats every list as
-//!   atomic (no per-key ownership of list items), and `fieldsV1` records leaves only.
+//!   and `$deleteFromPrimitiveList` directives.
+//! - Server-side apply tracks associative lists item by item only for CRD lists with
+//!   `x-kubernetes-list-type: map`, owner references (by uid), and the built-in lists keyed
+//!   by one field: containers, init and ephemeral containers, volumes, env and image pull
+//!   secrets (by name), volume mounts (by mount path) and conditions (by type). Other lists,
+//!   including container and Service ports and `set` lists, are atomic. `fieldsV1` records
+//!   leaves only (no `.` entries for owned maps), and apply does not reorder list items.
 //! - `resourceVersion` and `resourceVersionMatch` on lists are ignored (lists are always
 //!   current); continue tokens never expire.
 //! - `core/v1` Events and `events.k8s.io/v1` Events are stored separately.

@@ -1243,3 +1243,90 @@ async fn namespace_finalize_subresource() {
     client.request::<Namespace>(req).await.unwrap();
     assert!(server.get("", "namespaces", "", "stuck").is_none());
 }
+
+/// Server-side apply tracks containers by name: two managers share a Deployment's
+/// containers, conflicts name the container, and dropping a container removes only it.
+#[tokio::test]
+async fn server_side_apply_merges_containers_by_name() {
+    let server = start().await;
+    let api: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let deployment = |containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": containers}}}})
+    };
+    let names = |d: &Deployment| -> Vec<String> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| format!("{}={}", c.name, c.image.clone().unwrap_or_default()))
+            .collect()
+    };
+    api.patch(
+        "web",
+        &PatchParams::apply("operator"),
+        &Patch::Apply(deployment(json!([{"name": "web", "image": "nginx:1"}]))),
+    )
+    .await
+    .unwrap();
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("injector"),
+            &Patch::Apply(deployment(json!([{"name": "side", "image": "proxy:1"}]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:1", "side=proxy:1"]);
+
+    // The operator re-applies its container: no conflict, the injected one stays.
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("operator"),
+            &Patch::Apply(deployment(json!([{"name": "web", "image": "nginx:2"}]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:2", "side=proxy:1"]);
+
+    // Touching the injected container's image conflicts, naming it.
+    let err = api
+        .patch(
+            "web",
+            &PatchParams::apply("operator"),
+            &Patch::Apply(deployment(json!([
+                {"name": "web", "image": "nginx:2"}, {"name": "side", "image": "proxy:2"}
+            ]))),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected a Status")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status.message.contains(r#"[{"name":"side"}].image"#),
+        "{}",
+        status.message
+    );
+
+    // The injector drops its container: only that one goes.
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("injector"),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:2"]);
+}
