@@ -192,6 +192,15 @@ async fn typed_crud_and_errors() {
         5
     );
 
+    // Metadata-only reads (kube's PartialObjectMeta requests) work on full objects.
+    let meta = api.get_metadata("sel-0").await.unwrap();
+    assert_eq!(meta.metadata.labels.unwrap()["tier"], "web");
+    let metas = api
+        .list_metadata(&ListParams::default().labels("tier=web"))
+        .await
+        .unwrap();
+    assert_eq!(metas.items.len(), 2);
+
     // Delete: the object is gone at once without finalizers.
     let deleted = api.delete("one", &DeleteParams::default()).await.unwrap();
     assert!(deleted.is_right(), "immediate deletion returns a Status");
