@@ -473,7 +473,13 @@ fn create_inner(
             "Required value: name or generateName is required",
         ));
     }
-    if !is_dns_subdomain(&name) {
+    // RBAC names are path segments (`system:controller:x`), the rest DNS subdomains.
+    let valid = if info.group == "rbac.authorization.k8s.io" {
+        !name.contains(['/', '%']) && name != "." && name != ".."
+    } else {
+        is_dns_subdomain(&name)
+    };
+    if !valid {
         return Err(ApiError::invalid(
             info.subject(&name),
             &info.kind,

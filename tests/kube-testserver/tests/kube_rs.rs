@@ -78,6 +78,12 @@ async fn typed_crud_and_errors() {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(server.client());
+    let role = serde_json::from_value(json!({"metadata": {"name": "iafactory:operator"}})).unwrap();
+    roles
+        .create(&pp, &role)
+        .await
+        .expect("RBAC names may hold colons");
     let other_ns: Api<ConfigMap> = Api::namespaced(server.client(), "nowhere");
     let (code, _) = api_error(other_ns.create(&pp, &cm("x", json!({}))).await.unwrap_err());
     assert_eq!(code, 404, "creating in a missing namespace");
