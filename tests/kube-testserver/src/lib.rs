@@ -5,6 +5,27 @@
 //! [`kube::Client`], the stored objects, per-verb request counters and test hooks. The
 //! `kube-testserver` binary wraps the same server for `kubectl` and benchmarks.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::{Api, Patch, PatchParams};
+//! use kube_testserver::{Options, TestServer};
+//!
+//! let server = TestServer::start(Options::default()).await?;
+//! let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+//! let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+//!     "metadata": {"name": "c"}, "data": {"k": "v"}});
+//! api.patch("c", &PatchParams::apply("op"), &Patch::Apply(&cm)).await?;
+//! server.reset_counts();
+//! api.patch("c", &PatchParams::apply("op"), &Patch::Apply(&cm)).await?; // a "reconcile"
+//! assert_eq!(server.counts().patch, 1);
+//! assert!(server.get("", "configmaps", "default", "c").is_some());
+//! // `kubectl --kubeconfig` works too:
+//! println!("{}", server.kubeconfig_path().display());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What it implements
 //! - **Discovery:** `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>` and
 //!   `/apis/<group>/<version>` for the built-in kinds in [`resources`] and for every

@@ -27,13 +27,14 @@ async fn start() -> TestServer {
     .expect("server starts")
 }
 
-/// Polls until `check` holds, for background work (garbage collection, the node).
+/// Polls until `check` holds, for background work (garbage collection, the node), for up to
+/// 15 s: generous, as CI runs every crate's tests at once on two cores.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if check().await {
             return;
         }
