@@ -77,7 +77,8 @@
 //!   Invalid 422, BadRequest 400, Forbidden 403, MethodNotAllowed 405, Expired 410,
 //!   UnsupportedMediaType 415.
 //! - **Simulated node:** Deployments, StatefulSets and Jobs get the status their
-//!   controllers would write: at once a "progressing" status, and after
+//!   controllers would write: at once a "progressing" status (a rolling update of a ready
+//!   workload stays Available with its previous ready replicas), and after
 //!   [`Options::ready_delay`] ready replicas and Available conditions (Deployments), ready
 //!   replicas and revisions (StatefulSets), or `succeeded` and `Complete` (Jobs).
 //!   [`TestServer::set_failing`] keeps a workload unready (`ProgressDeadlineExceeded`, or

@@ -24,8 +24,11 @@ const WORKLOADS: [(&str, &str); 3] = [
 /// The phase a workload is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Its spec changed less than the ready delay ago.
+    /// Its spec changed less than the ready delay ago, and it was not ready before.
     Starting,
+    /// Its spec changed less than the ready delay ago, and its previous pods still serve:
+    /// a rolling update keeps it available.
+    Rolling,
     Ready,
     Failing,
 }
@@ -58,12 +61,17 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
         "deployments" => {
             let r = int(&spec["replicas"], 1);
             s.insert("observedGeneration".into(), json!(generation));
-            let ready = if phase == Phase::Ready { r } else { 0 };
+            let previous = int(&obj["status"]["readyReplicas"], 0).min(r);
+            let (ready, updated) = match phase {
+                Phase::Ready => (r, r),
+                Phase::Rolling => (previous, 0),
+                Phase::Starting | Phase::Failing => (0, r),
+            };
             counters(
                 &mut s,
                 &[
                     ("replicas", r),
-                    ("updatedReplicas", r),
+                    ("updatedReplicas", updated),
                     ("readyReplicas", ready),
                     ("availableReplicas", ready),
                     ("unavailableReplicas", r - ready),
@@ -84,6 +92,22 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
                         "True",
                         "NewReplicaSetAvailable",
                         &format!("{rs} has successfully progressed."),
+                        t,
+                    ),
+                ],
+                Phase::Rolling => vec![
+                    condition(
+                        "Available",
+                        "True",
+                        "MinimumReplicasAvailable",
+                        "Deployment has minimum availability.",
+                        t,
+                    ),
+                    condition(
+                        "Progressing",
+                        "True",
+                        "ReplicaSetUpdated",
+                        &format!("{rs} is progressing."),
                         t,
                     ),
                 ],
@@ -124,7 +148,11 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
         }
         "statefulsets" => {
             let r = int(&spec["replicas"], 1);
-            let ready = if phase == Phase::Ready { r } else { 0 };
+            let ready = match phase {
+                Phase::Ready => r,
+                Phase::Rolling => int(&obj["status"]["readyReplicas"], 0).min(r),
+                Phase::Starting | Phase::Failing => 0,
+            };
             let revision = format!("{name}-5c8d7f9b6d");
             s.insert("observedGeneration".into(), json!(generation));
             s.insert("replicas".into(), json!(r));
@@ -145,7 +173,7 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
             let start = obj["status"]["startTime"].as_str().unwrap_or(t).to_string();
             s.insert("startTime".into(), json!(start));
             match phase {
-                Phase::Starting => {
+                Phase::Starting | Phase::Rolling => {
                     s.insert("active".into(), json!(int(&spec["parallelism"], 1)));
                     s.insert("ready".into(), json!(0));
                 }
@@ -268,7 +296,16 @@ impl Node {
                     Phase::Ready
                 } else {
                     next = Some(next.map_or(due, |n: Instant| n.min(due)));
-                    Phase::Starting
+                    let serving = obj["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Available" && c["status"] == "True")
+                    }) || (resource == "statefulsets"
+                        && int(&obj["status"]["readyReplicas"], 0) > 0);
+                    if serving {
+                        Phase::Rolling
+                    } else {
+                        Phase::Starting
+                    }
                 };
                 let t = now();
                 let mut desired = desired_status(resource, obj, phase, &t);
@@ -336,6 +373,14 @@ mod tests {
             failing["conditions"][1]["reason"],
             "ProgressDeadlineExceeded"
         );
+        let mut rolled = d.clone();
+        rolled["status"] = ready.clone();
+        rolled["metadata"]["generation"] = json!(4);
+        let rolling = desired_status("deployments", &rolled, Phase::Rolling, "t");
+        assert_eq!(rolling["readyReplicas"], 2);
+        assert_eq!(rolling["observedGeneration"], 4);
+        assert!(rolling["updatedReplicas"].is_null());
+        assert_eq!(rolling["conditions"][0]["status"], "True");
         let job = desired_status("jobs", &json!({"spec": {}}), Phase::Ready, "t");
         assert_eq!(job["succeeded"], 1);
         assert_eq!(job["conditions"][1]["type"], "Complete");

@@ -599,6 +599,27 @@ async fn simulated_node_makes_workloads_ready_or_failing() {
     })
     .await;
 
+    // A rolling update keeps the deployment available while it progresses.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"r": "2"}}}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the update is observed", || async {
+        let d = deployments.get("web").await.unwrap();
+        d.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+    assert!(available(&deployments.get("web").await.unwrap()));
+    eventually("the update completes", || async {
+        let s = deployments.get("web").await.unwrap().status.unwrap();
+        s.updated_replicas == Some(3) && s.ready_replicas == Some(3)
+    })
+    .await;
+
     server.set_failing("default", "web", true);
     eventually("the deployment degrades", || async {
         let d = deployments.get("web").await.unwrap();
