@@ -81,7 +81,8 @@
 //!   workload stays Available with its previous ready replicas), and after
 //!   [`Options::ready_delay`] ready replicas and Available conditions (Deployments), ready
 //!   replicas and revisions (StatefulSets), or `succeeded` and `Complete` (Jobs).
-//!   [`TestServer::set_failing`] keeps a workload unready (`ProgressDeadlineExceeded`, or
+//!   [`TestServer::set_unready`] keeps a workload progressing but never ready;
+//!   [`TestServer::set_failing`] makes it degrade (`ProgressDeadlineExceeded`, or
 //!   a `Failed` Job).
 //! - **Test hooks:** [`TestServer::get`] and [`TestServer::list`] read the store,
 //!   [`TestServer::counts`] and [`TestServer::reset_counts`] count requests per verb, and
@@ -371,15 +372,29 @@ impl TestServer {
         self.shared.counters.reset();
     }
 
-    /// Makes the workload (Deployment, StatefulSet or Job) `namespace/name` fail, or heal.
+    /// Makes the workload (Deployment, StatefulSet or Job) `namespace/name` fail (a
+    /// Deployment's progress deadline is exceeded, a Job fails), or heal.
     pub fn set_failing(&self, namespace: &str, name: &str, failing: bool) {
+        self.set_health(namespace, name, failing.then_some(node::Health::Failing));
+    }
+
+    /// Keeps the workload `namespace/name` from becoming ready (it stays progressing and
+    /// unavailable), or lets it.
+    pub fn set_unready(&self, namespace: &str, name: &str, unready: bool) {
+        self.set_health(namespace, name, unready.then_some(node::Health::Unready));
+    }
+
+    fn set_health(&self, namespace: &str, name: &str, health: Option<node::Health>) {
         {
-            let mut set = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.failing.lock().unwrap_or_else(|e| e.into_inner());
             let key = (namespace.to_string(), name.to_string());
-            if failing {
-                set.insert(key);
-            } else {
-                set.remove(&key);
+            match health {
+                Some(h) => {
+                    map.insert(key, h);
+                }
+                None => {
+                    map.remove(&key);
+                }
             }
         }
         self.node_wake.notify_one();

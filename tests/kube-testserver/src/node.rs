@@ -1,6 +1,7 @@
 //! The simulated node: Deployments, StatefulSets and Jobs get the status their controllers
 //! would write, once a configurable delay has passed since their spec last changed. A test
-//! can mark a workload failing, and it then never becomes ready.
+//! can mark a workload failing (it then degrades and never becomes ready) or unready (it
+//! stays progressing and never becomes ready).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,17 @@ use tokio::sync::Notify;
 use crate::ops::{self, is_deleting, now};
 use crate::store::{ObjectKey, Store};
 
-/// Workloads marked failing, by namespace and name.
-pub type Failing = Arc<Mutex<HashSet<(String, String)>>>;
+/// What a test made of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It degrades: Deployments time out progressing, Jobs fail.
+    Failing,
+    /// It never becomes ready, but keeps progressing.
+    Unready,
+}
+
+/// Workloads a test made unhealthy, by namespace and name.
+pub type Failing = Arc<Mutex<HashMap<(String, String), Health>>>;
 
 const WORKLOADS: [(&str, &str); 3] = [
     ("apps", "deployments"),
@@ -290,8 +300,13 @@ impl Node {
                     *entry = (generation, now_i);
                 }
                 let due = entry.1 + self.ready_delay;
-                let phase = if failing.contains(&(key.namespace.clone(), key.name.clone())) {
+                let health = failing
+                    .get(&(key.namespace.clone(), key.name.clone()))
+                    .copied();
+                let phase = if health == Some(Health::Failing) {
                     Phase::Failing
+                } else if health == Some(Health::Unready) {
+                    Phase::Starting
                 } else if now_i >= due {
                     Phase::Ready
                 } else {

@@ -632,6 +632,30 @@ async fn simulated_node_makes_workloads_ready_or_failing() {
     })
     .await;
 
+    // An unready workload stays progressing and never becomes available.
+    server.set_unready("default", "web", true);
+    eventually("the deployment is unready", || async {
+        let d = deployments.get("web").await.unwrap();
+        let conds = d.status.unwrap().conditions.unwrap_or_default();
+        conds
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "False")
+            && conds
+                .iter()
+                .any(|c| c.type_ == "Progressing" && c.status == "True")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !available(&deployments.get("web").await.unwrap()),
+        "stays unready"
+    );
+    server.set_unready("default", "web", false);
+    eventually("the deployment becomes ready again", || async {
+        available(&deployments.get("web").await.unwrap())
+    })
+    .await;
+
     let jobs: Api<Job> = Api::namespaced(server.client(), "default");
     let j: Job = serde_json::from_value(json!({
         "metadata": {"name": "migrate"},
