@@ -1,14 +1,78 @@
 //! Field ownership for server-side apply: field sets at leaf granularity over JSON paths,
 //! their `FieldsV1` encoding, and the apply and update rules over `managedFields`.
 //!
-//! A leaf is a scalar, a list (lists are atomic) or an empty map. Pure functions only.
+//! A leaf is a scalar, an atomic list or an empty map. Associative lists (lists of maps
+//! keyed by some of their fields, such as containers by name, or CRD lists with
+//! `x-kubernetes-list-type: map`) are tracked item by item: a path then holds an item
+//! segment (see [`key_segment`]), encoded as `k:{"name":"web"}` in `FieldsV1`.
+//! Pure functions only.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-/// A path of map keys from the object root.
+/// A path of map keys, and of item segments for associative lists, from the object root.
 pub type Path = Vec<String>;
+
+/// Tells which lists are associative: given a list's path, its key fields.
+pub type ListKeys<'a> = &'a dyn Fn(&[String]) -> Option<Vec<String>>;
+
+/// No associative lists: every list is atomic.
+pub fn atomic_lists(_: &[String]) -> Option<Vec<String>> {
+    None
+}
+
+/// Marks an item segment in a path (a byte no JSON map key of a Kubernetes object holds).
+const ITEM: char = '\u{1}';
+
+/// The path segment of the item of an associative list whose key fields have these values.
+pub fn key_segment(item: &Value, keys: &[String]) -> Option<String> {
+    let mut k = Map::new();
+    for key in keys {
+        let v = item.get(key)?;
+        if v.is_null() {
+            return None;
+        }
+        k.insert(key.clone(), v.clone());
+    }
+    Some(format!("{ITEM}{}", Value::Object(k)))
+}
+
+/// Whether a path segment names an associative-list item.
+pub fn is_item_segment(segment: &str) -> bool {
+    segment.starts_with(ITEM)
+}
+
+fn item_keys(segment: &str) -> Option<Map<String, Value>> {
+    let raw = segment.strip_prefix(ITEM)?;
+    match serde_json::from_str(raw) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn item_matches(item: &Value, keys: &Map<String, Value>) -> bool {
+    keys.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
+/// The keys of the list at `path` if every item is a map holding all of them.
+fn keyed<'k>(path: &[String], list: &[Value], keys: ListKeys<'k>) -> Option<Vec<String>> {
+    let ks = keys(path)?;
+    list.iter()
+        .all(|i| key_segment(i, &ks).is_some())
+        .then_some(ks)
+}
+
+/// If `path` ends at a key field of an associative-list item, the item's path: the key
+/// field is owned along with the item.
+fn owner_scope(path: &[String]) -> &[String] {
+    match path {
+        [.., item, field] if item_keys(item).is_some_and(|k| k.contains_key(field)) => {
+            &path[..path.len() - 1]
+        }
+        _ => path,
+    }
+}
 /// A set of owned leaf paths.
 pub type FieldSet = BTreeSet<Path>;
 
@@ -35,15 +99,30 @@ fn untracked(path: &[String]) -> bool {
 }
 
 /// The tracked leaf paths of an object. Nulls are not leaves.
-pub fn leaves(v: &Value) -> FieldSet {
-    fn walk(v: &Value, path: &mut Path, out: &mut FieldSet) {
+pub fn leaves(v: &Value, keys: ListKeys<'_>) -> FieldSet {
+    fn walk(v: &Value, path: &mut Path, out: &mut FieldSet, keys: ListKeys<'_>) {
         match v {
             Value::Null => {}
             Value::Object(map) if !map.is_empty() => {
                 for (k, child) in map {
                     path.push(k.clone());
-                    walk(child, path, out);
+                    walk(child, path, out, keys);
                     path.pop();
+                }
+            }
+            Value::Array(items) if !items.is_empty() && !untracked(path) => {
+                match keyed(path, items, keys) {
+                    Some(ks) => {
+                        for item in items {
+                            let seg = key_segment(item, &ks).expect("keyed() checked the keys");
+                            path.push(seg);
+                            walk(item, path, out, keys);
+                            path.pop();
+                        }
+                    }
+                    None => {
+                        out.insert(path.clone());
+                    }
                 }
             }
             _ => {
@@ -54,33 +133,56 @@ pub fn leaves(v: &Value) -> FieldSet {
         }
     }
     let mut out = FieldSet::new();
-    walk(v, &mut Vec::new(), &mut out);
+    walk(v, &mut Vec::new(), &mut out, keys);
     out
 }
 
 /// The value at a path.
 pub fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, k| v.as_object()?.get(k))
+    path.iter().try_fold(v, |v, k| match item_keys(k) {
+        Some(keys) => v.as_array()?.iter().find(|i| item_matches(i, &keys)),
+        None => v.as_object()?.get(k),
+    })
 }
 
-/// Removes the value at a path, then any maps it leaves empty (but never a top-level field).
+fn get_path_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| match item_keys(k) {
+        Some(keys) => v
+            .as_array_mut()?
+            .iter_mut()
+            .find(|i| item_matches(i, &keys)),
+        None => v.as_object_mut()?.get_mut(k),
+    })
+}
+
+/// Removes the value at a path, then any maps or lists it leaves empty (but never a
+/// top-level field). Removing a key field of an associative-list item removes the item.
 pub fn remove_path(v: &mut Value, path: &[String]) {
+    let path = owner_scope(path);
     let Some((last, parents)) = path.split_last() else {
         return;
     };
-    let mut cur = &mut *v;
-    for k in parents {
-        match cur.as_object_mut().and_then(|m| m.get_mut(k)) {
-            Some(next) => cur = next,
-            None => return,
+    let Some(parent) = get_path_mut(v, parents) else {
+        return;
+    };
+    match item_keys(last) {
+        Some(keys) => {
+            if let Some(items) = parent.as_array_mut() {
+                items.retain(|i| !item_matches(i, &keys));
+            }
+        }
+        None => {
+            if let Some(map) = parent.as_object_mut() {
+                map.remove(last);
+            }
         }
     }
-    if let Some(map) = cur.as_object_mut() {
-        map.remove(last);
-    }
-    if parents.len() > 1
-        && get_path(v, parents).is_some_and(|p| p.as_object().is_some_and(Map::is_empty))
-    {
+    let emptied = get_path(v, parents).is_some_and(|p| match p {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    });
+    if parents.len() > 1 && emptied {
         remove_path(v, parents);
     }
 }
@@ -92,9 +194,9 @@ pub fn overlaps(a: &[String], b: &[String]) -> bool {
 }
 
 /// Leaf paths whose value differs between two objects: changed, added and removed ones.
-pub fn changed_leaves(old: &Value, new: &Value) -> FieldSet {
-    let old_leaves = leaves(old);
-    let new_leaves = leaves(new);
+pub fn changed_leaves(old: &Value, new: &Value, keys: ListKeys<'_>) -> FieldSet {
+    let old_leaves = leaves(old, keys);
+    let new_leaves = leaves(new, keys);
     old_leaves
         .symmetric_difference(&new_leaves)
         .cloned()
@@ -107,24 +209,55 @@ pub fn changed_leaves(old: &Value, new: &Value) -> FieldSet {
         .collect()
 }
 
-/// Merges an applied configuration into an object: maps merge, everything else replaces.
-pub fn merge_applied(target: &mut Value, applied: &Value) {
-    match (target, applied) {
-        (Value::Object(t), Value::Object(a)) => {
-            for (k, av) in a {
-                if av.is_null() {
-                    continue;
-                }
-                match t.get_mut(k) {
-                    Some(tv) if tv.is_object() && av.is_object() => merge_applied(tv, av),
-                    _ => {
-                        t.insert(k.clone(), av.clone());
+/// Merges an applied configuration into an object: maps merge, associative lists merge
+/// item by item, everything else replaces.
+pub fn merge_applied(target: &mut Value, applied: &Value, keys: ListKeys<'_>) {
+    fn walk(target: &mut Value, applied: &Value, path: &mut Path, keys: ListKeys<'_>) {
+        match (target, applied) {
+            (Value::Object(t), Value::Object(a)) => {
+                for (k, av) in a {
+                    if av.is_null() {
+                        continue;
                     }
+                    path.push(k.clone());
+                    match t.get_mut(k) {
+                        Some(tv)
+                            if (tv.is_object() && av.is_object())
+                                || (tv.is_array() && av.is_array()) =>
+                        {
+                            walk(tv, av, path, keys);
+                        }
+                        _ => {
+                            t.insert(k.clone(), av.clone());
+                        }
+                    }
+                    path.pop();
                 }
             }
+            (Value::Array(t), Value::Array(a)) => {
+                let ks = keyed(path, a, keys)
+                    .filter(|ks| t.iter().all(|i| key_segment(i, ks).is_some()));
+                match ks {
+                    Some(ks) => {
+                        for item in a {
+                            let seg = key_segment(item, &ks).expect("keyed() checked the keys");
+                            let found = item_keys(&seg)
+                                .and_then(|k| t.iter_mut().find(|i| item_matches(i, &k)));
+                            path.push(seg);
+                            match found {
+                                Some(existing) => walk(existing, item, path, keys),
+                                None => t.push(item.clone()),
+                            }
+                            path.pop();
+                        }
+                    }
+                    None => *t = a.clone(),
+                }
+            }
+            (t, a) => *t = a.clone(),
         }
-        (t, a) => *t = a.clone(),
     }
+    walk(target, applied, &mut Vec::new(), keys);
 }
 
 /// Encodes a field set as `FieldsV1`.
@@ -133,8 +266,13 @@ pub fn to_fields_v1(set: &FieldSet) -> Value {
     for path in set {
         let mut cur = &mut root;
         for k in path {
+            let name = match k.strip_prefix(ITEM) {
+                Some(raw) if raw.starts_with('{') => format!("k:{raw}"),
+                Some(raw) => raw.to_string(),
+                None => format!("f:{k}"),
+            };
             cur = cur
-                .entry(format!("f:{k}"))
+                .entry(name)
                 .or_insert_with(|| json!({}))
                 .as_object_mut()
                 .expect("fieldsV1 nodes are maps");
@@ -157,7 +295,10 @@ pub fn from_fields_v1(v: &Value) -> FieldSet {
             return;
         }
         for (k, child) in children {
-            path.push(k.strip_prefix("f:").unwrap_or(k).to_string());
+            path.push(match k.strip_prefix("f:") {
+                Some(field) => field.to_string(),
+                None => format!("{ITEM}{}", k.strip_prefix("k:").unwrap_or(k)),
+            });
             walk(child, path, out);
             path.pop();
         }
@@ -169,7 +310,12 @@ pub fn from_fields_v1(v: &Value) -> FieldSet {
 
 /// Renders a path as the API server names fields in conflicts: `.spec.replicas`.
 pub fn path_string(path: &[String]) -> String {
-    path.iter().map(|k| format!(".{k}")).collect()
+    path.iter()
+        .map(|k| match k.strip_prefix(ITEM) {
+            Some(raw) => format!("[{raw}]"),
+            None => format!(".{k}"),
+        })
+        .collect()
 }
 
 /// One `managedFields` entry.
@@ -242,9 +388,11 @@ pub fn write_managers(obj: &mut Value, managers: &[Manager]) {
 }
 
 /// Who is writing, for field ownership.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Writer<'a> {
     pub manager: &'a str,
+    /// Which lists are associative.
+    pub list_keys: ListKeys<'a>,
     pub subresource: &'a str,
     pub api_version: &'a str,
     pub now: &'a str,
@@ -267,7 +415,7 @@ pub fn apply(
     force: bool,
 ) -> Result<Value, Vec<Conflict>> {
     let mut managers = read_managers(live);
-    let new_set = leaves(applied);
+    let new_set = leaves(applied, writer.list_keys);
     let mut conflicts = Vec::new();
     for m in managers.iter_mut().filter(|m| m.manager != writer.manager) {
         let mut lost = Vec::new();
@@ -301,16 +449,17 @@ pub fn apply(
         .map(|m| m.fields.clone())
         .unwrap_or_default();
     for dropped in previous.difference(&new_set) {
+        let scope = owner_scope(dropped);
         let still_owned = managers
             .iter()
             .filter(|m| !m.same_entry(writer.manager, "Apply", writer.subresource))
-            .any(|m| m.fields.iter().any(|f| overlaps(f, dropped)))
-            || new_set.iter().any(|p| p.starts_with(dropped));
+            .any(|m| m.fields.iter().any(|f| overlaps(f, scope)))
+            || new_set.iter().any(|p| p.starts_with(scope));
         if !still_owned {
             remove_path(&mut obj, dropped);
         }
     }
-    merge_applied(&mut obj, applied);
+    merge_applied(&mut obj, applied, writer.list_keys);
     match managers
         .iter_mut()
         .find(|m| m.same_entry(writer.manager, "Apply", writer.subresource))
@@ -339,7 +488,7 @@ pub fn apply(
 /// Records a non-apply write (create, update, patch): the writer takes every field it changed.
 pub fn record_update(old: &Value, new: &mut Value, writer: &Writer<'_>) {
     let mut managers = read_managers(old);
-    let changed = changed_leaves(old, new);
+    let changed = changed_leaves(old, new, writer.list_keys);
     if changed.is_empty() {
         write_managers(new, &managers);
         return;
@@ -390,10 +539,15 @@ mod tests {
     fn w(manager: &str) -> Writer<'_> {
         Writer {
             manager,
+            list_keys: &by_name,
             subresource: "",
             api_version: "v1",
             now: "2026-01-01T00:00:00Z",
         }
+    }
+
+    fn by_name(path: &[String]) -> Option<Vec<String>> {
+        (path.last()? == "containers").then(|| vec!["name".to_string()])
     }
 
     fn owned(obj: &Value, manager: &str) -> Vec<String> {
@@ -408,7 +562,7 @@ mod tests {
     fn fields_v1_round_trip() {
         let obj = json!({"apiVersion": "v1", "metadata": {"name": "x", "labels": {"a": "1"}},
             "data": {"k": "v", "l": ""}, "spec": {"list": [1, 2], "empty": {}}});
-        let set = leaves(&obj);
+        let set = leaves(&obj, &atomic_lists);
         assert_eq!(set.len(), 5);
         let encoded = to_fields_v1(&set);
         assert_eq!(encoded["f:metadata"]["f:labels"]["f:a"], json!({}));
@@ -477,6 +631,63 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err[0].manager, "scaler");
+    }
+
+    #[test]
+    fn associative_lists_are_owned_item_by_item() {
+        let live = json!({"metadata": {"name": "x"}});
+        let spec = |containers: Value| json!({"spec": {"containers": containers}});
+        let obj = apply(
+            &live,
+            &spec(json!([{"name": "a", "image": "a:1"}])),
+            &w("one"),
+            false,
+        )
+        .unwrap();
+        let fv1 = &obj["metadata"]["managedFields"][0]["fieldsV1"];
+        assert_eq!(
+            fv1["f:spec"]["f:containers"][r#"k:{"name":"a"}"#],
+            json!({"f:name": {}, "f:image": {}})
+        );
+        assert_eq!(
+            from_fields_v1(fv1),
+            leaves(&spec(json!([{"name": "a", "image": "a:1"}])), &by_name)
+        );
+
+        // A second manager adds its own container: no conflict, both kept.
+        let obj = apply(
+            &obj,
+            &spec(json!([{"name": "b", "image": "b:1"}])),
+            &w("two"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(obj["spec"]["containers"].as_array().unwrap().len(), 2);
+
+        // Changing the other's container conflicts on that field only.
+        let err = apply(
+            &obj,
+            &spec(json!([{"name": "b", "image": "b:2"}])),
+            &w("one"),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err[0].field, r#".spec.containers[{"name":"b"}].image"#);
+
+        // "one" adds a field to its container, then drops its container altogether.
+        let obj = apply(
+            &obj,
+            &spec(json!([{"name": "a", "image": "a:1", "args": ["x"]}])),
+            &w("one"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(obj["spec"]["containers"][0]["args"], json!(["x"]));
+        let obj = apply(&obj, &json!({"spec": {"replicas": 1}}), &w("one"), false).unwrap();
+        assert_eq!(
+            obj["spec"]["containers"],
+            json!([{"name": "b", "image": "b:1"}])
+        );
     }
 
     #[test]

@@ -5,6 +5,27 @@
 //! [`kube::Client`], the stored objects, per-verb request counters and test hooks. The
 //! `kube-testserver` binary wraps the same server for `kubectl` and benchmarks.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::{Api, Patch, PatchParams};
+//! use kube_testserver::{Options, TestServer};
+//!
+//! let server = TestServer::start(Options::default()).await?;
+//! let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+//! let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+//!     "metadata": {"name": "c"}, "data": {"k": "v"}});
+//! api.patch("c", &PatchParams::apply("op"), &Patch::Apply(&cm)).await?;
+//! server.reset_counts();
+//! api.patch("c", &PatchParams::apply("op"), &Patch::Apply(&cm)).await?; // a "reconcile"
+//! assert_eq!(server.counts().patch, 1);
+//! assert!(server.get("", "configmaps", "default", "c").is_some());
+//! // `kubectl --kubeconfig` works too:
+//! println!("{}", server.kubeconfig_path().display());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What it implements
 //! - **Discovery:** `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>` and
 //!   `/apis/<group>/<version>` for the built-in kinds in [`resources`] and for every
@@ -18,8 +39,9 @@
 //! - **Server-side apply:** `managedFields` per manager (`Apply` and `Update` operations, per
 //!   subresource), `force`, 409 conflicts naming the other manager and the field when a
 //!   field it owns would get a different value, and removal of fields a manager applied
-//!   before and no longer applies (unless another manager still owns them). Updates,
-//!   patches and creates record the writer as owner of the fields they changed.
+//!   before and no longer applies (unless another manager still owns them), down to items of
+//!   associative lists (containers by name, CRD `map` lists). Updates, patches and creates
+//!   record the writer as owner of the fields they changed.
 //! - **Metadata:** one monotonic `resourceVersion` across the store; a stale
 //!   `resourceVersion` on update or patch gets 409; `uid`, `creationTimestamp`;
 //!   `generation` bumps only when something other than metadata and status changes (and
@@ -55,10 +77,12 @@
 //!   Invalid 422, BadRequest 400, Forbidden 403, MethodNotAllowed 405, Expired 410,
 //!   UnsupportedMediaType 415.
 //! - **Simulated node:** Deployments, StatefulSets and Jobs get the status their
-//!   controllers would write: at once a "progressing" status, and after
+//!   controllers would write: at once a "progressing" status (a rolling update of a ready
+//!   workload stays Available with its previous ready replicas), and after
 //!   [`Options::ready_delay`] ready replicas and Available conditions (Deployments), ready
 //!   replicas and revisions (StatefulSets), or `succeeded` and `Complete` (Jobs).
-//!   [`TestServer::set_failing`] keeps a workload unready (`ProgressDeadlineExceeded`, or
+//!   [`TestServer::set_unready`] keeps a workload progressing but never ready;
+//!   [`TestServer::set_failing`] makes it degrade (`ProgressDeadlineExceeded`, or
 //!   a `Failed` Job).
 //! - **Test hooks:** [`TestServer::get`] and [`TestServer::list`] read the store,
 //!   [`TestServer::counts`] and [`TestServer::reset_counts`] count requests per verb, and
@@ -81,8 +105,13 @@
 //! - Strategic merge patch is merge patch plus element-wise merging of the usual keyed
 //!   lists (containers, volumes and env by name, volume mounts by path, conditions by type,
 //!   owner references by uid), union of finalizers, and the `$patch`, `$setElementOrder`
-//!   and `$deleteFromPrimitiveList` directives. Server-side apply treats every list as
-//!   atomic (no per-key ownership of list items), and `fieldsV1` records leaves only.
+//!   and `$deleteFromPrimitiveList` directives.
+//! - Server-side apply tracks associative lists item by item only for CRD lists with
+//!   `x-kubernetes-list-type: map`, owner references (by uid), and the built-in lists keyed
+//!   by one field: containers, init and ephemeral containers, volumes, env and image pull
+//!   secrets (by name), volume mounts (by mount path) and conditions (by type). Other lists,
+//!   including container and Service ports and `set` lists, are atomic. `fieldsV1` records
+//!   leaves only (no `.` entries for owned maps), and apply does not reorder list items.
 //! - `resourceVersion` and `resourceVersionMatch` on lists are ignored (lists are always
 //!   current); continue tokens never expire.
 //! - `core/v1` Events and `events.k8s.io/v1` Events are stored separately.
@@ -343,15 +372,29 @@ impl TestServer {
         self.shared.counters.reset();
     }
 
-    /// Makes the workload (Deployment, StatefulSet or Job) `namespace/name` fail, or heal.
+    /// Makes the workload (Deployment, StatefulSet or Job) `namespace/name` fail (a
+    /// Deployment's progress deadline is exceeded, a Job fails), or heal.
     pub fn set_failing(&self, namespace: &str, name: &str, failing: bool) {
+        self.set_health(namespace, name, failing.then_some(node::Health::Failing));
+    }
+
+    /// Keeps the workload `namespace/name` from becoming ready (it stays progressing and
+    /// unavailable), or lets it.
+    pub fn set_unready(&self, namespace: &str, name: &str, unready: bool) {
+        self.set_health(namespace, name, unready.then_some(node::Health::Unready));
+    }
+
+    fn set_health(&self, namespace: &str, name: &str, health: Option<node::Health>) {
         {
-            let mut set = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.failing.lock().unwrap_or_else(|e| e.into_inner());
             let key = (namespace.to_string(), name.to_string());
-            if failing {
-                set.insert(key);
-            } else {
-                set.remove(&key);
+            match health {
+                Some(h) => {
+                    map.insert(key, h);
+                }
+                None => {
+                    map.remove(&key);
+                }
             }
         }
         self.node_wake.notify_one();

@@ -1,6 +1,7 @@
 //! The simulated node: Deployments, StatefulSets and Jobs get the status their controllers
 //! would write, once a configurable delay has passed since their spec last changed. A test
-//! can mark a workload failing, and it then never becomes ready.
+//! can mark a workload failing (it then degrades and never becomes ready) or unready (it
+//! stays progressing and never becomes ready).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,17 @@ use tokio::sync::Notify;
 use crate::ops::{self, is_deleting, now};
 use crate::store::{ObjectKey, Store};
 
-/// Workloads marked failing, by namespace and name.
-pub type Failing = Arc<Mutex<HashSet<(String, String)>>>;
+/// What a test made of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It degrades: Deployments time out progressing, Jobs fail.
+    Failing,
+    /// It never becomes ready, but keeps progressing.
+    Unready,
+}
+
+/// Workloads a test made unhealthy, by namespace and name.
+pub type Failing = Arc<Mutex<HashMap<(String, String), Health>>>;
 
 const WORKLOADS: [(&str, &str); 3] = [
     ("apps", "deployments"),
@@ -24,8 +34,11 @@ const WORKLOADS: [(&str, &str); 3] = [
 /// The phase a workload is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Its spec changed less than the ready delay ago.
+    /// Its spec changed less than the ready delay ago, and it was not ready before.
     Starting,
+    /// Its spec changed less than the ready delay ago, and its previous pods still serve:
+    /// a rolling update keeps it available.
+    Rolling,
     Ready,
     Failing,
 }
@@ -58,12 +71,17 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
         "deployments" => {
             let r = int(&spec["replicas"], 1);
             s.insert("observedGeneration".into(), json!(generation));
-            let ready = if phase == Phase::Ready { r } else { 0 };
+            let previous = int(&obj["status"]["readyReplicas"], 0).min(r);
+            let (ready, updated) = match phase {
+                Phase::Ready => (r, r),
+                Phase::Rolling => (previous, 0),
+                Phase::Starting | Phase::Failing => (0, r),
+            };
             counters(
                 &mut s,
                 &[
                     ("replicas", r),
-                    ("updatedReplicas", r),
+                    ("updatedReplicas", updated),
                     ("readyReplicas", ready),
                     ("availableReplicas", ready),
                     ("unavailableReplicas", r - ready),
@@ -84,6 +102,22 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
                         "True",
                         "NewReplicaSetAvailable",
                         &format!("{rs} has successfully progressed."),
+                        t,
+                    ),
+                ],
+                Phase::Rolling => vec![
+                    condition(
+                        "Available",
+                        "True",
+                        "MinimumReplicasAvailable",
+                        "Deployment has minimum availability.",
+                        t,
+                    ),
+                    condition(
+                        "Progressing",
+                        "True",
+                        "ReplicaSetUpdated",
+                        &format!("{rs} is progressing."),
                         t,
                     ),
                 ],
@@ -124,7 +158,11 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
         }
         "statefulsets" => {
             let r = int(&spec["replicas"], 1);
-            let ready = if phase == Phase::Ready { r } else { 0 };
+            let ready = match phase {
+                Phase::Ready => r,
+                Phase::Rolling => int(&obj["status"]["readyReplicas"], 0).min(r),
+                Phase::Starting | Phase::Failing => 0,
+            };
             let revision = format!("{name}-5c8d7f9b6d");
             s.insert("observedGeneration".into(), json!(generation));
             s.insert("replicas".into(), json!(r));
@@ -145,7 +183,7 @@ pub fn desired_status(resource: &str, obj: &Value, phase: Phase, t: &str) -> Val
             let start = obj["status"]["startTime"].as_str().unwrap_or(t).to_string();
             s.insert("startTime".into(), json!(start));
             match phase {
-                Phase::Starting => {
+                Phase::Starting | Phase::Rolling => {
                     s.insert("active".into(), json!(int(&spec["parallelism"], 1)));
                     s.insert("ready".into(), json!(0));
                 }
@@ -262,13 +300,27 @@ impl Node {
                     *entry = (generation, now_i);
                 }
                 let due = entry.1 + self.ready_delay;
-                let phase = if failing.contains(&(key.namespace.clone(), key.name.clone())) {
+                let health = failing
+                    .get(&(key.namespace.clone(), key.name.clone()))
+                    .copied();
+                let phase = if health == Some(Health::Failing) {
                     Phase::Failing
+                } else if health == Some(Health::Unready) {
+                    Phase::Starting
                 } else if now_i >= due {
                     Phase::Ready
                 } else {
                     next = Some(next.map_or(due, |n: Instant| n.min(due)));
-                    Phase::Starting
+                    let serving = obj["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Available" && c["status"] == "True")
+                    }) || (resource == "statefulsets"
+                        && int(&obj["status"]["readyReplicas"], 0) > 0);
+                    if serving {
+                        Phase::Rolling
+                    } else {
+                        Phase::Starting
+                    }
                 };
                 let t = now();
                 let mut desired = desired_status(resource, obj, phase, &t);
@@ -336,6 +388,14 @@ mod tests {
             failing["conditions"][1]["reason"],
             "ProgressDeadlineExceeded"
         );
+        let mut rolled = d.clone();
+        rolled["status"] = ready.clone();
+        rolled["metadata"]["generation"] = json!(4);
+        let rolling = desired_status("deployments", &rolled, Phase::Rolling, "t");
+        assert_eq!(rolling["readyReplicas"], 2);
+        assert_eq!(rolling["observedGeneration"], 4);
+        assert!(rolling["updatedReplicas"].is_null());
+        assert_eq!(rolling["conditions"][0]["status"], "True");
         let job = desired_status("jobs", &json!({"spec": {}}), Phase::Ready, "t");
         assert_eq!(job["succeeded"], 1);
         assert_eq!(job["conditions"][1]["type"], "Complete");

@@ -325,9 +325,70 @@ fn admit_custom(info: &ResourceInfo, obj: &mut Value) -> Result<()> {
     .with_details(json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes})))
 }
 
-fn writer<'a>(opts: &'a WriteOpts, sub: Sub, api_version: &'a str, now: &'a str) -> Writer<'a> {
+/// Which lists of a kind are associative, for field ownership: CRD lists with
+/// `x-kubernetes-list-type: map`, and the usual keyed lists of built-in kinds.
+pub fn list_keys(info: &ResourceInfo, version: &str) -> impl Fn(&[String]) -> Option<Vec<String>> {
+    let schema = info.schemas.get(version).filter(|s| s.is_object()).cloned();
+    move |path: &[String]| {
+        let last = path.last()?;
+        if fields::is_item_segment(last) {
+            return None;
+        }
+        if path.len() == 2 && path[0] == "metadata" {
+            return (last == "ownerReferences").then(|| vec!["uid".to_string()]);
+        }
+        match &schema {
+            Some(schema) => {
+                let mut s = schema;
+                for seg in path {
+                    s = if fields::is_item_segment(seg) {
+                        &s["items"]
+                    } else if let Some(p) = s["properties"].get(seg) {
+                        p
+                    } else if s["additionalProperties"].is_object() {
+                        &s["additionalProperties"]
+                    } else {
+                        return None;
+                    };
+                }
+                if s["x-kubernetes-list-type"] != "map" {
+                    return None;
+                }
+                let keys: Vec<String> = s["x-kubernetes-list-map-keys"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect();
+                (!keys.is_empty()).then_some(keys)
+            }
+            None => {
+                let key = match last.as_str() {
+                    "containers"
+                    | "initContainers"
+                    | "ephemeralContainers"
+                    | "volumes"
+                    | "env"
+                    | "imagePullSecrets" => "name",
+                    "volumeMounts" => "mountPath",
+                    "conditions" => "type",
+                    _ => return None,
+                };
+                Some(vec![key.to_string()])
+            }
+        }
+    }
+}
+
+fn writer<'a>(
+    opts: &'a WriteOpts,
+    sub: Sub,
+    api_version: &'a str,
+    now: &'a str,
+    keys: fields::ListKeys<'a>,
+) -> Writer<'a> {
     Writer {
         manager: opts.manager(),
+        list_keys: keys,
         subresource: sub.name(),
         api_version,
         now,
@@ -412,7 +473,13 @@ fn create_inner(
             "Required value: name or generateName is required",
         ));
     }
-    if !is_dns_subdomain(&name) {
+    // RBAC names are path segments (`system:controller:x`), the rest DNS subdomains.
+    let valid = if info.group == "rbac.authorization.k8s.io" {
+        !name.contains(['/', '%']) && name != "." && name != ".."
+    } else {
+        is_dns_subdomain(&name)
+    };
+    if !valid {
         return Err(ApiError::invalid(
             info.subject(&name),
             &info.kind,
@@ -468,7 +535,12 @@ fn create_inner(
     if !applied {
         let api_version = info.api_version(version);
         let skeleton = json!({"metadata": {}});
-        fields::record_update(&skeleton, obj, &writer(opts, Sub::Main, &api_version, &t));
+        let keys = list_keys(info, version);
+        fields::record_update(
+            &skeleton,
+            obj,
+            &writer(opts, Sub::Main, &api_version, &t, &keys),
+        );
     }
     drop_empty_metadata(obj);
     obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
@@ -603,7 +675,12 @@ fn commit_update(
             }
             let mut before = old.clone();
             before["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
-            fields::record_update(&before, &mut new, &writer(opts, sub, &api_version, &t));
+            let keys = list_keys(info, version);
+            fields::record_update(
+                &before,
+                &mut new,
+                &writer(opts, sub, &api_version, &t, &keys),
+            );
         }
         Managed::Applied => {}
     }
@@ -863,8 +940,10 @@ fn server_side_apply(
     }
     let t = now();
     let api_version = info.api_version(version);
+    let keys = list_keys(info, version);
     let w = Writer {
         manager,
+        list_keys: &keys,
         subresource: sub.name(),
         api_version: &api_version,
         now: &t,

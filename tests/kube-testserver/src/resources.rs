@@ -24,6 +24,8 @@ pub struct ResourceInfo {
     pub status: bool,
     /// The structural schema of each version, for defaulting (CRDs only).
     pub schemas: BTreeMap<String, Value>,
+    /// Discovery categories, such as `all` for `kubectl get all`.
+    pub categories: Vec<String>,
 }
 
 impl ResourceInfo {
@@ -76,6 +78,9 @@ impl ResourceInfo {
         })];
         if self.short_names.is_empty() {
             out[0].as_object_mut().map(|o| o.remove("shortNames"));
+        }
+        if !self.categories.is_empty() {
+            out[0]["categories"] = json!(self.categories);
         }
         if self.group == "apps" {
             out.push(json!({
@@ -286,6 +291,14 @@ impl Registry {
                     namespaced: *namespaced,
                     status: *status,
                     schemas: BTreeMap::new(),
+                    categories: if matches!(
+                        *plural,
+                        "pods" | "services" | "deployments" | "statefulsets" | "jobs" | "cronjobs"
+                    ) {
+                        vec!["all".to_string()]
+                    } else {
+                        Vec::new()
+                    },
                 },
             );
         }
@@ -474,6 +487,7 @@ pub fn crd_info(crd: &Value) -> Result<ResourceInfo> {
             .as_str()
             .map_or_else(|| kind.to_lowercase(), str::to_string),
         short_names: str_list(&names["shortNames"]),
+        categories: str_list(&names["categories"]),
         namespaced,
         status,
         // An empty map would read as "built-in": keep a marker entry.

@@ -27,13 +27,14 @@ async fn start() -> TestServer {
     .expect("server starts")
 }
 
-/// Polls until `check` holds, for background work (garbage collection, the node).
+/// Polls until `check` holds, for background work (garbage collection, the node), for up to
+/// 15 s: generous, as CI runs every crate's tests at once on two cores.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if check().await {
             return;
         }
@@ -78,6 +79,12 @@ async fn typed_crud_and_errors() {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(server.client());
+    let role = serde_json::from_value(json!({"metadata": {"name": "iafactory:operator"}})).unwrap();
+    roles
+        .create(&pp, &role)
+        .await
+        .expect("RBAC names may hold colons");
     let other_ns: Api<ConfigMap> = Api::namespaced(server.client(), "nowhere");
     let (code, _) = api_error(other_ns.create(&pp, &cm("x", json!({}))).await.unwrap_err());
     assert_eq!(code, 404, "creating in a missing namespace");
@@ -191,6 +198,15 @@ async fn typed_crud_and_errors() {
         all.list(&ListParams::default()).await.unwrap().items.len(),
         5
     );
+
+    // Metadata-only reads (kube's PartialObjectMeta requests) work on full objects.
+    let meta = api.get_metadata("sel-0").await.unwrap();
+    assert_eq!(meta.metadata.labels.unwrap()["tier"], "web");
+    let metas = api
+        .list_metadata(&ListParams::default().labels("tier=web"))
+        .await
+        .unwrap();
+    assert_eq!(metas.items.len(), 2);
 
     // Delete: the object is gone at once without finalizers.
     let deleted = api.delete("one", &DeleteParams::default()).await.unwrap();
@@ -583,6 +599,27 @@ async fn simulated_node_makes_workloads_ready_or_failing() {
     })
     .await;
 
+    // A rolling update keeps the deployment available while it progresses.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"r": "2"}}}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the update is observed", || async {
+        let d = deployments.get("web").await.unwrap();
+        d.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+    assert!(available(&deployments.get("web").await.unwrap()));
+    eventually("the update completes", || async {
+        let s = deployments.get("web").await.unwrap().status.unwrap();
+        s.updated_replicas == Some(3) && s.ready_replicas == Some(3)
+    })
+    .await;
+
     server.set_failing("default", "web", true);
     eventually("the deployment degrades", || async {
         let d = deployments.get("web").await.unwrap();
@@ -591,6 +628,30 @@ async fn simulated_node_makes_workloads_ready_or_failing() {
     .await;
     server.set_failing("default", "web", false);
     eventually("the deployment recovers", || async {
+        available(&deployments.get("web").await.unwrap())
+    })
+    .await;
+
+    // An unready workload stays progressing and never becomes available.
+    server.set_unready("default", "web", true);
+    eventually("the deployment is unready", || async {
+        let d = deployments.get("web").await.unwrap();
+        let conds = d.status.unwrap().conditions.unwrap_or_default();
+        conds
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "False")
+            && conds
+                .iter()
+                .any(|c| c.type_ == "Progressing" && c.status == "True")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !available(&deployments.get("web").await.unwrap()),
+        "stays unready"
+    );
+    server.set_unready("default", "web", false);
+    eventually("the deployment becomes ready again", || async {
         available(&deployments.get("web").await.unwrap())
     })
     .await;
@@ -1242,4 +1303,91 @@ async fn namespace_finalize_subresource() {
         .unwrap();
     client.request::<Namespace>(req).await.unwrap();
     assert!(server.get("", "namespaces", "", "stuck").is_none());
+}
+
+/// Server-side apply tracks containers by name: two managers share a Deployment's
+/// containers, conflicts name the container, and dropping a container removes only it.
+#[tokio::test]
+async fn server_side_apply_merges_containers_by_name() {
+    let server = start().await;
+    let api: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let deployment = |containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": containers}}}})
+    };
+    let names = |d: &Deployment| -> Vec<String> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| format!("{}={}", c.name, c.image.clone().unwrap_or_default()))
+            .collect()
+    };
+    api.patch(
+        "web",
+        &PatchParams::apply("operator"),
+        &Patch::Apply(deployment(json!([{"name": "web", "image": "nginx:1"}]))),
+    )
+    .await
+    .unwrap();
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("injector"),
+            &Patch::Apply(deployment(json!([{"name": "side", "image": "proxy:1"}]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:1", "side=proxy:1"]);
+
+    // The operator re-applies its container: no conflict, the injected one stays.
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("operator"),
+            &Patch::Apply(deployment(json!([{"name": "web", "image": "nginx:2"}]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:2", "side=proxy:1"]);
+
+    // Touching the injected container's image conflicts, naming it.
+    let err = api
+        .patch(
+            "web",
+            &PatchParams::apply("operator"),
+            &Patch::Apply(deployment(json!([
+                {"name": "web", "image": "nginx:2"}, {"name": "side", "image": "proxy:2"}
+            ]))),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected a Status")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status.message.contains(r#"[{"name":"side"}].image"#),
+        "{}",
+        status.message
+    );
+
+    // The injector drops its container: only that one goes.
+    let d = api
+        .patch(
+            "web",
+            &PatchParams::apply("injector"),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&d), ["web=nginx:2"]);
 }

@@ -373,6 +373,8 @@ async fn deployment_apply_rollout_and_scale() {
     assert_eq!(containers[1]["name"], "side");
     assert_eq!(d["metadata"]["generation"], 2);
 
+    let all = ok(&kc, &["get", "all", "-o", "name"]).await;
+    assert_eq!(all.trim(), "deployment.apps/web", "discovery categories");
     let out = ok(
         &kc,
         &["rollout", "status", "deployment/web", "--timeout=10s"],
