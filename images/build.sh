@@ -30,6 +30,10 @@ command -v docker >/dev/null || die "docker is missing: scripts/engines.sh up do
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 [ -f "$ca_bundle" ] || die "$ca_bundle is missing: apt-get install ca-certificates"
 
+# Without buildx, a recent docker client refuses BuildKit: use the classic builder (the
+# local target comes first in each Dockerfile, so it needs no base image).
+docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
+
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)"
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
