@@ -8,11 +8,14 @@
 
 CREATE EXTENSION IF NOT EXISTS vector;
 
+-- Roles are cluster-wide: databases of one cluster migrating at once race to create it.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iafactory_app') THEN
         CREATE ROLE iafactory_app NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
     END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END
 $$;
 -- The migrating role (the database owner) switches to iafactory_app for requests.

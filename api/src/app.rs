@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::rag::routes as rag;
 use crate::routes::{accounts, internal, keys, ops};
 use crate::state::AppState;
+use crate::workflows::routes as workflows;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,6 +75,33 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         .route("/api/chunks/{id}", get(rag::get_chunk))
         .route("/api/search", post(rag::search_route))
         .route("/api/query", post(rag::query_route))
+        .route(
+            "/api/workflows",
+            post(workflows::create_workflow).get(workflows::list_workflows),
+        )
+        .route(
+            "/api/workflows/{id}",
+            get(workflows::get_workflow)
+                .put(workflows::replace_workflow)
+                .delete(workflows::delete_workflow),
+        )
+        .route(
+            "/api/workflows/{id}/executions",
+            post(workflows::start_execution).get(workflows::list_executions),
+        )
+        .route(
+            "/api/workflows/{id}/executions/{execution_id}",
+            get(workflows::get_execution),
+        )
+        .route(
+            "/api/workflows/{id}/executions/{execution_id}/cancel",
+            post(workflows::cancel_execution),
+        )
+        .route(
+            "/api/workflows/{id}/executions/{execution_id}/events",
+            get(workflows::execution_events),
+        )
+        .route("/ws", get(workflows::websocket))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::usage::record_usage,
@@ -178,6 +206,14 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Metrics for every request, by matched route (never by raw path: ids would explode
 /// the label set).
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -188,6 +224,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().clone();
     let started = Instant::now();
+    state.metrics.requests_in_flight.inc();
+    // Decremented on drop: a request whose client left still ends here.
+    let _in_flight = InFlight(&state.metrics.requests_in_flight);
     let response = next.run(request).await;
     state.metrics.observe_request(
         method.as_str(),

@@ -28,6 +28,10 @@ pub enum ConfigError {
     MissingDatabaseUrl,
     #[error("IAF_TIMEZONE {0:?} is not a known IANA timezone (for example Africa/Algiers)")]
     BadTimezone(String),
+    #[error("IAF_SOVEREIGNTY {0:?} is neither \"strict\" nor \"open\"")]
+    BadSovereignty(String),
+    #[error("IAF_WORKFLOW_CONCURRENCY must be at least 1")]
+    ZeroWorkflowConcurrency,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +92,19 @@ pub struct Config {
     /// How long a worker holds a job between heartbeats; a crashed worker's job is
     /// picked up again once it lapses.
     pub ingestion_lease_seconds: u64,
+    /// `strict` (the default) or `open`: whether workflows may call the external
+    /// providers of `llm_providers` (set by the operator from the Tenant).
+    pub sovereignty: String,
+    /// Agent steps running at once in this process, across executions.
+    pub workflow_concurrency: usize,
+    /// Retries of an agent's call on a transient provider error (5xx, 429, refused).
+    pub workflow_agent_retries: usize,
+    /// An agent's time limit per attempt, when its spec sets none.
+    pub workflow_agent_timeout_seconds: u64,
+    /// The most an agent may write, in tokens.
+    pub workflow_max_tokens: u32,
+    /// How often the cron scheduler looks for due workflows (0 turns it off).
+    pub workflow_scheduler_tick_seconds: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,6 +186,12 @@ impl Default for Config {
             reranker_model: "bge-reranker-v2-m3".into(),
             ingestion_workers: 2,
             ingestion_lease_seconds: 120,
+            sovereignty: "strict".into(),
+            workflow_concurrency: 16,
+            workflow_agent_retries: 3,
+            workflow_agent_timeout_seconds: 120,
+            workflow_max_tokens: 1024,
+            workflow_scheduler_tick_seconds: 15,
         }
     }
 }
@@ -208,6 +231,12 @@ impl Config {
         }
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(ConfigError::BadTimezone(self.timezone.clone()));
+        }
+        if !matches!(self.sovereignty.as_str(), "strict" | "open") {
+            return Err(ConfigError::BadSovereignty(self.sovereignty.clone()));
+        }
+        if self.workflow_concurrency == 0 {
+            return Err(ConfigError::ZeroWorkflowConcurrency);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! - [`app`]: the router; [`server`]: serving it.
 //! - [`auth`]: passwords, JWTs, API keys; [`ratelimit`], [`usage`]: limits and logs.
 //! - [`db`]: the pool and the tenant-scoped transactions under row-level security.
+//! - [`rag`]: documents, retrieval and answers; [`workflows`]: multi-agent workflows.
 
 pub mod app;
 pub mod auth;
@@ -18,3 +19,4 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod usage;
+pub mod workflows;

@@ -39,6 +39,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
+    /// Requests being served right now.
+    pub requests_in_flight: Gauge,
     pub rate_limited: Family<ScopeLabels, Counter>,
     pub rate_limiter_errors: Counter,
     pub db_pool_connections: Family<PoolLabels, Gauge>,
@@ -65,6 +67,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency by route and method",
             request_duration.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            requests_in_flight.clone(),
         );
         let rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register(
@@ -101,6 +109,7 @@ impl Metrics {
             registry: Arc::new(registry),
             requests,
             request_duration,
+            requests_in_flight,
             rate_limited,
             rate_limiter_errors,
             db_pool_connections,

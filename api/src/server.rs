@@ -46,6 +46,14 @@ pub async fn serve(
         state.config.ingestion_workers,
         stop_workers.clone(),
     );
+    let listener_task = crate::workflows::events::spawn_listener(
+        state.db.clone(),
+        state.workflows.clone(),
+        stop_workers.clone(),
+    );
+    let scheduler =
+        crate::workflows::schedule::spawn_scheduler(state.clone(), stop_workers.clone());
+    let workflows = state.workflows.clone();
     let app = crate::app::app(state);
     let served = axum::serve(
         listener,
@@ -58,6 +66,18 @@ pub async fn serve(
     stop_workers.cancel();
     for worker in workers {
         let _ = worker.await;
+    }
+    // Executions still running are recorded as cancelled, not left open.
+    workflows.cancel_all();
+    let _ = listener_task.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
+    for _ in 0..100 {
+        if workflows.running_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     usage.flush().await;
     served

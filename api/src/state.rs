@@ -13,6 +13,7 @@ use crate::rag::store::PgVectorStore;
 use crate::rag::{Rag, RagError, RagMetrics};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::usage::UsageRecorder;
+use crate::workflows::{WorkflowError, WorkflowMetrics, Workflows};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -24,6 +25,7 @@ pub struct AppState {
     pub usage: UsageRecorder,
     pub metrics: Metrics,
     pub rag: Arc<Rag>,
+    pub workflows: Arc<Workflows>,
     /// Set once the migrations are applied; `/readyz` reports it.
     pub migrated: Arc<AtomicBool>,
 }
@@ -34,6 +36,8 @@ pub enum StateError {
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
     Rag(#[from] RagError),
+    #[error(transparent)]
+    Workflows(#[from] WorkflowError),
 }
 
 impl AppState {
@@ -41,8 +45,14 @@ impl AppState {
     /// are shared through Redis; otherwise they are kept in this process.
     pub async fn new(config: Config, db: PgPool) -> Result<Self, StateError> {
         let mut rag_metrics = None;
-        let metrics = Metrics::new(|registry| rag_metrics = Some(RagMetrics::register(registry)));
+        let mut workflow_metrics = None;
+        let metrics = Metrics::new(|registry| {
+            rag_metrics = Some(RagMetrics::register(registry));
+            workflow_metrics = Some(WorkflowMetrics::register(registry));
+        });
         let rag_metrics = rag_metrics.expect("Metrics::new calls its extension once");
+        let workflow_metrics = workflow_metrics.expect("Metrics::new calls its extension once");
+        let workflows = Arc::new(Workflows::new(&config, workflow_metrics)?);
         let store = Arc::new(PgVectorStore::new(db.clone()));
         let rag = Arc::new(Rag::new(&config, store, rag_metrics)?);
         let rate_limiter = match &config.redis_url {
@@ -61,6 +71,7 @@ impl AppState {
             rate_limiter,
             metrics,
             rag,
+            workflows,
             migrated: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),
             db,

@@ -268,6 +268,7 @@ async fn shutdown_drains_in_flight_requests() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let in_flight_gauge = state.metrics.requests_in_flight.clone();
     let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
         let _ = stopped.await;
     }));
@@ -278,7 +279,16 @@ async fn shutdown_drains_in_flight_requests() {
         .json(&json!({"tenant_name": "S", "tenant_slug": "shutdown", "email": "a@s.dz", "password": "a long enough password"}))
         .send();
     let in_flight = tokio::spawn(register);
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Shut down only once the server is serving it: a request still in the client's
+    // hands when the listener closes was never in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_flight_gauge.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let _ = stop.send(());
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 201, "the in-flight request completed");

@@ -102,6 +102,22 @@ impl ChatClient {
         }
     }
 
+    /// Over a shared HTTP client (its connection pool and TLS setup are reused): callers
+    /// that make many short calls bound each one with their own timeout.
+    pub fn with_client(
+        client: reqwest::Client,
+        base_url: &str,
+        model: &str,
+        api_key: Option<String>,
+    ) -> Self {
+        Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model: model.to_owned(),
+            api_key,
+        }
+    }
+
     fn url(&self) -> String {
         format!("{}/chat/completions", self.base_url)
     }

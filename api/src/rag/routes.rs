@@ -708,14 +708,14 @@ pub struct QueryResponse {
     pub language: Option<String>,
 }
 
-struct Retrieved {
-    results: Vec<SearchResult>,
-    timings: Timings,
+pub(crate) struct Retrieved {
+    pub(crate) results: Vec<SearchResult>,
+    pub(crate) timings: Timings,
 }
 
 /// Embeds the query (once per distinct embedding model), ranks every knowledge base,
 /// fuses and returns the best `top_k`.
-async fn retrieve(
+pub(crate) async fn retrieve(
     state: &AppState,
     auth: &Auth,
     query: &str,
@@ -870,7 +870,7 @@ pub async fn search_route(
     }))
 }
 
-fn citations(results: &[SearchResult]) -> Vec<Citation> {
+pub(crate) fn citations(results: &[SearchResult]) -> Vec<Citation> {
     results
         .iter()
         .enumerate()

@@ -138,6 +138,19 @@ impl TestApp {
         app
     }
 
+    /// With the workflow event listener running, as in a served API.
+    pub async fn with_workflows(config: Config) -> Self {
+        let mut app = Self::with_config(config).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        iafactory_api::workflows::events::spawn_listener(
+            app.state.db.clone(),
+            app.state.workflows.clone(),
+            stop.clone(),
+        );
+        app.workers = Some(stop.drop_guard());
+        app
+    }
+
     /// Waits until every listed document is `ready` or `failed`; returns them.
     pub async fn wait_for_documents(
         &self,
