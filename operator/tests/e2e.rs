@@ -1,0 +1,855 @@
+//! End to end: the real `iafactory-operator` process against the in-memory API server
+//! (`kube-testserver`), driven with the machine's `kubectl` and with kube-rs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use iafactory_crds::{PlatformConfig, Tenant};
+use iafactory_operator::build::{BuildContext, build};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use kube_testserver::{Options, TestServer};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+const LEASE_NAMESPACE: &str = "iafactory-system";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Cluster {
+    server: TestServer,
+    client: Client,
+}
+
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("kubectl finishes")
+    .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl Cluster {
+    /// A server with the CRDs applied by kubectl and the operator's namespace.
+    async fn start() -> Self {
+        let server = TestServer::start(Options {
+            ready_delay: Duration::from_millis(300),
+            ..Options::default()
+        })
+        .await
+        .expect("the test server starts");
+        let client = server.client();
+        let cluster = Cluster { server, client };
+        cluster.kubectl(&["apply", "-f", "crds/"]).await;
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(cluster.client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}})).unwrap(),
+            )
+            .await
+            .expect("the operator's namespace is created");
+        cluster
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(self.server.kubeconfig_path(), args).await
+    }
+
+    fn object(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.server.get(group, resource, namespace, name)
+    }
+
+    fn tenant(&self, name: &str) -> Option<Value> {
+        self.object("iafactory.dz", "tenants", "", name)
+    }
+}
+
+/// Waits until `check` gives a value, or fails with what it last saw.
+async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not within {limit:?}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+async fn wait_condition(
+    cluster: &Cluster,
+    tenant: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    limit: Duration,
+) -> Value {
+    eventually(&format!("Tenant {tenant} {type_}={status}"), limit, || {
+        let object = cluster.tenant(tenant).ok_or("no tenant")?;
+        match condition(&object, type_) {
+            Some((s, r, _)) if s == status && reason.is_none_or(|want| want == r) => Ok(object),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Operator {
+    child: Child,
+    metrics: String,
+}
+
+impl Operator {
+    async fn start(cluster: &Cluster, identity: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_iafactory-operator"))
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--lease-namespace", LEASE_NAMESPACE, "--identity", identity])
+            .args(["--log", "info,kube=warn"])
+            .args(extra)
+            .env("KUBECONFIG", cluster.server.kubeconfig_path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the operator starts");
+        let operator = Operator {
+            child,
+            metrics: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/readyz", operator.metrics)).await
+                && response.status() == 200
+            {
+                return operator;
+            }
+            assert!(Instant::now() < deadline, "the operator never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of one metric's samples whose labels contain `labels`.
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+async fn apply_sample(cluster: &Cluster, file: &str) {
+    cluster
+        .kubectl(&["apply", "-f", &format!("config/samples/{file}")])
+        .await;
+}
+
+fn names(cluster: &Cluster, group: &str, resource: &str, namespace: &str) -> BTreeSet<String> {
+    cluster
+        .server
+        .list(group, resource, Some(namespace))
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_becomes_ready_and_a_second_reconcile_writes_nothing() {
+    let cluster = Cluster::start().await;
+    let operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-univ-tlemcen.yaml").await;
+    let tenant = wait_condition(
+        &cluster,
+        "univ-tlemcen",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let ns = "iaf-univ-tlemcen";
+
+    assert_eq!(
+        tenant["status"]["observedGeneration"],
+        tenant["metadata"]["generation"]
+    );
+    assert_eq!(tenant["status"]["namespace"], ns);
+    assert_eq!(
+        tenant["status"]["endpoints"]["api"],
+        format!("http://api.{ns}.svc:8180")
+    );
+    let namespace = cluster
+        .object("", "namespaces", "", ns)
+        .expect("the namespace exists");
+    let labels = &namespace["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(labels["iafactory.dz/tenant"], "univ-tlemcen");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "iafactory-operator");
+    let policies = names(&cluster, "networking.k8s.io", "networkpolicies", ns);
+    for policy in [
+        "default-deny",
+        "allow-same-namespace",
+        "allow-dns",
+        "allow-api-ingress",
+    ] {
+        assert!(
+            policies.contains(policy),
+            "{policy} missing from {policies:?}"
+        );
+    }
+    assert!(
+        !policies.contains("allow-llm-providers"),
+        "strict sovereignty opens no provider egress"
+    );
+    assert!(
+        cluster
+            .object("", "resourcequotas", ns, "tenant-quota")
+            .is_some()
+    );
+    assert!(
+        cluster
+            .object("", "limitranges", ns, "tenant-limits")
+            .is_some()
+    );
+    let secrets = names(&cluster, "", "secrets", ns);
+    for secret in ["api-jwt", "postgres-credentials", "operator-token"] {
+        assert!(
+            secrets.contains(secret),
+            "{secret} missing from {secrets:?}"
+        );
+    }
+    assert!(
+        cluster
+            .object("apps", "statefulsets", ns, "postgres")
+            .is_some()
+    );
+    assert!(cluster.object("apps", "deployments", ns, "api").is_some());
+    let jwt = cluster.object("", "secrets", ns, "api-jwt").unwrap();
+    let jwt_value = jwt["data"]["secret"].as_str().unwrap().to_owned();
+
+    // Settled: a full reconcile (forced by touching the Tenant) writes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs_before = operator
+        .metric(
+            "iafactory_operator_reconcile_runs_total",
+            "controller=\"tenant\"",
+        )
+        .await;
+    cluster.server.reset_counts();
+    let tenants: Api<Tenant> = Api::all(cluster.client.clone());
+    tenants
+        .patch(
+            "univ-tlemcen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while operator
+        .metric(
+            "iafactory_operator_reconcile_runs_total",
+            "controller=\"tenant\"",
+        )
+        .await
+        <= runs_before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the touch never caused a reconcile"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = cluster.server.counts();
+    assert_eq!(counts.writes(), 1, "only the test's own patch: {counts:?}");
+    // The Secret was generated once and kept.
+    assert_eq!(
+        cluster.object("", "secrets", ns, "api-jwt").unwrap()["data"]["secret"],
+        jwt_value.as_str()
+    );
+    operator.kill().await;
+}
+
+#[tokio::test]
+async fn plan_changes_follow_and_suspend_keeps_the_data() {
+    let cluster = Cluster::start().await;
+    let _operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let ns = "iaf-cabinet-benali";
+    let config = PlatformConfig::default();
+    let pro = &config.plans.pro;
+
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "cabinet-benali",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"plan":"pro"}}"#,
+        ])
+        .await;
+    eventually(
+        "the quota follows the plan",
+        Duration::from_secs(30),
+        || {
+            let quota = cluster
+                .object("", "resourcequotas", ns, "tenant-quota")
+                .ok_or("no quota")?;
+            let cpu = quota["spec"]["hard"]["requests.cpu"].clone();
+            (cpu == pro.quota.cpu.as_str())
+                .then_some(())
+                .ok_or(format!("{cpu}"))
+        },
+    )
+    .await;
+    let small_firm: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("config/samples/tenant-small-firm.yaml")).unwrap(),
+    )
+    .unwrap();
+    if small_firm["spec"]["components"]["api"]["replicas"].is_null() {
+        eventually(
+            "the API replicas follow the plan",
+            Duration::from_secs(30),
+            || {
+                let api = cluster
+                    .object("apps", "deployments", ns, "api")
+                    .ok_or("no api")?;
+                (api["spec"]["replicas"] == pro.defaults.api.replicas)
+                    .then_some(())
+                    .ok_or(format!("{}", api["spec"]["replicas"]))
+            },
+        )
+        .await;
+        assert!(
+            cluster
+                .object("policy", "poddisruptionbudgets", ns, "api")
+                .is_some(),
+            "two replicas get a budget"
+        );
+    }
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "cabinet-benali",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"suspended":true}}"#,
+        ])
+        .await;
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "False",
+        Some("Suspended"),
+        Duration::from_secs(30),
+    )
+    .await;
+    for (resource, name) in [("deployments", "api"), ("statefulsets", "postgres")] {
+        let workload = cluster.object("apps", resource, ns, name).unwrap();
+        assert_eq!(workload["spec"]["replicas"], 0, "{resource}/{name}");
+    }
+    assert!(
+        names(&cluster, "", "secrets", ns).contains("postgres-credentials"),
+        "the data's credentials stay"
+    );
+    let claims_before = cluster
+        .object("apps", "statefulsets", ns, "postgres")
+        .unwrap()["spec"]["volumeClaimTemplates"]
+        .clone();
+
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "cabinet-benali",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"suspended":false}}"#,
+        ])
+        .await;
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let postgres = cluster
+        .object("apps", "statefulsets", ns, "postgres")
+        .unwrap();
+    assert_eq!(postgres["spec"]["replicas"], 1);
+    assert_eq!(postgres["spec"]["volumeClaimTemplates"], claims_before);
+}
+
+#[tokio::test]
+async fn deletion_honours_retention() {
+    let cluster = Cluster::start().await;
+    let _operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    apply_sample(&cluster, "tenant-univ-tlemcen.yaml").await;
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "cabinet-benali",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"retention":"Retain"}}"#,
+        ])
+        .await;
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "univ-tlemcen",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"retention":"Delete"}}"#,
+        ])
+        .await;
+    for tenant in ["cabinet-benali", "univ-tlemcen"] {
+        wait_condition(
+            &cluster,
+            tenant,
+            "Ready",
+            "True",
+            None,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+
+    // kubectl delete waits for the finalizer.
+    cluster
+        .kubectl(&["delete", "iaft", "cabinet-benali", "--timeout=60s"])
+        .await;
+    assert!(cluster.tenant("cabinet-benali").is_none());
+    let ns = "iaf-cabinet-benali";
+    let namespace = cluster
+        .object("", "namespaces", "", ns)
+        .expect("a retained namespace stays");
+    assert_eq!(
+        namespace["metadata"]["labels"]["iafactory.dz/retained"],
+        "true"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // garbage collection's turn
+    assert!(names(&cluster, "apps", "deployments", ns).is_empty());
+    assert!(names(&cluster, "apps", "statefulsets", ns).is_empty());
+    assert!(names(&cluster, "", "secrets", ns).contains("postgres-credentials"));
+    let policies = cluster
+        .server
+        .list("networking.k8s.io", "networkpolicies", Some(ns));
+    assert!(!policies.is_empty(), "the retained namespace stays closed");
+    assert!(policies.iter().all(|p| {
+        p["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    }));
+
+    cluster
+        .kubectl(&["delete", "iaft", "univ-tlemcen", "--timeout=60s"])
+        .await;
+    eventually(
+        "the namespace of a deleted tenant goes",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .object("", "namespaces", "", "iaf-univ-tlemcen")
+                .map_or(Ok(()), |n| Err(format!("{}", n["status"])))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_tenant_gets_a_condition_and_the_operator_stays_up() {
+    let cluster = Cluster::start().await;
+    let operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    let invalid = json!({
+        "apiVersion": "iafactory.dz/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "too-greedy"},
+        "spec": {"plan": "free", "components": {"ollama": {"enabled": true, "gpu": 2}}}
+    });
+    let tenants: Api<Tenant> = Api::all(cluster.client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(invalid).unwrap(),
+        )
+        .await
+        .unwrap();
+    let tenant = wait_condition(
+        &cluster,
+        "too-greedy",
+        "Ready",
+        "False",
+        Some("InvalidSpec"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, _, message) = condition(&tenant, "Ready").unwrap();
+    assert!(message.contains("GPU"), "{message}");
+    assert_eq!(condition(&tenant, "Degraded").unwrap().0, "True");
+    assert!(
+        cluster
+            .object("", "namespaces", "", "iaf-too-greedy")
+            .is_none(),
+        "nothing is built for an invalid spec"
+    );
+    let failures = operator
+        .metric(
+            "iafactory_operator_reconcile_failures_total",
+            "controller=\"tenant\"",
+        )
+        .await;
+    assert_eq!(
+        failures, 0.0,
+        "an invalid spec waits for a change; it is not an error to retry"
+    );
+
+    // The operator carries on with valid tenants.
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", operator.metrics))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Fixing the spec is picked up.
+    tenants
+        .patch(
+            "too-greedy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"components": {"ollama": {"gpu": 0}}}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(
+        &cluster,
+        "too-greedy",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_workload_makes_the_tenant_degraded() {
+    let cluster = Cluster::start().await;
+    let _operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    cluster
+        .server
+        .set_failing("iaf-cabinet-benali", "api", true);
+    apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    let tenant = wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Degraded",
+        "True",
+        None,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, reason, message) = condition(&tenant, "ApiReady").unwrap();
+    assert_eq!(reason, "Failed", "{message}");
+    assert_eq!(condition(&tenant, "Ready").unwrap().1, "ComponentFailed");
+    cluster
+        .server
+        .set_failing("iaf-cabinet-benali", "api", false);
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+/// What the operator should have built for a stored Tenant: `Kind/name` and hash.
+fn expected_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)> {
+    let tenant: Tenant = serde_json::from_value(cluster.tenant(name).unwrap()).unwrap();
+    let plan = iafactory_crds::plan(&tenant, &PlatformConfig::default()).unwrap();
+    let objects = build(
+        &plan,
+        &BuildContext {
+            owner: tenant.controller_owner_ref(&()).unwrap(),
+            service_monitors: false,
+        },
+    );
+    objects
+        .all()
+        .map(|c| (c.describe(), c.hash().to_owned()))
+        .collect()
+}
+
+fn stored_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)> {
+    let ns = format!("iaf-{name}");
+    let mut found = BTreeSet::new();
+    for (group, resource, kind) in [
+        ("", "namespaces", "Namespace"),
+        ("", "resourcequotas", "ResourceQuota"),
+        ("", "limitranges", "LimitRange"),
+        ("networking.k8s.io", "networkpolicies", "NetworkPolicy"),
+        ("", "serviceaccounts", "ServiceAccount"),
+        ("apps", "deployments", "Deployment"),
+        ("apps", "statefulsets", "StatefulSet"),
+        ("", "services", "Service"),
+        ("policy", "poddisruptionbudgets", "PodDisruptionBudget"),
+        ("batch", "jobs", "Job"),
+        ("networking.k8s.io", "ingresses", "Ingress"),
+    ] {
+        let objects = if resource == "namespaces" {
+            cluster
+                .server
+                .list(group, resource, None)
+                .into_iter()
+                .filter(|o| o["metadata"]["name"] == ns.as_str())
+                .collect()
+        } else {
+            cluster.server.list(group, resource, Some(&ns))
+        };
+        for object in objects {
+            if object["metadata"]["labels"]["iafactory.dz/tenant"] != name {
+                continue;
+            }
+            let hash = object["metadata"]["annotations"]["iafactory.dz/applied-hash"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            found.insert((
+                format!("{kind}/{}", object["metadata"]["name"].as_str().unwrap()),
+                hash,
+            ));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn killed_mid_reconcile_and_restarted_it_converges_to_the_same_objects() {
+    let cluster = Cluster::start().await;
+    let operator = Operator::start(&cluster, "first", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-enterprise-qdrant-gpu.yaml").await;
+    // Somewhere in the middle of the first apply pass.
+    eventually("the first objects appear", Duration::from_secs(20), || {
+        (stored_objects(&cluster, "sonatrach-rd").len() >= 3)
+            .then_some(())
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    operator.kill().await;
+    let partial = stored_objects(&cluster, "sonatrach-rd");
+
+    let _second = Operator::start(&cluster, "second", &["--no-leader-election"]).await;
+    wait_condition(
+        &cluster,
+        "sonatrach-rd",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let expected = expected_objects(&cluster, "sonatrach-rd");
+    assert!(
+        partial.len() < expected.len() || partial == expected,
+        "the kill came mid-reconcile or after it"
+    );
+    assert_eq!(stored_objects(&cluster, "sonatrach-rd"), expected);
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_writes() {
+    let cluster = Cluster::start().await;
+    let first = Operator::start(&cluster, "replica-a", &[]).await;
+    let second = Operator::start(&cluster, "replica-b", &[]).await;
+    apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    wait_condition(
+        &cluster,
+        "cabinet-benali",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let lease = cluster
+        .object(
+            "coordination.k8s.io",
+            "leases",
+            LEASE_NAMESPACE,
+            "iafactory-operator",
+        )
+        .expect("the Lease exists");
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+    let (leader, follower) = if holder == "replica-a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(leader.metric("iafactory_operator_writes_total", "").await > 0.0);
+    assert_eq!(
+        follower.metric("iafactory_operator_writes_total", "").await,
+        0.0
+    );
+    assert_eq!(
+        follower
+            .metric("iafactory_operator_reconcile_runs_total", "")
+            .await,
+        0.0
+    );
+
+    // The follower takes over when the leader dies.
+    leader.kill().await;
+    cluster
+        .kubectl(&[
+            "patch",
+            "iaft",
+            "cabinet-benali",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"plan":"pro"}}"#,
+        ])
+        .await;
+    let pro_cpu = PlatformConfig::default()
+        .plans
+        .pro
+        .quota
+        .cpu
+        .as_str()
+        .to_owned();
+    eventually("the new leader reconciles", Duration::from_secs(60), || {
+        let quota = cluster
+            .object("", "resourcequotas", "iaf-cabinet-benali", "tenant-quota")
+            .ok_or("no quota")?;
+        (quota["spec"]["hard"]["requests.cpu"] == pro_cpu.as_str())
+            .then_some(())
+            .ok_or(format!("{}", quota["spec"]["hard"]))
+    })
+    .await;
+    assert!(follower.metric("iafactory_operator_writes_total", "").await > 0.0);
+}
+
+#[tokio::test]
+async fn without_the_crds_it_fails_fast_with_an_install_hint() {
+    let server = TestServer::start(Options::default()).await.unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_iafactory-operator"))
+            .args(["--metrics-addr", "127.0.0.1:0", "--no-leader-election"])
+            .env("KUBECONFIG", server.kubeconfig_path())
+            .output(),
+    )
+    .await
+    .expect("it exits at once")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("kubectl apply -f crds/"), "{stderr}");
+}
