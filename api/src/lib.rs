@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod probe;
 pub mod rag;
 pub mod ratelimit;
 pub mod routes;

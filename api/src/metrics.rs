@@ -33,6 +33,11 @@ pub struct PoolLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
 /// Every metric of the API. Clones share the same series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,6 +49,8 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabels, Counter>,
     pub rate_limiter_errors: Counter,
     pub db_pool_connections: Family<PoolLabels, Gauge>,
+    /// 1 while a dependency answers (postgres, vector_store, ollama), from a probe.
+    pub dependency_up: Family<DependencyLabels, Gauge>,
     pub db_pool_max_connections: Gauge,
     pub usage_events_dropped: Counter,
 }
@@ -92,6 +99,12 @@ impl Metrics {
             "Database pool connections by state (idle, in_use)",
             db_pool_connections.clone(),
         );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "1 while a dependency answers its probe (postgres, vector_store, ollama)",
+            dependency_up.clone(),
+        );
         let db_pool_max_connections = Gauge::default();
         registry.register(
             "db_pool_max_connections",
@@ -113,6 +126,7 @@ impl Metrics {
             rate_limited,
             rate_limiter_errors,
             db_pool_connections,
+            dependency_up,
             db_pool_max_connections,
             usage_events_dropped,
         }

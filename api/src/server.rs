@@ -53,6 +53,7 @@ pub async fn serve(
     );
     let scheduler =
         crate::workflows::schedule::spawn_scheduler(state.clone(), stop_workers.clone());
+    let probes = crate::probe::spawn(state.clone(), stop_workers.clone());
     let workflows = state.workflows.clone();
     let app = crate::app::app(state);
     let served = axum::serve(
@@ -70,6 +71,7 @@ pub async fn serve(
     // Executions still running are recorded as cancelled, not left open.
     workflows.cancel_all();
     let _ = listener_task.await;
+    let _ = probes.await;
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }

@@ -301,3 +301,32 @@ async fn shutdown_drains_in_flight_requests() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn dependency_probes_tell_which_dependency_is_down() {
+    let db = TestDb::new().await;
+    // A model server that is not there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = iafactory_api::config::Config {
+        llm_base_url: Some(format!("http://{closed}/v1")),
+        ..common::config(&db)
+    };
+    let app = TestApp::with_config(config).await;
+    iafactory_api::probe::probe_once(&app.state, &reqwest::Client::new()).await;
+    let text = app.state.metrics.encode();
+    assert!(
+        text.contains("iafactory_api_dependency_up{dependency=\"postgres\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("iafactory_api_dependency_up{dependency=\"vector_store\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("iafactory_api_dependency_up{dependency=\"ollama\"} 0"),
+        "{text}"
+    );
+}

@@ -102,6 +102,10 @@ pub struct NetworkSettings {
     pub ingress_namespaces: Vec<String>,
     /// Where Prometheus runs; it may reach the metrics of tenants with monitoring.
     pub monitoring_namespace: String,
+    /// Where the Kubernetes operator runs: it calls each tenant API's internal
+    /// endpoints. Unset on an appliance, which has no namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_namespace: Option<String>,
     pub cert_manager_issuer: String,
     #[serde(default)]
     pub ingress_class: Option<String>,

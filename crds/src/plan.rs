@@ -336,7 +336,7 @@ pub struct EgressPlan {
     /// only towards `providers`.
     pub internet: bool,
     pub providers: Vec<ProviderEgress>,
-    /// Namespaces that may reach the API (ingress controller, monitoring).
+    /// Namespaces that may reach the API (ingress controller, the operator, monitoring).
     pub api_ingress_from_namespaces: Vec<String>,
 }
 
@@ -662,6 +662,11 @@ fn set_literal(env: &mut Vec<EnvVarPlan>, name: &str, value: &str) {
 /// The ingress controller's namespaces, and Prometheus' when the tenant is monitored.
 fn api_ingress_namespaces(spec: &crate::TenantSpec, config: &PlatformConfig) -> Vec<String> {
     let mut namespaces = config.network.ingress_namespaces.clone();
+    // The operator registers knowledge bases and workflows on the API's internal
+    // endpoints; without this, default-deny would cut it off.
+    if let Some(operator) = &config.network.operator_namespace {
+        namespaces.push(operator.clone());
+    }
     if spec.components.monitoring.enabled {
         namespaces.push(config.network.monitoring_namespace.clone());
     }

@@ -1013,7 +1013,15 @@ fn service_monitor(plan: &TenantPlan, ctx: &BuildContext) -> Child {
         .monitoring
         .targets
         .iter()
-        .map(|t| serde_json::json!({ "port": t.port, "path": t.path, "interval": "30s" }))
+        .map(|t| {
+            serde_json::json!({
+                "port": t.port,
+                "path": t.path,
+                "interval": "30s",
+                // Dashboards and alerts group by tenant.
+                "relabelings": [{ "action": "replace", "targetLabel": "tenant", "replacement": plan.tenant }],
+            })
+        })
         .collect();
     let mut object = DynamicObject::new("tenant", &resource).within(&plan.namespace);
     object.metadata = meta(plan, ctx, "tenant", base_labels(plan));

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,20 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub tenant: String,
+    pub condition: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
 #[derive(Clone)]
 pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
@@ -31,6 +46,9 @@ pub struct Metrics {
     pub duration: Family<ControllerLabel, Histogram>,
     /// Writes the operator made, by verb: a steady state makes none.
     pub writes: Family<WriteLabels, Counter>,
+    /// kube-state-metrics style: one series per status, 1 on the current one.
+    pub tenant_condition: Family<ConditionLabels, Gauge>,
+    pub tenant_suspended: Family<TenantLabel, Gauge>,
 }
 
 impl Metrics {
@@ -42,6 +60,8 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             writes: Family::default(),
+            tenant_condition: Family::default(),
+            tenant_suspended: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("iafactory_operator");
         registry.register(
@@ -64,6 +84,16 @@ impl Metrics {
             "Writes to the API server, by verb",
             metrics.writes.clone(),
         );
+        registry.register(
+            "tenant_condition",
+            "Each Tenant condition: 1 on its current status (True, False or Unknown)",
+            metrics.tenant_condition.clone(),
+        );
+        registry.register(
+            "tenant_suspended",
+            "1 for a suspended Tenant",
+            metrics.tenant_suspended.clone(),
+        );
         metrics
     }
 
@@ -83,6 +113,42 @@ impl Metrics {
                 .get_or_create(&FailureLabels { controller, error })
                 .inc();
         }
+    }
+
+    /// Records a Tenant's conditions as they were just computed.
+    pub fn tenant_status(&self, tenant: &str, conditions: &[(String, String)], suspended: bool) {
+        for (condition, current) in conditions {
+            for status in CONDITION_STATUSES {
+                self.tenant_condition
+                    .get_or_create(&ConditionLabels {
+                        tenant: tenant.to_owned(),
+                        condition: condition.clone(),
+                        status,
+                    })
+                    .set(i64::from(current == status));
+            }
+        }
+        self.tenant_suspended
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .set(i64::from(suspended));
+    }
+
+    /// Forgets a deleted Tenant's series.
+    pub fn forget_tenant(&self, tenant: &str, conditions: &[String]) {
+        for condition in conditions {
+            for status in CONDITION_STATUSES {
+                self.tenant_condition.remove(&ConditionLabels {
+                    tenant: tenant.to_owned(),
+                    condition: condition.clone(),
+                    status,
+                });
+            }
+        }
+        self.tenant_suspended.remove(&TenantLabel {
+            tenant: tenant.to_owned(),
+        });
     }
 
     pub fn wrote(&self, verb: &'static str) {

@@ -220,6 +220,11 @@ fn defaults_render_the_operator_and_nothing_optional() {
         "metadata.name"
     );
     assert!(env(&objects, "IAF_PLATFORM__REGISTRY").is_none());
+    // The tenants' NetworkPolicies admit the operator from the release's namespace.
+    assert_eq!(
+        env(&objects, "IAF_PLATFORM__NETWORK__OPERATOR_NAMESPACE").unwrap()["value"],
+        "iafactory-system"
+    );
     // The metrics Service selects the operator's pods on the probes' port.
     let service = one(&objects, "Service");
     let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];

@@ -112,6 +112,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
                 observed_generation: generation,
                 ..previous.clone()
             };
+            record_conditions(ctx, tenant, &status.conditions);
             announce(ctx, tenant, &previous.conditions, &status.conditions, READY).await;
             patch_status(
                 ctx,
@@ -157,6 +158,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         namespace: Some(plan.namespace.clone()),
         endpoints: Some(endpoints(&plan)),
     };
+    record_conditions(ctx, tenant, &status.conditions);
     announce(ctx, tenant, &previous.conditions, &status.conditions, READY).await;
     patch_status(
         ctx,
@@ -174,9 +176,28 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }))
 }
 
+fn record_conditions(
+    ctx: &Context,
+    tenant: &Tenant,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    let pairs: Vec<(String, String)> = conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    ctx.metrics
+        .tenant_status(&tenant.name_any(), &pairs, tenant.spec.suspended);
+}
+
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     ctx.caches.ready().await?;
     let name = tenant.name_any();
+    let known: Vec<String> = tenant
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().map(|c| c.type_.clone()))
+        .collect();
+    ctx.metrics.forget_tenant(&name, &known);
     let namespace = format!("{NAMESPACE_PREFIX}{name}");
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let (reason, note) = match tenant.spec.retention {
