@@ -6,17 +6,18 @@
 //! steady state costs no request at all.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
     PostParams, PropagationPolicy,
 };
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
 use rand::TryRngCore;
 
 use crate::build::{Child, SecretToCreate, TenantObjects};
@@ -31,11 +32,80 @@ pub fn kind_key(resource: &ApiResource) -> String {
     format!("{}/{}", resource.group, resource.kind)
 }
 
+/// The names of one kind's owned objects, per namespace, kept from the same watch
+/// events as its store: a reconcile looks at its own namespace, not at every
+/// tenant's objects (which would make each reconcile cost grow with the cluster).
+#[derive(Clone, Default)]
+pub struct NamespaceIndex(Arc<Mutex<IndexState>>);
+
+#[derive(Default)]
+struct IndexState {
+    live: HashMap<String, BTreeSet<String>>,
+    /// A relist in progress: it replaces `live` once complete, as the store does.
+    relisting: Option<HashMap<String, BTreeSet<String>>>,
+}
+
+impl NamespaceIndex {
+    pub fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
+        let mut state = self.0.lock().expect("the index lock is never poisoned");
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(o) => {
+                let (namespace, name) = key(o);
+                state.live.entry(namespace).or_default().insert(name);
+            }
+            watcher::Event::Delete(o) => {
+                let (namespace, name) = key(o);
+                if let Some(names) = state.live.get_mut(&namespace) {
+                    names.remove(&name);
+                }
+            }
+            watcher::Event::Init => state.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                let (namespace, name) = key(o);
+                state
+                    .relisting
+                    .get_or_insert_with(HashMap::new)
+                    .entry(namespace)
+                    .or_default()
+                    .insert(name);
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisted) = state.relisting.take() {
+                    state.live = relisted;
+                }
+            }
+        }
+    }
+
+    pub fn names(&self, namespace: &str) -> Vec<String> {
+        let state = self.0.lock().expect("the index lock is never poisoned");
+        state
+            .live
+            .get(namespace)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One owned kind's cache: its metadata and its per-namespace index.
+#[derive(Clone)]
+pub struct OwnedCache {
+    pub resource: ApiResource,
+    pub store: MetaStore,
+    pub index: NamespaceIndex,
+}
+
 /// What the operator's watches know of the cluster.
 #[derive(Clone)]
 pub struct Caches {
     /// Every namespaced kind the operator owns, by [`kind_key`], metadata only.
-    pub owned: Arc<HashMap<String, (ApiResource, MetaStore)>>,
+    pub owned: Arc<HashMap<String, OwnedCache>>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub deployments: Store<Deployment>,
@@ -48,8 +118,8 @@ impl Caches {
     /// does not mean "not in the cluster".
     pub async fn ready(&self) -> Result<()> {
         let not_ready = |_| Error::Dependency("a watch cache stopped before it was ready".into());
-        for (_, store) in self.owned.values() {
-            store.wait_until_ready().await.map_err(not_ready)?;
+        for cache in self.owned.values() {
+            cache.store.wait_until_ready().await.map_err(not_ready)?;
         }
         self.namespaces
             .wait_until_ready()
@@ -75,24 +145,31 @@ impl Caches {
             return Some(object.annotations().get(ANNOTATION_APPLIED_HASH).cloned());
         }
         let namespace = child.object.namespace().unwrap_or_default();
-        let (resource, store) = self.owned.get(&kind_key(&child.resource))?;
-        let object = store.get(&ObjectRef::new_with(&name, resource.clone()).within(&namespace))?;
+        let cache = self.owned.get(&kind_key(&child.resource))?;
+        let object = cache
+            .store
+            .get(&ObjectRef::new_with(&name, cache.resource.clone()).within(&namespace))?;
         Some(object.annotations().get(ANNOTATION_APPLIED_HASH).cloned())
     }
 
     /// Owned objects of one kind in one tenant's namespace.
     pub fn owned_in(&self, key: &str, namespace: &str, tenant: &str) -> Vec<(ApiResource, String)> {
-        let Some((resource, store)) = self.owned.get(key) else {
+        let Some(cache) = self.owned.get(key) else {
             return Vec::new();
         };
-        store
-            .state()
-            .iter()
-            .filter(|o| {
-                o.namespace().as_deref() == Some(namespace)
-                    && o.labels().get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+        cache
+            .index
+            .names(namespace)
+            .into_iter()
+            .filter(|name| {
+                cache
+                    .store
+                    .get(&ObjectRef::new_with(name, cache.resource.clone()).within(namespace))
+                    .is_some_and(|o| {
+                        o.labels().get(LABEL_TENANT).map(String::as_str) == Some(tenant)
+                    })
             })
-            .map(|o| (resource.clone(), o.name_any()))
+            .map(|name| (cache.resource.clone(), name))
             .collect()
     }
 }
@@ -209,7 +286,10 @@ impl Applier<'_> {
             .iter()
             .map(|c| (kind_key(&c.resource), c.name()))
             .collect();
-        for key in self.caches.owned.keys() {
+        // Claims hold the data: the StatefulSet controller creates them with our labels
+        // from the claim templates, and nothing but the namespace's deletion removes them.
+        let claims = kind_key(&ApiResource::erase::<PersistentVolumeClaim>(&()));
+        for key in self.caches.owned.keys().filter(|k| **k != claims) {
             for (resource, name) in self.caches.owned_in(key, &namespace, tenant) {
                 if wanted.contains(&(key.clone(), name.clone())) {
                     continue;

@@ -26,7 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Caches, MetaStore, kind_key};
+use crate::apply::{Caches, MetaStore, NamespaceIndex, OwnedCache, kind_key};
 use crate::build::owned_kinds;
 use crate::controller::{self, Context};
 use crate::labels::{self, FIELD_MANAGER};
@@ -275,26 +275,61 @@ async fn run_controllers(
         let writer =
             reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(resource.clone());
         let store: MetaStore = writer.as_reader();
+        let index = NamespaceIndex::default();
+        let indexing = index.clone();
         let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &resource);
-        let stream = reflector::reflector(writer, watcher(api, owned_config()).default_backoff())
-            .touched_objects();
+        let events = watcher(api, owned_config())
+            .default_backoff()
+            .modify(|o| o.metadata.managed_fields = None)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    indexing.observe(event);
+                }
+            });
+        let stream = reflector::reflector(writer, events).touched_objects();
         tenants = tenants.watches_stream_with(stream, |o| tenant_request(&o), resource.clone());
-        owned.insert(kind_key(&resource), (resource, store));
+        owned.insert(
+            kind_key(&resource),
+            OwnedCache {
+                resource,
+                store,
+                index,
+            },
+        );
     }
+    // Workloads are cached for their status: what else they carry (managed fields, the
+    // pod template) is dropped on arrival, which keeps memory flat with tenants.
     macro_rules! typed_cache {
-        ($kind:ty) => {{
+        ($kind:ty, $strip:expr) => {{
             let (store, writer) = reflector::store::<$kind>();
             let api = Api::<$kind>::all(client.clone());
-            let stream =
-                reflector::reflector(writer, watcher(api, owned_config()).default_backoff())
-                    .touched_objects();
+            let events = watcher(api, owned_config())
+                .default_backoff()
+                .modify($strip);
+            let stream = reflector::reflector(writer, events).touched_objects();
             tenants = tenants.watches_stream(stream, |o| tenant_request(&o));
             store
         }};
     }
-    let deployments: Store<Deployment> = typed_cache!(Deployment);
-    let stateful_sets: Store<StatefulSet> = typed_cache!(StatefulSet);
-    let jobs: Store<Job> = typed_cache!(Job);
+    let deployments: Store<Deployment> = typed_cache!(Deployment, |d: &mut Deployment| {
+        d.metadata.managed_fields = None;
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    });
+    let stateful_sets: Store<StatefulSet> = typed_cache!(StatefulSet, |s: &mut StatefulSet| {
+        s.metadata.managed_fields = None;
+        if let Some(spec) = s.spec.as_mut() {
+            spec.template = Default::default();
+            spec.volume_claim_templates = None;
+        }
+    });
+    let jobs: Store<Job> = typed_cache!(Job, |j: &mut Job| {
+        j.metadata.managed_fields = None;
+        if let Some(spec) = j.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    });
     let namespaces = {
         let (store, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
         let stream = reflector::reflector(
@@ -303,7 +338,8 @@ async fn run_controllers(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 owned_config(),
             )
-            .default_backoff(),
+            .default_backoff()
+            .modify(|o| o.metadata.managed_fields = None),
         )
         .touched_objects();
         tenants = tenants.watches_stream(stream, |o| tenant_request(&o));
@@ -317,7 +353,8 @@ async fn run_controllers(
                 Api::<PartialObjectMeta<Secret>>::all(client.clone()),
                 owned_config(),
             )
-            .default_backoff(),
+            .default_backoff()
+            .modify(|o| o.metadata.managed_fields = None),
         )
         .touched_objects();
         tenants = tenants.watches_stream(stream, |o| tenant_request(&o));

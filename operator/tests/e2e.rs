@@ -287,6 +287,26 @@ async fn a_tenant_becomes_ready_and_a_second_reconcile_writes_nothing() {
     let jwt = cluster.object("", "secrets", ns, "api-jwt").unwrap();
     let jwt_value = jwt["data"]["secret"].as_str().unwrap().to_owned();
 
+    // A claim as the StatefulSet controller creates it from a claim template: our
+    // labels, no owner, not built by us. It holds data: never an orphan.
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(cluster.client.clone(), ns);
+    let claim_labels = cluster
+        .object("apps", "statefulsets", ns, "postgres")
+        .unwrap()["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+        .clone();
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "data-postgres-0", "labels": claim_labels},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
     // Settled: a full reconcile (forced by touching the Tenant) writes nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let runs_before = operator
@@ -323,6 +343,12 @@ async fn a_tenant_becomes_ready_and_a_second_reconcile_writes_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = cluster.server.counts();
     assert_eq!(counts.writes(), 1, "only the test's own patch: {counts:?}");
+    assert!(
+        cluster
+            .object("", "persistentvolumeclaims", ns, "data-postgres-0")
+            .is_some(),
+        "a claim is never collected"
+    );
     // The Secret was generated once and kept.
     assert_eq!(
         cluster.object("", "secrets", ns, "api-jwt").unwrap()["data"]["secret"],
