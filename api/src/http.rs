@@ -37,6 +37,15 @@ pub fn page<T: Serialize>(data: T, meta: PageMeta) -> Json<Envelope<T>> {
     })
 }
 
+/// A page of rows read with their total (`count(*) OVER () AS total`).
+pub fn counted_page<T: Serialize>(rows: Vec<Counted<T>>, request: &Page) -> Json<Envelope<Vec<T>>> {
+    let total = rows.first().map_or(0, |r| r.total);
+    page(
+        rows.into_iter().map(|r| r.row).collect(),
+        request.meta(total),
+    )
+}
+
 pub fn created<T: Serialize>(data: T) -> Response {
     (StatusCode::CREATED, ok(data)).into_response()
 }

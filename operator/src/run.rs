@@ -330,36 +330,18 @@ async fn run_controllers(
             spec.template = Default::default();
         }
     });
-    let namespaces = {
-        let (store, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                owned_config(),
-            )
-            .default_backoff()
-            .modify(|o| o.metadata.managed_fields = None),
-        )
-        .touched_objects();
-        tenants = tenants.watches_stream(stream, |o| tenant_request(&o));
-        store
-    };
-    let secrets = {
-        let (store, writer) = reflector::store::<PartialObjectMeta<Secret>>();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                owned_config(),
-            )
-            .default_backoff()
-            .modify(|o| o.metadata.managed_fields = None),
-        )
-        .touched_objects();
-        tenants = tenants.watches_stream(stream, |o| tenant_request(&o));
-        store
-    };
+    let namespaces: Store<PartialObjectMeta<Namespace>> =
+        typed_cache!(PartialObjectMeta<Namespace>, |o: &mut PartialObjectMeta<
+            Namespace,
+        >| {
+            o.metadata.managed_fields = None;
+        });
+    let secrets: Store<PartialObjectMeta<Secret>> =
+        typed_cache!(PartialObjectMeta<Secret>, |o: &mut PartialObjectMeta<
+            Secret,
+        >| {
+            o.metadata.managed_fields = None;
+        });
 
     let knowledge_bases = Controller::new(
         Api::<KnowledgeBase>::all(client.clone()),

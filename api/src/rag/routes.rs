@@ -24,7 +24,7 @@ use crate::auth::{Auth, Scope as AuthScope};
 use crate::db::tenant_tx;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{
-    ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, accepted, created, ok, page,
+    ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, accepted, counted_page, created, ok,
 };
 use crate::state::AppState;
 
@@ -210,11 +210,7 @@ pub async fn list_knowledge_bases(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    Ok(page(
-        rows.into_iter().map(|r| r.row).collect(),
-        page_request.meta(total),
-    ))
+    Ok(counted_page(rows, &page_request))
 }
 
 #[utoipa::path(get, path = "/api/knowledge-bases/{id}", tag = "knowledge bases",
@@ -537,11 +533,7 @@ pub async fn list_documents(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    Ok(page(
-        rows.into_iter().map(|r| r.row).collect(),
-        page_request.meta(total),
-    ))
+    Ok(counted_page(rows, &page_request))
 }
 
 #[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents",

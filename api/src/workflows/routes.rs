@@ -22,7 +22,8 @@ use crate::auth::{Auth, Scope};
 use crate::db::tenant_tx;
 use crate::error::{ApiError, ApiResult, FieldProblem};
 use crate::http::{
-    ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, accepted, created, ok, page,
+    ApiJson, ApiPath, ApiQuery, Counted, Envelope, PageQuery, accepted, counted_page, created, ok,
+    page,
 };
 use crate::routes::internal::validate_workflow;
 use crate::state::AppState;
@@ -152,8 +153,14 @@ async fn validate(
     }
 }
 
-fn unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+/// A unique-name violation is the caller's conflict; anything else is ours.
+fn name_taken(error: sqlx::Error, name: &str) -> ApiError {
+    match &error {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("23505") => {
+            ApiError::Conflict(format!("a workflow named {name:?} already exists"))
+        }
+        _ => error.into(),
+    }
 }
 
 #[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = WorkflowBody,
@@ -179,13 +186,7 @@ pub async fn create_workflow(
     .bind(definition)
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| {
-        if unique_violation(&e) {
-            ApiError::Conflict(format!("a workflow named {:?} already exists", body.name))
-        } else {
-            e.into()
-        }
-    })?;
+    .map_err(|e| name_taken(e, &body.name))?;
     tx.commit().await?;
     Ok(created(row.view()?))
 }
@@ -276,13 +277,7 @@ pub async fn replace_workflow(
     .bind(definition)
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| {
-        if unique_violation(&e) {
-            ApiError::Conflict(format!("a workflow named {:?} already exists", body.name))
-        } else {
-            e.into()
-        }
-    })?;
+    .map_err(|e| name_taken(e, &body.name))?;
     tx.commit().await?;
     Ok(ok(row.view()?))
 }
@@ -450,11 +445,7 @@ pub async fn list_executions(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let total = rows.first().map_or(0, |r| r.total);
-    Ok(page(
-        rows.into_iter().map(|r| r.row).collect(),
-        request.meta(total),
-    ))
+    Ok(counted_page(rows, &request))
 }
 
 #[utoipa::path(get, path = "/api/workflows/{id}/executions/{execution_id}", tag = "workflows",

@@ -51,6 +51,16 @@ pub fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Ac
     Action::requeue(RETRY)
 }
 
+/// The reconcile's own error, or what went wrong around it (adding or removing the
+/// finalizer).
+pub fn finalizer_error(error: kube::runtime::finalizer::Error<Error>) -> Error {
+    match error {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    }
+}
+
 /// Runs one reconcile and records its metrics.
 pub async fn measured<F>(controller: &'static str, metrics: &Metrics, run: F) -> Result<Action>
 where
