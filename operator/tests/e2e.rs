@@ -879,3 +879,184 @@ async fn without_the_crds_it_fails_fast_with_an_install_hint() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("kubectl apply -f crds/"), "{stderr}");
 }
+
+/// A database of its own on the test PostgreSQL.
+async fn tenant_database() -> String {
+    let admin = std::env::var("IAF_TEST_DATABASE_URL")
+        .expect("IAF_TEST_DATABASE_URL is not set: run scripts/test, or scripts/engines.sh up postgres && source /tmp/iafactory-engines/env");
+    let name = format!("iaf_operator_e2e_{}", std::process::id());
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+#[tokio::test]
+async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api() {
+    use base64::Engine as _;
+    let cluster = Cluster::start().await;
+    let api_port = free_port();
+    let _operator = Operator::start(
+        &cluster,
+        "solo",
+        &[
+            "--no-leader-election",
+            "--tenant-api-url",
+            &format!("http://127.0.0.1:{api_port}"),
+        ],
+    )
+    .await;
+    apply_sample(&cluster, "tenant-univ-tlemcen.yaml").await;
+    wait_condition(
+        &cluster,
+        "univ-tlemcen",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let ns = "iaf-univ-tlemcen";
+
+    // The tenant's API, with the operator token the operator generated for it.
+    let secret = cluster.object("", "secrets", ns, "operator-token").unwrap();
+    let token = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["token"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let config = iafactory_api::config::Config {
+        database_url: tenant_database().await,
+        jwt_secret: iafactory_api::config::Secret(
+            "operator-e2e-secret-operator-e2e-secret-00".into(),
+        ),
+        operator_token: iafactory_api::config::Secret(token.clone()),
+        workflow_scheduler_tick_seconds: 0,
+        ..iafactory_api::config::Config::default()
+    };
+    let state = iafactory_api::server::prepare(config)
+        .await
+        .expect("the tenant API starts");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", api_port))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(iafactory_api::server::serve(state, listener, async {
+        let _ = stopped.await;
+    }));
+
+    apply_sample(&cluster, "knowledgebase-reglements.yaml").await;
+    apply_sample(&cluster, "workflow-synthese.yaml").await;
+    let kb = eventually(
+        "the KnowledgeBase is registered",
+        Duration::from_secs(60),
+        || {
+            let kb = cluster
+                .object("iafactory.dz", "knowledgebases", ns, "reglements")
+                .ok_or("no kb")?;
+            match condition(&kb, "Ready") {
+                Some((s, r, _)) if s == "True" && r == "Registered" => Ok(kb),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(kb["status"]["apiId"].is_string());
+    assert_eq!(kb["status"]["documents"], 0);
+    let workflow = eventually(
+        "the Workflow is registered",
+        Duration::from_secs(60),
+        || {
+            let wf = cluster
+                .object("iafactory.dz", "workflows", ns, "synthese")
+                .ok_or("no workflow")?;
+            match condition(&wf, "Ready") {
+                Some((s, _, _)) if s == "True" => Ok(wf),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(workflow["status"]["validDag"], true);
+    assert_eq!(workflow["status"]["agents"], 3);
+
+    // The API holds them, and answers the operator's token only.
+    let http = reqwest::Client::new();
+    let internal = format!(
+        "http://127.0.0.1:{api_port}/internal/tenants/univ-tlemcen/knowledge-bases/reglements"
+    );
+    assert_eq!(
+        http.get(&internal)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(&internal)
+            .bearer_auth("forged")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // A knowledge base the tenant cannot serve waits with a reason.
+    let mut invalid: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("config/samples/knowledgebase-reglements.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    invalid["metadata"]["name"] = json!("needs-qdrant");
+    invalid["spec"]["vectorStore"] = json!("qdrant");
+    let kbs: Api<iafactory_crds::KnowledgeBase> = Api::namespaced(cluster.client.clone(), ns);
+    kbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(invalid).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the invalid KnowledgeBase says why",
+        Duration::from_secs(30),
+        || {
+            let kb = cluster
+                .object("iafactory.dz", "knowledgebases", ns, "needs-qdrant")
+                .ok_or("no kb")?;
+            match condition(&kb, "Ready") {
+                Some((s, r, m)) if s == "False" && r == "InvalidSpec" && m.contains("Qdrant") => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // Deleting the resource unregisters it (the finalizer), then it goes.
+    cluster
+        .kubectl(&["delete", "kb", "reglements", "-n", ns, "--timeout=60s"])
+        .await;
+    assert_eq!(
+        http.get(&internal)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let _ = stop.send(());
+    api.await.unwrap().unwrap();
+}
