@@ -32,6 +32,10 @@ async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
         Command::new(KUBECTL)
             .arg("--kubeconfig")
             .arg(kubeconfig)
+            // kubectl caches discovery per host and port: a port reused by another
+            // test's server would serve it a stale list of kinds.
+            .arg("--cache-dir")
+            .arg(kubeconfig.with_extension("kubectl-cache"))
             .args(args)
             .env_remove("KUBECONFIG")
             .current_dir(repo())
@@ -418,12 +422,14 @@ async fn plan_changes_follow_and_suspend_keeps_the_data() {
             },
         )
         .await;
-        assert!(
+        // Applied after the Deployment in the same pass: a moment later.
+        eventually("two replicas get a budget", Duration::from_secs(30), || {
             cluster
                 .object("policy", "poddisruptionbudgets", ns, "api")
-                .is_some(),
-            "two replicas get a budget"
-        );
+                .map(|_| ())
+                .ok_or_else(|| "no budget yet".to_owned())
+        })
+        .await;
     }
     wait_condition(
         &cluster,

@@ -785,8 +785,13 @@ fn every_metric_referenced_is_exported_and_every_export_is_on_a_dashboard() {
 
     let operator = scrape_operator(dir.path());
     let (_api, _database, api_port) = start_api(dir.path());
-    let (status, api) = http_get(api_port, "/metrics").unwrap();
-    assert_eq!(status, 200, "{api}");
+    // The dependency probe runs in the background from the start: wait for its first pass.
+    let mut api = String::new();
+    wait_for("the API's first dependency probe", 30, || {
+        let (status, body) = http_get(api_port, "/metrics").unwrap_or_default();
+        api = body;
+        status == 200 && api.contains("iafactory_api_dependency_up{")
+    });
 
     // The running API exports what it has served; its registration, the rest.
     let (served, _) = exported(&api);

@@ -27,6 +27,10 @@ fn kubectl_cmd(kubeconfig: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(KUBECTL);
     cmd.arg("--kubeconfig")
         .arg(kubeconfig)
+        // kubectl caches discovery per host and port: a port reused by another test's
+        // server would serve it a stale list of kinds.
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_extension("kubectl-cache"))
         .args(args)
         .env_remove("KUBECONFIG")
         .current_dir(repo())
