@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{TestApp, TestDb};
+use axum::http::{Method, StatusCode};
+use common::{Auth, TestApp, TestDb};
+use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -128,4 +130,70 @@ async fn the_request_role_cannot_escape_its_tenant_by_resetting_the_context() {
         .await
         .unwrap();
     assert_eq!(visible, 0);
+}
+
+/// Full-text ranking runs in a SECURITY DEFINER function so that its GIN index can be
+/// used (see migration 20261126000005): the function must confine itself exactly as the
+/// policy would.
+#[tokio::test]
+async fn text_search_sees_only_the_current_tenants_chunks() {
+    let db = TestDb::new().await;
+    let app = TestApp::with_config(common::rag_config(&db)).await;
+    let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut knowledge_bases = Vec::new();
+    for slug in ["text-a", "text-b"] {
+        let tenant = app.register(slug).await;
+        let reply = app
+            .request(
+                Method::POST,
+                "/api/knowledge-bases",
+                Auth::Bearer(&tenant.token),
+                Some(json!({"name": "shared words"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let kb: Uuid = reply.body["data"]["id"].as_str().unwrap().parse().unwrap();
+        let chunk: Uuid = sqlx::query_scalar(
+            "WITH d AS (
+                 INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes, status)
+                 VALUES ($1, $2, 'oasis', 'text/plain', $3, 10, 'ready') RETURNING id)
+             INSERT INTO chunks (tenant_id, knowledge_base_id, document_id, ordinal, content, search_text)
+             SELECT $1, $2, d.id, 0, 'the oasis well', 'the oasis well' FROM d RETURNING id",
+        )
+        .bind(tenant.tenant_id)
+        .bind(kb)
+        .bind(slug)
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+        knowledge_bases.push((tenant.tenant_id, kb, chunk));
+    }
+    let [(a, a_kb, a_chunk), (_, b_kb, _)] = knowledge_bases[..] else {
+        unreachable!()
+    };
+
+    let search = |kb: Uuid| {
+        sqlx::query_scalar::<_, Uuid>(
+            "SELECT id FROM search_chunks_text($1, to_tsquery('simple', 'oasis | well'), 10, NULL, NULL)",
+        )
+        .bind(kb)
+    };
+    let mut tx = iafactory_api::db::tenant_tx(&app.state.db, a)
+        .await
+        .unwrap();
+    let own = search(a_kb).fetch_all(&mut *tx).await.unwrap();
+    assert_eq!(own, vec![a_chunk], "a tenant finds its own chunk");
+    let other = search(b_kb).fetch_all(&mut *tx).await.unwrap();
+    assert!(
+        other.is_empty(),
+        "another tenant's knowledge base yields nothing: {other:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    let mut no_tenant = app.state.db.begin().await.unwrap();
+    let unscoped = search(a_kb).fetch_all(&mut *no_tenant).await.unwrap();
+    assert!(
+        unscoped.is_empty(),
+        "no tenant context, no rows: {unscoped:?}"
+    );
 }

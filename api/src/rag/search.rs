@@ -157,19 +157,14 @@ pub async fn rank(
     }
     if let Some(tsquery) = tsquery(query) {
         let mut tx = tenant_tx(pool, scope.tenant_id).await?;
+        // Through a function: under RLS the GIN index is unusable (see its migration).
         let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM chunks, to_tsquery('simple', $1) q
-             WHERE tenant_id = $5 AND knowledge_base_id = $2 AND tsv @@ q
-               AND ($4::uuid[] IS NULL OR document_id = ANY($4))
-               AND ($6::text IS NULL OR language = $6)
-             ORDER BY ts_rank_cd(tsv, q, 1) DESC, id
-             LIMIT $3",
+            "SELECT id FROM search_chunks_text($1, to_tsquery('simple', $2), $3, $4, $5)",
         )
-        .bind(&tsquery)
         .bind(scope.knowledge_base_id)
-        .bind(candidates as i64)
+        .bind(&tsquery)
+        .bind(i32::try_from(candidates).unwrap_or(i32::MAX))
         .bind(filters.document_ids.as_deref())
-        .bind(scope.tenant_id)
         .bind(filters.language.map(|l| l.code()))
         .fetch_all(&mut *tx)
         .await?;
