@@ -138,7 +138,7 @@ pub enum SearchError {
     Store(#[from] StoreError),
 }
 
-/// One knowledge base's contribution: its vector and text rankings.
+/// One knowledge base's contribution: its vector and text rankings, searched at once.
 pub async fn rank(
     pool: &PgPool,
     store: &dyn VectorStore,
@@ -148,14 +148,19 @@ pub async fn rank(
     candidates: usize,
     filters: &SearchFilters,
 ) -> Result<Vec<Vec<Uuid>>, SearchError> {
-    let mut lists = Vec::new();
-    if let Some(vector) = query_vector {
+    let by_vector = async {
+        let Some(vector) = query_vector else {
+            return Ok(None);
+        };
         let hits: Vec<VectorHit> = store
             .search(scope, vector, candidates, &filters.vector_filter())
             .await?;
-        lists.push(hits.into_iter().map(|h| h.chunk_id).collect());
-    }
-    if let Some(tsquery) = tsquery(query) {
+        Ok::<_, SearchError>(Some(hits.into_iter().map(|h| h.chunk_id).collect()))
+    };
+    let by_text = async {
+        let Some(tsquery) = tsquery(query) else {
+            return Ok(None);
+        };
         let mut tx = tenant_tx(pool, scope.tenant_id).await?;
         // Through a function: under RLS the GIN index is unusable (see its migration).
         let ids: Vec<Uuid> = sqlx::query_scalar(
@@ -169,9 +174,10 @@ pub async fn rank(
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        lists.push(ids);
-    }
-    Ok(lists)
+        Ok::<_, SearchError>(Some(ids))
+    };
+    let (by_vector, by_text) = tokio::try_join!(by_vector, by_text)?;
+    Ok([by_vector, by_text].into_iter().flatten().collect())
 }
 
 /// The fused results' details, in fused order, with a snippet around the query's words.
