@@ -39,7 +39,7 @@ const STRINGS = {
     "role.user": "user", "role.tenant_admin": "tenant admin", "role.admin": "platform admin",
     "keys.title": "API keys", "keys.name": "Name", "keys.scopes": "Scopes", "keys.create": "Create the key",
     "keys.once": "Copy this secret now: it will not be shown again.", "keys.secret": "Secret of “{name}”",
-    "keys.prefix": "Starts with", "keys.used": "Requests", "keys.revoke": "Revoke", "keys.revoked": "revoked",
+    "keys.copy": "Copy", "keys.prefix": "Starts with", "keys.used": "Requests", "keys.revoke": "Revoke", "keys.revoked": "revoked",
     "keys.confirm": "Revoke “{name}”? Programs using it stop working at once.", "keys.active": "active",
     "scope.query": "ask and search", "scope.ingest": "upload documents", "scope.admin": "administer",
     "usage.title": "Usage over the last 7 days", "usage.requests": "Requests", "usage.errors": "Server errors",
@@ -94,7 +94,7 @@ const STRINGS = {
     "role.user": "utilisateur", "role.tenant_admin": "administrateur", "role.admin": "administrateur de la plateforme",
     "keys.title": "Clés d’API", "keys.name": "Nom", "keys.scopes": "Droits", "keys.create": "Créer la clé",
     "keys.once": "Copiez ce secret maintenant : il ne sera plus jamais affiché.", "keys.secret": "Secret de « {name} »",
-    "keys.prefix": "Commence par", "keys.used": "Requêtes", "keys.revoke": "Révoquer", "keys.revoked": "révoquée",
+    "keys.copy": "Copier", "keys.prefix": "Commence par", "keys.used": "Requêtes", "keys.revoke": "Révoquer", "keys.revoked": "révoquée",
     "keys.confirm": "Révoquer « {name} » ? Les programmes qui l’utilisent s’arrêtent aussitôt.", "keys.active": "active",
     "scope.query": "interroger", "scope.ingest": "envoyer des documents", "scope.admin": "administrer",
     "usage.title": "Utilisation sur 7 jours", "usage.requests": "Requêtes", "usage.errors": "Erreurs serveur",
@@ -147,7 +147,7 @@ const STRINGS = {
     "role.user": "مستخدم", "role.tenant_admin": "مدير المؤسسة", "role.admin": "مدير المنصة",
     "keys.title": "مفاتيح الواجهة البرمجية", "keys.name": "الاسم", "keys.scopes": "الصلاحيات", "keys.create": "إنشاء المفتاح",
     "keys.once": "انسخ هذا السر الآن: لن يُعرض مرة أخرى.", "keys.secret": "سر «{name}»",
-    "keys.prefix": "يبدأ بـ", "keys.used": "الطلبات", "keys.revoke": "إلغاء", "keys.revoked": "مُلغى",
+    "keys.copy": "نسخ", "keys.prefix": "يبدأ بـ", "keys.used": "الطلبات", "keys.revoke": "إلغاء", "keys.revoked": "مُلغى",
     "keys.confirm": "إلغاء «{name}»؟ ستتوقف البرامج التي تستخدمه فورًا.", "keys.active": "فعّال",
     "scope.query": "السؤال والبحث", "scope.ingest": "إرسال الوثائق", "scope.admin": "الإدارة",
     "usage.title": "الاستخدام خلال 7 أيام", "usage.requests": "الطلبات", "usage.errors": "أخطاء الخادم",
@@ -461,7 +461,7 @@ async function showKnowledgeBases() {
         kb.description ? h("p", { class: "muted", dir: "auto" }, kb.description) : null,
         h("p", {}, t("kbs.counts", { documents: kb.documents, chunks: kb.chunks })),
         h("div", { class: "row" },
-          h("a", { class: "button", href: `#/chat/${kb.id}` }, t("nav.chat")),
+          h("a", { class: "button", href: `#/chat/${kb.id}` }, t("kb.ask")),
           h("button", { type: "button", class: "danger", onclick: async () => {
             if (!confirm(t("kbs.confirm", { name: kb.name }))) return;
             try {
@@ -637,6 +637,7 @@ async function showChat(preselected) {
           if (done.language) answer.setAttribute("lang", done.language);
           note.hidden = !done.extractive;
           note.textContent = t("chat.extractive");
+          answer.replaceChildren(...withCitationLinks(text, done.citations));
           sources.replaceChildren(...done.citations.map((citation) => h("li", {},
             h("button", { type: "button", class: "citation", "data-n": citation.n, onclick: () => openPassage(citation) },
               h("b", {}, `[${citation.n}]`), h("span", { dir: "auto" }, citation.title),
@@ -665,10 +666,21 @@ async function showChat(preselected) {
   question.focus();
 }
 
+// "[2]" in the answer becomes a button that opens passage 2.
+function withCitationLinks(text, citations) {
+  const byNumber = new Map(citations.map((c) => [String(c.n), c]));
+  return text.split(/(\[\d+\])/).map((part) => {
+    const citation = byNumber.get(part.slice(1, -1));
+    if (!/^\[\d+\]$/.test(part) || !citation) return part;
+    return h("button", { type: "button", class: "cite-inline", "aria-label": t("chat.passage", { n: citation.n, title: citation.title }),
+      onclick: () => openPassage(citation) }, part);
+  });
+}
+
 async function openPassage(citation) {
   const dialog = document.getElementById("dialog");
   const body = document.getElementById("dialog-body");
-  document.getElementById("dialog-title").textContent = t("chat.passage", { n: citation.n, title: citation.title });
+  document.getElementById("dialog-title").replaceChildren(`[${citation.n}] `, h("bdi", {}, citation.title));
   body.textContent = citation.snippet;
   body.setAttribute("dir", "auto");
   dialog.showModal();
@@ -715,9 +727,9 @@ async function showWorkflows() {
       }
     } },
       h("h2", {}, workflow.name),
-      workflow.spec?.description ? h("p", { class: "muted", dir: "auto" }, workflow.spec.description) : null,
-      h("p", { class: "muted" }, t("wf.agents", { count: workflow.spec?.agents?.length ?? 0 }), " · ",
-        (workflow.spec?.agents || []).map((a) => a.name).join(" → ")),
+      workflow.description ? h("p", { class: "muted", dir: "auto" }, workflow.description) : null,
+      h("p", { class: "muted" }, t("wf.agents", { count: workflow.agents.length }), " · ",
+        h("bdi", {}, workflow.agents.map((a) => a.name).join(" → "))),
       h("label", {}, t("wf.input", { name: workflow.name }), input),
       h("p", {}, run),
       result);
@@ -731,7 +743,10 @@ async function followExecution(workflow, execution, container, signal) {
   const steps = new Map();
   const list = h("ul", { class: "steps", "aria-label": workflow.name });
   const setRun = (status) => { title.replaceChildren(t("wf.run.status", { status: "" }), badge(status)); title.dataset.status = status; };
-  for (const step of execution.steps || []) {
+  // In the order the workflow lists its agents, which is the order they were written in.
+  const order = new Map(workflow.agents.map((agent, i) => [agent.name, i]));
+  const ordered = [...(execution.steps || [])].sort((a, b) => (order.get(a.agent) ?? 99) - (order.get(b.agent) ?? 99));
+  for (const step of ordered) {
     const status = h("span", {}, badge(step.status));
     const out = h("div", { class: "out", dir: "auto" });
     steps.set(step.agent, { status, out });
@@ -816,17 +831,16 @@ async function showAdmin() {
         const value = h("p", { class: "secret", "data-secret": true, tabindex: 0 }, created.key);
         secret.replaceChildren(h("p", { class: "alert info", role: "status" }, t("keys.once")),
           h("h3", {}, t("keys.secret", { name: created.name })), value,
-          h("button", { type: "button", class: "quiet", onclick: () => navigator.clipboard?.writeText(created.key) }, "⧉ copy"));
+          h("button", { type: "button", class: "quiet", onclick: () => navigator.clipboard?.writeText(created.key) }, t("keys.copy")));
         secret.hidden = false;
         keyName.value = "";
         await refreshKeys();
         value.focus();
       } catch (failure) { keyError.textContent = describe(failure); keyError.hidden = false; }
     } },
-      h("div", { class: "row" },
-        h("label", {}, t("keys.name"), keyName),
-        h("fieldset", {}, h("legend", {}, t("keys.scopes")), scopes.map((box) => h("label", {}, box, t(`scope.${box.value}`)))),
-        h("p", {}, h("button", { type: "submit" }, t("keys.create")))),
+      h("label", {}, t("keys.name"), keyName),
+      h("fieldset", { class: "spaced" }, h("legend", {}, t("keys.scopes")), scopes.map((box) => h("label", {}, box, t(`scope.${box.value}`)))),
+      h("p", {}, h("button", { type: "submit" }, t("keys.create"))),
       keyError),
     secret,
     h("div", { class: "table", id: "keys-table" }));

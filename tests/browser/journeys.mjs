@@ -147,6 +147,7 @@ await journey("ask in Arabic", async () => {
   check(await answer.evaluate((el) => getComputedStyle(el).direction === "rtl"), "the answer is laid out right-to-left");
   check(/[\u0600-\u06FF]/.test(await answer.innerText()), "the answer is in Arabic");
   check(await turn.getByText("No language model answered").isVisible(), "the extractive answer is said to be one");
+  check((await answer.locator("button.cite-inline").count()) >= 1, "the [n] markers in the answer open their passages");
   await assertLabelled("chat");
   await shot("04-chat-arabic-answer");
 });
