@@ -266,6 +266,7 @@ function describe(error, vars = {}) {
 }
 
 function expireSession() {
+  if (location.hash !== "#/login") session.after = location.hash;
   session.token = null;
   session.me = null;
   notify(t("err.session"), "error");
@@ -488,8 +489,9 @@ async function showKnowledgeBase(id) {
     accept: ".pdf,.docx,.html,.htm,.md,.txt,.csv,application/pdf,text/plain" });
   input.addEventListener("change", () => { sendFiles(input.files); input.value = ""; });
   const zone = h("div", { class: "drop", id: "drop-zone" },
+    // The input precedes its label so that its keyboard focus can ring the label.
     h("p", {}, h("strong", {}, t("kb.drop")), " ", t("kb.or"), " ",
-      h("label", { for: "file-input", class: "button" }, t("kb.choose")), input),
+      input, h("label", { for: "file-input", class: "button" }, t("kb.choose"))),
     h("p", { class: "muted" }, t("kb.types")));
   for (const type of ["dragenter", "dragover"]) {
     zone.addEventListener(type, (event) => { event.preventDefault(); zone.classList.add("over"); });
@@ -888,6 +890,11 @@ document.getElementById("lang").addEventListener("change", (event) => {
 });
 document.getElementById("dialog").addEventListener("close", () => {
   document.querySelector(".citation:focus-visible, .citation")?.blur();
+});
+// The router owns the URL's fragment: the skip link moves the focus without changing it.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
 });
 window.addEventListener("hashchange", route);
 applyLanguage();

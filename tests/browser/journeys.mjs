@@ -61,6 +61,38 @@ async function journey(name, body) {
   }
 }
 
+// Text is at least 4.5:1 against its background (3:1 when large), WCAG AA.
+async function assertContrast(screen) {
+  const failures = await page.evaluate(() => {
+    const rgba = (value) => (value.match(/[\d.]+/g) || []).map(Number);
+    const luminance = ([r, g, b]) => {
+      const channel = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+    };
+    const background = (el) => {
+      for (let node = el; node; node = node.parentElement) {
+        const [r, g, b, a = 1] = rgba(getComputedStyle(node).backgroundColor);
+        if (a >= 0.99) return [r, g, b];
+      }
+      return [255, 255, 255];
+    };
+    const found = [];
+    for (const el of document.querySelectorAll("body *")) {
+      const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.checkVisibility() || el.closest("dialog:not([open]), [disabled], .skip")) continue;
+      const style = getComputedStyle(el);
+      const [r, g, b, a = 1] = rgba(style.color);
+      if (a < 0.99) continue;
+      const [l1, l2] = [luminance([r, g, b]), luminance(background(el))].sort((x, y) => y - x);
+      const ratio = (l1 + 0.05) / (l2 + 0.05);
+      const large = parseFloat(style.fontSize) >= 24 || (parseFloat(style.fontSize) >= 18.66 && Number(style.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) found.push(`${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+    }
+    return found;
+  });
+  check(failures.length === 0, `${screen}: text below the contrast minimum: ${failures.join("; ")}`);
+}
+
 const text = (selector) => page.locator(selector).first().innerText();
 
 await journey("wrong password", async () => {
@@ -71,12 +103,21 @@ await journey("wrong password", async () => {
   await page.locator("#login-error").waitFor();
   check((await text("#login-error")) === "Wrong e-mail address or password.", `the message was: ${await text("#login-error")}`);
   await assertLabelled("login");
+  await assertContrast("login");
+  // The skip link is the first focusable element, shows when focused, and leads to the content.
+  check(await page.evaluate(() => document.querySelector("a, button, input, select, textarea").classList.contains("skip")),
+    "the skip link comes first");
+  await page.locator(".skip").focus();
+  check((await page.locator(".skip").boundingBox()).x >= 0, "the focused skip link is on screen");
+  await page.keyboard.press("Enter");
+  check(await page.evaluate(() => document.activeElement.id === "main"), "the skip link moves the focus to the content");
   await shot("01-login-wrong-password");
 });
 
 await journey("log in", async () => {
+  // Signed in with the keyboard alone: Enter in the password field submits.
   await page.getByLabel("Password").fill(env("CONSOLE_PASSWORD"));
-  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByLabel("Password").press("Enter");
   await page.getByRole("heading", { level: 1, name: "Knowledge bases" }).waitFor();
   check(await page.getByRole("navigation").getByText(env("CONSOLE_EMAIL")).isVisible(), "the signed-in user is shown");
   const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }) + document.cookie);
@@ -89,6 +130,7 @@ await journey("create a knowledge base", async () => {
   await page.getByRole("button", { name: "Create" }).click();
   await page.getByRole("heading", { level: 1, name: "reglements" }).waitFor();
   await assertLabelled("knowledge base");
+  await assertContrast("knowledge base");
 });
 
 await journey("upload and watch them reach ready", async () => {
@@ -120,6 +162,7 @@ await journey("upload and watch them reach ready", async () => {
   const rows = await page.locator("tr[data-document]").allInnerTexts();
   check((await page.locator('tr[data-document] [data-status="ready"]').count()) === 2, `both documents are ready: ${rows}`);
   check(rows.some((r) => r.includes("ar")) && rows.some((r) => r.includes("fr")), `the languages are detected: ${rows}`);
+  await assertContrast("documents");
   await shot("02-knowledge-base-ready");
 });
 
@@ -149,6 +192,7 @@ await journey("ask in Arabic", async () => {
   check(await turn.getByText("No language model answered").isVisible(), "the extractive answer is said to be one");
   check((await answer.locator("button.cite-inline").count()) >= 1, "the [n] markers in the answer open their passages");
   await assertLabelled("chat");
+  await assertContrast("chat");
   await shot("04-chat-arabic-answer");
 });
 
@@ -190,6 +234,7 @@ await journey("switch to French", async () => {
   check((await page.locator("html").getAttribute("dir")) === "rtl", "Arabic is right-to-left");
   await page.getByRole("link", { name: "قواعد المعرفة" }).click();
   await page.getByRole("heading", { level: 1, name: "قواعد المعرفة" }).waitFor();
+  await assertContrast("arabic");
   await shot("07-knowledge-bases-arabic-rtl");
   await page.getByLabel("اللغة").selectOption("fr");
   await page.getByRole("heading", { level: 1, name: "Bases de connaissances" }).waitFor();
@@ -219,6 +264,7 @@ await journey("create an API key", async () => {
   await row.waitFor();
   check(!(await row.innerText()).includes(value), "the list shows a prefix, never the secret");
   await assertLabelled("administration");
+  await assertContrast("administration");
   await shot("10-admin-api-key-once");
   // Shown once: leaving and coming back, it is gone, and the page never had it again.
   await page.getByRole("link", { name: "Workflows" }).click();
@@ -242,6 +288,7 @@ await journey("run a workflow", async () => {
   }
   await card.locator('h3[data-status="succeeded"]').waitFor(SLOW);
   check((await card.locator('li[data-agent="redaction"]').innerText()).includes("Rédige"), "the agents' outputs are shown");
+  await assertContrast("workflow");
   await shot("12-workflow-succeeded");
 });
 
