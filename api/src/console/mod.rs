@@ -61,3 +61,71 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
         body,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The console works offline: nothing in it points outside the origin it came from.
+    #[test]
+    fn the_assets_load_nothing_from_elsewhere() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("app.css", APP_CSS),
+        ] {
+            for outside in ["http://", "https://", "//cdn", "@import", "url("] {
+                assert!(
+                    !text.contains(outside),
+                    "{name} refers to {outside:?}: the console must not fetch from elsewhere"
+                );
+            }
+        }
+    }
+
+    /// The session token is kept in memory: the script never writes it to storage.
+    #[test]
+    fn the_token_is_never_stored() {
+        for stored in ["sessionStorage", "document.cookie"] {
+            assert!(!APP_JS.contains(stored), "app.js uses {stored}");
+        }
+        let local_storage_writes: Vec<&str> = APP_JS
+            .lines()
+            .filter(|line| line.contains("localStorage.setItem"))
+            .collect();
+        assert_eq!(
+            local_storage_writes,
+            ["  window.localStorage.setItem(\"iaf.console.lang\", lang);"],
+            "only the interface language is remembered"
+        );
+    }
+
+    /// Every string the interface shows exists in the three languages.
+    #[test]
+    fn every_language_has_every_string() {
+        let keys = |language: &str| -> std::collections::BTreeSet<String> {
+            let start = APP_JS
+                .find(&format!("\n  {language}: {{"))
+                .unwrap_or_else(|| panic!("no {language} strings"));
+            let block = &APP_JS[start..];
+            let block = &block[..block.find("\n  },").expect("the block ends")];
+            // Outside quotes at even indexes, inside at odd ones; a key is a quoted
+            // string followed by a colon.
+            let parts: Vec<&str> = block.split('"').collect();
+            (1..parts.len())
+                .step_by(2)
+                .filter(|&i| parts.get(i + 1).is_some_and(|next| next.starts_with(':')))
+                .map(|i| parts[i].to_owned())
+                .collect()
+        };
+        let english = keys("en");
+        assert!(english.len() > 100, "the English strings are found");
+        for language in ["fr", "ar"] {
+            assert_eq!(
+                keys(language),
+                english,
+                "{language} has the same strings as en"
+            );
+        }
+    }
+}
