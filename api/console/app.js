@@ -35,7 +35,7 @@ const STRINGS = {
     "wf.agents": "{count} agents", "wf.input": "Input for “{name}”", "wf.run": "Run", "wf.run.status": "Run {status}",
     "wf.output": "Output",
     "admin.title": "Administration", "users.title": "Users", "users.email": "E-mail address", "users.role": "Role",
-    "users.password": "Password (10 characters or more)", "users.add": "Add the user", "users.added": "User {email} added.",
+    "users.password": "Password (10 characters or more)", "users.add": "Add the user", "users.added": "User {email} added.", "users.remove": "Remove", "users.confirm": "Remove {email}? They can no longer sign in.",
     "role.user": "user", "role.tenant_admin": "tenant admin", "role.admin": "platform admin",
     "keys.title": "API keys", "keys.name": "Name", "keys.scopes": "Scopes", "keys.create": "Create the key",
     "keys.once": "Copy this secret now: it will not be shown again.", "keys.secret": "Secret of “{name}”",
@@ -90,7 +90,7 @@ const STRINGS = {
     "wf.run.status": "Exécution : {status}", "wf.output": "Résultat",
     "admin.title": "Administration", "users.title": "Utilisateurs", "users.email": "Adresse e-mail",
     "users.role": "Rôle", "users.password": "Mot de passe (10 caractères ou plus)", "users.add": "Ajouter l’utilisateur",
-    "users.added": "Utilisateur {email} ajouté.",
+    "users.added": "Utilisateur {email} ajouté.", "users.remove": "Retirer", "users.confirm": "Retirer {email} ? Cette personne ne pourra plus se connecter.",
     "role.user": "utilisateur", "role.tenant_admin": "administrateur", "role.admin": "administrateur de la plateforme",
     "keys.title": "Clés d’API", "keys.name": "Nom", "keys.scopes": "Droits", "keys.create": "Créer la clé",
     "keys.once": "Copiez ce secret maintenant : il ne sera plus jamais affiché.", "keys.secret": "Secret de « {name} »",
@@ -143,7 +143,7 @@ const STRINGS = {
     "wf.agents": "{count} وكلاء", "wf.input": "المدخل لـ«{name}»", "wf.run": "تشغيل", "wf.run.status": "التشغيل: {status}",
     "wf.output": "النتيجة",
     "admin.title": "الإدارة", "users.title": "المستخدمون", "users.email": "البريد الإلكتروني", "users.role": "الدور",
-    "users.password": "كلمة المرور (10 أحرف على الأقل)", "users.add": "إضافة المستخدم", "users.added": "أُضيف المستخدم {email}.",
+    "users.password": "كلمة المرور (10 أحرف على الأقل)", "users.add": "إضافة المستخدم", "users.added": "أُضيف المستخدم {email}.", "users.remove": "إزالة", "users.confirm": "إزالة {email}؟ لن يتمكن من تسجيل الدخول بعد الآن.",
     "role.user": "مستخدم", "role.tenant_admin": "مدير المؤسسة", "role.admin": "مدير المنصة",
     "keys.title": "مفاتيح الواجهة البرمجية", "keys.name": "الاسم", "keys.scopes": "الصلاحيات", "keys.create": "إنشاء المفتاح",
     "keys.once": "انسخ هذا السر الآن: لن يُعرض مرة أخرى.", "keys.secret": "سر «{name}»",
@@ -212,7 +212,12 @@ function badge(status) {
   return h("span", { class: `badge s-${status}`, "data-status": status }, t(`status.${status}`));
 }
 
-function notify(message, kind = "info") {
+// A notice lasts until the next page, or the one after when it announces the move
+// itself (carry: "created", then the new page opens).
+let carryNotice = false;
+
+function notify(message, kind = "info", carry = false) {
+  carryNotice = carry;
   const notice = document.getElementById("notice");
   notice.className = message ? kind : "";
   notice.setAttribute("role", kind === "error" ? "alert" : "status");
@@ -269,7 +274,7 @@ function expireSession() {
   if (location.hash !== "#/login") session.after = location.hash;
   session.token = null;
   session.me = null;
-  notify(t("err.session"), "error");
+  notify(t("err.session"), "error", true);
   location.hash = "#/login";
 }
 
@@ -366,6 +371,8 @@ const ROUTES = [
 ];
 
 async function route() {
+  if (carryNotice) carryNotice = false;
+  else notify("");
   leaveView();
   leaveView = () => {};
   const hash = location.hash || "#/kbs";
@@ -442,7 +449,7 @@ async function showKnowledgeBases() {
     error.hidden = true;
     try {
       const created = await api("POST", "/api/knowledge-bases", { name: name.value.trim(), description: description.value.trim() || undefined });
-      notify(t("kbs.created", { name: name.value.trim() }));
+      notify(t("kbs.created", { name: name.value.trim() }), "info", true);
       location.hash = `#/kbs/${created.id}`;
     } catch (failure) {
       error.textContent = describe(failure);
@@ -467,7 +474,7 @@ async function showKnowledgeBases() {
             if (!confirm(t("kbs.confirm", { name: kb.name }))) return;
             try {
               await api("DELETE", `/api/knowledge-bases/${kb.id}`);
-              notify(t("kbs.deleted", { name: kb.name }));
+              notify(t("kbs.deleted", { name: kb.name }), "info", true);
               route();
             } catch (failure) { notify(describe(failure), "error"); }
           } }, t("kbs.delete"))))))
@@ -543,7 +550,7 @@ async function showKnowledgeBase(id) {
     for (const file of files) {
       const bar = h("progress", { max: 100, value: 0, "aria-label": file.name });
       const state = h("span", { class: "state" }, t("upload.sending", { percent: 0 }));
-      const item = h("li", { "data-upload": file.name }, h("bdi", {}, file.name), state, bar);
+      const item = h("li", { "data-upload": file.name }, h("span", {}, h("bdi", {}, file.name)), state, bar);
       uploads.prepend(item);
       const form = new FormData();
       form.append("file", file, file.name);
@@ -801,14 +808,20 @@ async function showAdmin() {
   const usersCard = h("section", { class: "card", "aria-labelledby": "users-title" },
     h("h2", { id: "users-title" }, t("users.title")),
     h("div", { class: "table" }, h("table", {},
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("users.email")), h("th", { scope: "col" }, t("users.role")))),
-      h("tbody", {}, users.map((u) => h("tr", {}, h("td", {}, u.email), h("td", {}, t(`role.${u.role}`))))))),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("users.email")), h("th", { scope: "col" }, t("users.role")),
+        h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, t("users.remove"))))),
+      h("tbody", {}, users.map((u) => h("tr", { "data-user": u.email }, h("td", {}, u.email), h("td", {}, t(`role.${u.role}`)),
+        h("td", {}, u.id === session.me?.user?.id ? null : h("button", { type: "button", class: "danger",
+          "aria-label": `${t("users.remove")} ${u.email}`, onclick: async () => {
+            if (!confirm(t("users.confirm", { email: u.email }))) return;
+            try { await api("DELETE", `/api/users/${u.id}`); route(); } catch (failure) { notify(describe(failure), "error"); }
+          } }, t("users.remove")))))))),
     h("form", { onsubmit: async (event) => {
       event.preventDefault();
       userError.hidden = true;
       try {
         await api("POST", "/api/users", { email: email.value, password: password.value, role: role.value });
-        notify(t("users.added", { email: email.value }));
+        notify(t("users.added", { email: email.value }), "info", true);
         route();
       } catch (failure) { userError.textContent = describe(failure); userError.hidden = false; }
     } },

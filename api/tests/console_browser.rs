@@ -253,7 +253,9 @@ async fn the_console_journeys_pass_in_a_real_browser() {
         "switch to French",
         "another tenant's URL",
         "create an API key",
+        "revoke the API key and add a user",
         "run a workflow",
+        "delete a knowledge base",
         "phone width",
     ] {
         assert!(

@@ -274,6 +274,17 @@ await journey("create an API key", async () => {
   check(!(await page.content()).includes(value), "the secret is nowhere in the page");
 });
 
+await journey("revoke the API key and add a user", async () => {
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator('tr[data-key="intranet"]').getByRole("button", { name: "Révoquer" }).click();
+  await page.locator('tr[data-key="intranet"]').getByText("révoquée").waitFor();
+  await page.getByLabel("Adresse e-mail", { exact: true }).fill("agent@tlemcen.dz");
+  await page.getByLabel("Mot de passe (10 caractères ou plus)").fill("un mot de passe assez long");
+  await page.getByRole("button", { name: "Ajouter l’utilisateur" }).click();
+  await page.locator('tr[data-user="agent@tlemcen.dz"]').waitFor();
+  check((await page.locator('tr[data-user="agent@tlemcen.dz"]').innerText()).includes("utilisateur"), "the new user has the user role");
+});
+
 await journey("run a workflow", async () => {
   await page.getByRole("link", { name: "Workflows" }).click();
   const card = page.locator('form[data-workflow="synthese"]');
@@ -292,16 +303,37 @@ await journey("run a workflow", async () => {
   await shot("12-workflow-succeeded");
 });
 
+await journey("delete a knowledge base", async () => {
+  await page.getByRole("link", { name: "Bases de connaissances" }).click();
+  await page.getByLabel("Nom", { exact: true }).fill("brouillon");
+  await page.getByRole("button", { name: "Créer", exact: true }).click();
+  await page.getByRole("heading", { level: 1, name: "brouillon" }).waitFor();
+  await page.getByRole("link", { name: "Toutes les bases" }).click();
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator('li[data-kb="brouillon"]').getByRole("button", { name: "Supprimer" }).click();
+  await page.getByText("Base « brouillon » supprimée.").waitFor();
+  await page.locator('li[data-kb="brouillon"]').waitFor({ state: "detached" });
+  check((await page.locator('li[data-kb="reglements"]').count()) === 1, "the other knowledge base stays");
+});
+
 await journey("phone width", async () => {
   await page.setViewportSize({ width: 390, height: 844 });
-  for (const [hash, name] of [["#/kbs", "13-phone-knowledge-bases"], ["#/chat", "14-phone-chat"], ["#/admin", "15-phone-admin"]]) {
+  for (const [hash, heading, name] of [["#/kbs", "Bases de connaissances", "13-phone-knowledge-bases"],
+    ["#/chat", "Interroger vos documents", "14-phone-chat"], ["#/admin", "Clés d’API", "15-phone-admin"]]) {
     await page.evaluate((hash) => { location.hash = hash; }, hash);
-    await page.locator("main h1").waitFor();
-    await page.waitForLoadState("networkidle");
+    await page.getByRole("heading", { name: heading }).waitFor();
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     check(overflow <= 0, `${hash}: the page is ${overflow}px wider than the phone`);
     await shot(name);
   }
+  await page.getByLabel("Langue").selectOption("ar");
+  await page.getByRole("heading", { level: 1, name: "الإدارة" }).waitFor();
+  await page.evaluate(() => { location.hash = "#/chat"; });
+  await page.getByRole("heading", { level: 1, name: "اسأل وثائقك" }).waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `Arabic chat: the page is ${overflow}px wider than the phone`);
+  await assertContrast("phone, Arabic");
+  await shot("16-phone-chat-arabic");
 });
 
 check(problems.length === 0, problems.join("\n"));
