@@ -48,7 +48,7 @@ const STRINGS = {
     "err.network": "Network error: the server could not be reached. Check your connection and try again.",
     "err.interrupted": "The answer was interrupted by a network error. Try again.",
     "err.not_found": "Not found: this page does not exist, or it is not in your organisation.",
-    "err.payload_too_large": "{name}: the file is too large.",
+    "err.payload_too_large": "{name}: the file is too large (the limit is {limit}).",
     "err.unsupported_media_type": "{name}: this type of file is not supported.",
     "err.forbidden": "You are not allowed to do this.", "err.conflict": "This name is already taken.",
     "err.rate_limited": "Too many requests: wait a moment, then try again.",
@@ -103,7 +103,7 @@ const STRINGS = {
     "err.network": "Erreur réseau : le serveur est injoignable. Vérifiez la connexion et réessayez.",
     "err.interrupted": "La réponse a été interrompue par une erreur réseau. Réessayez.",
     "err.not_found": "Introuvable : cette page n’existe pas ou n’appartient pas à votre organisation.",
-    "err.payload_too_large": "{name} : le fichier est trop volumineux.",
+    "err.payload_too_large": "{name} : le fichier est trop volumineux (limite : {limit}).",
     "err.unsupported_media_type": "{name} : ce type de fichier n’est pas pris en charge.",
     "err.forbidden": "Vous n’avez pas le droit de faire cela.", "err.conflict": "Ce nom est déjà pris.",
     "err.rate_limited": "Trop de requêtes : patientez un instant, puis réessayez.",
@@ -156,7 +156,7 @@ const STRINGS = {
     "err.network": "خطأ في الشبكة: تعذر الوصول إلى الخادم. تحقق من الاتصال وأعد المحاولة.",
     "err.interrupted": "انقطعت الإجابة بسبب خطأ في الشبكة. أعد المحاولة.",
     "err.not_found": "غير موجود: هذه الصفحة غير موجودة أو لا تتبع مؤسستك.",
-    "err.payload_too_large": "{name}: الملف كبير جدًا.",
+    "err.payload_too_large": "{name}: الملف كبير جدًا (الحد الأقصى {limit}).",
     "err.unsupported_media_type": "{name}: هذا النوع من الملفات غير مدعوم.",
     "err.forbidden": "لا تملك صلاحية القيام بهذا.", "err.conflict": "هذا الاسم مستخدم من قبل.",
     "err.rate_limited": "طلبات كثيرة جدًا: انتظر قليلًا ثم أعد المحاولة.",
@@ -547,11 +547,19 @@ async function showKnowledgeBase(id) {
   }
 
   function sendFiles(files) {
+    const limit = Number(document.body.dataset.maxUploadBytes) || Infinity;
     for (const file of files) {
       const bar = h("progress", { max: 100, value: 0, "aria-label": file.name });
       const state = h("span", { class: "state" }, t("upload.sending", { percent: 0 }));
       const item = h("li", { "data-upload": file.name }, h("span", {}, h("bdi", {}, file.name)), state, bar);
       uploads.prepend(item);
+      if (file.size > limit) {
+        bar.remove();
+        state.replaceChildren(h("span", { class: "error-text", role: "alert" },
+          describe(new ApiFailure(413, "payload_too_large", ""), { name: file.name, limit: formatSize(limit) })));
+        item.dataset.result = "failed";
+        continue;
+      }
       const form = new FormData();
       form.append("file", file, file.name);
       // XMLHttpRequest, not fetch: only it reports upload progress.
@@ -577,7 +585,8 @@ async function showKnowledgeBase(id) {
           const error = payload?.error || {};
           const failure = new ApiFailure(request.status, error.code || `http_${request.status}`, error.message || "");
           if (request.status === 401) { expireSession(); return; }
-          state.replaceChildren(h("span", { class: "error-text", role: "alert" }, describe(failure, { name: file.name })));
+          state.replaceChildren(h("span", { class: "error-text", role: "alert" },
+            describe(failure, { name: file.name, limit: formatSize(Number.isFinite(limit) ? limit : file.size) })));
           item.dataset.result = "failed";
         }
       };

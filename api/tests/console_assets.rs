@@ -50,6 +50,15 @@ async fn the_console_is_served_with_a_strict_content_security_policy() {
             "{path} is the console's file"
         );
     }
+    let page = get(&app, "/").await;
+    let limit = format!(
+        "data-max-upload-bytes=\"{}\"",
+        app.state.config.max_upload_bytes
+    );
+    assert!(
+        page.body.as_str().unwrap().contains(&limit),
+        "the page carries the upload limit ({limit})"
+    );
     // The API around it is unchanged: an unknown path is still a JSON 404.
     let unknown = app
         .request(Method::GET, "/console/nothing.js", Auth::None, None)

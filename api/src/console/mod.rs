@@ -2,11 +2,14 @@
 //! binary and served at `/`. The page calls the JSON API like any other client; see
 //! docs/console.md for why it has no framework and no build step.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::config::Config;
 use crate::state::AppState;
 
 const INDEX_HTML: &str = include_str!("../../console/index.html");
@@ -17,13 +20,24 @@ const APP_CSS: &str = include_str!("../../console/app.css");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// Where the page learns this API's settings: the upload limit, so that a file over it is
+/// refused before its bytes are sent (the API checks it again).
+const SETTINGS_PLACEHOLDER: &str = "data-max-upload-bytes=\"0\"";
+
 /// The console's routes, merged into the API's router. They are outside the rate-limited
 /// `/api` group: loading the page must not use up the calls it is about to make.
-pub fn routes() -> Router<AppState> {
+pub fn routes(config: &Config) -> Router<AppState> {
+    let index: Arc<str> = INDEX_HTML
+        .replacen(
+            SETTINGS_PLACEHOLDER,
+            &format!("data-max-upload-bytes=\"{}\"", config.max_upload_bytes),
+            1,
+        )
+        .into();
     Router::new()
         .route(
             "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+            get(move || async move { asset("text/html; charset=utf-8", index.to_string()) }),
         )
         .route(
             "/console/app.js",
@@ -35,7 +49,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+fn asset(content_type: &'static str, body: impl Into<String>) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
@@ -58,7 +72,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
                 HeaderValue::from_static("same-origin"),
             ),
         ],
-        body,
+        body.into(),
     )
 }
 
@@ -81,6 +95,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_page_carries_the_upload_limit() {
+        assert_eq!(INDEX_HTML.matches(SETTINGS_PLACEHOLDER).count(), 1);
     }
 
     /// The session token is kept in memory: the script never writes it to storage.
