@@ -219,6 +219,17 @@ await journey("network error during an answer", async () => {
   await alert.waitFor(SLOW);
   check((await alert.innerText()) === "The answer was interrupted by a network error. Try again.", `the message was: ${await alert.innerText()}`);
   await page.unroute("**/api/query");
+  // Cut off mid-answer: a first token arrives, then the stream ends without its "done".
+  await page.route("**/api/query", (route) => route.fulfill({
+    status: 200, contentType: "text/event-stream", body: "event: token\ndata: La session de rattrapage\n\n",
+  }));
+  await page.getByRole("button", { name: "Ask", exact: true }).click();
+  const cut = page.locator("article.turn").first();
+  await cut.locator(".alert.error").waitFor(SLOW);
+  check((await cut.locator(".alert.error").innerText()) === "The answer was interrupted by a network error. Try again.",
+    `the message was: ${await cut.locator(".alert.error").innerText()}`);
+  check((await cut.locator(".answer").innerText()) === "La session de rattrapage", "the part received stays on screen");
+  await page.unroute("**/api/query");
   await shot("06-chat-network-error");
 });
 
