@@ -256,6 +256,7 @@ async fn the_console_journeys_pass_in_a_real_browser() {
         "revoke the API key and add a user",
         "run a workflow",
         "delete a knowledge base",
+        "an expired session",
         "phone width",
     ] {
         assert!(

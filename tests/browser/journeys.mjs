@@ -344,6 +344,23 @@ await journey("delete a knowledge base", async () => {
   check((await page.locator('li[data-kb="reglements"]').count()) === 1, "the other knowledge base stays");
 });
 
+await journey("an expired session", async () => {
+  // The API refuses the token (as it does once the JWT expires): back to the sign-in
+  // form, told why, and back to the same page after signing in again.
+  await page.route("**/api/workflows?*", (route) => route.fulfill({
+    status: 401, contentType: "application/json",
+    body: JSON.stringify({ status: "error", error: { code: "unauthorized", message: "the token has expired" } }),
+  }));
+  await page.getByRole("link", { name: "Workflows" }).click();
+  await page.getByRole("heading", { level: 1, name: "Connexion à IAFactory" }).waitFor();
+  check((await text("#notice")) === "Votre session a pris fin : reconnectez-vous.", `the message was: ${await text("#notice")}`);
+  await page.unroute("**/api/workflows?*");
+  await page.getByLabel("Adresse e-mail").fill(env("CONSOLE_EMAIL"));
+  await page.getByLabel("Mot de passe").fill(env("CONSOLE_PASSWORD"));
+  await page.getByRole("button", { name: "Se connecter" }).click();
+  await page.locator('form[data-workflow="synthese"]').waitFor();
+});
+
 await journey("phone width", async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   for (const [hash, heading, name] of [["#/kbs", "Bases de connaissances", "13-phone-knowledge-bases"],
