@@ -134,6 +134,7 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         .merge(limited)
         .merge(internal)
         .merge(operations)
+        .merge(crate::console::routes(&state.config))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -4,10 +4,12 @@
 //! - [`auth`]: passwords, JWTs, API keys; [`ratelimit`], [`usage`]: limits and logs.
 //! - [`db`]: the pool and the tenant-scoped transactions under row-level security.
 //! - [`rag`]: documents, retrieval and answers; [`workflows`]: multi-agent workflows.
+//! - [`console`]: the web console served at `/`.
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod http;
