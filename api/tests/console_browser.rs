@@ -183,10 +183,8 @@ async fn the_console_journeys_pass_in_a_real_browser() {
         llm_base_url: Some(slow_agent_model().await),
         workflow_scheduler_tick_seconds: 0,
         max_upload_bytes: MAX_UPLOAD_BYTES,
-        // One worker: two workers racing on a new knowledge base's first documents hit
-        // "duplicate key value violates unique constraint pg_class_relname_nsp_index" in
-        // the pgvector store's ensure_collection (a RAG bug, reported, not the console's).
-        ingestion_workers: 1,
+        // Two workers: the two uploads are ingested at once, into a new knowledge base.
+        ingestion_workers: 2,
         rate_limit: iafactory_api::config::RateLimitConfig {
             per_ip_per_minute: 100_000,
             per_ip_per_hour: 1_000_000,
