@@ -3,3 +3,5 @@
 //! The binary `iafactory` is a thin clap front over these modules.
 
 pub mod cli;
+pub mod certs;
+pub mod gateway;
