@@ -75,9 +75,18 @@ impl LocalCa {
         let key = KeyPair::generate().map_err(rcgen_err("generate its key"))?;
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "IAFactory appliance local CA");
+        // Unique per CA, so a client that trusts another appliance's CA reports an
+        // unknown issuer rather than trying (and failing) that CA's signature.
+        let key_id: String = params
+            .key_identifier(&key)
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("IAFactory appliance local CA {key_id}"),
+        );
         params
             .distinguished_name
             .push(DnType::OrganizationName, "IAFactory");
