@@ -13,7 +13,10 @@ use iafactory_appliance::gateway::{Gateway, GatewayError, RouteTable, Upstream};
 #[tokio::test]
 async fn each_tenant_reaches_only_its_own_upstream() {
     let dir = tempfile::tempdir().unwrap();
-    let (alpha, beta) = (TestUpstream::start("alpha").await, TestUpstream::start("beta").await);
+    let (alpha, beta) = (
+        TestUpstream::start("alpha").await,
+        TestUpstream::start("beta").await,
+    );
     let gw = TestGateway::start(
         dir.path(),
         &[("alpha", alpha.upstream()), ("beta", beta.upstream())],
@@ -22,7 +25,11 @@ async fn each_tenant_reaches_only_its_own_upstream() {
     let client = gw.client(&["alpha", "beta"]);
 
     for (tenant, expected) in [("alpha", "alpha"), ("beta", "beta"), ("alpha", "alpha")] {
-        let response = client.get(gw.url(tenant, "/v1/ask?q=1")).send().await.unwrap();
+        let response = client
+            .get(gw.url(tenant, "/v1/ask?q=1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         let echo: serde_json::Value = response.json().await.unwrap();
         assert_eq!(echo["upstream"], expected);
@@ -49,7 +56,8 @@ async fn each_tenant_reaches_only_its_own_upstream() {
 
     let metrics = gw.metrics_text();
     assert!(
-        metrics.contains(r#"iafactory_appliance_gateway_requests_total{tenant="alpha",code="200"} 2"#),
+        metrics
+            .contains(r#"iafactory_appliance_gateway_requests_total{tenant="alpha",code="200"} 2"#),
         "{metrics}"
     );
     gw.gateway.shutdown().await;
@@ -58,7 +66,10 @@ async fn each_tenant_reaches_only_its_own_upstream() {
 #[tokio::test]
 async fn a_connection_opened_for_one_tenant_never_carries_requests_to_another() {
     let dir = tempfile::tempdir().unwrap();
-    let (alpha, beta) = (TestUpstream::start("alpha").await, TestUpstream::start("beta").await);
+    let (alpha, beta) = (
+        TestUpstream::start("alpha").await,
+        TestUpstream::start("beta").await,
+    );
     let gw = TestGateway::start(
         dir.path(),
         &[("alpha", alpha.upstream()), ("beta", beta.upstream())],
@@ -67,14 +78,28 @@ async fn a_connection_opened_for_one_tenant_never_carries_requests_to_another() 
     let addr = gw.gateway.https_addr();
 
     // TLS for beta, then a request that claims to be for alpha, and the other way round.
-    let mut on_beta = http1(tls_connect(&gw.ca_pem, "beta.example.test", addr).await.unwrap()).await;
+    let mut on_beta = http1(
+        tls_connect(&gw.ca_pem, "beta.example.test", addr)
+            .await
+            .unwrap(),
+    )
+    .await;
     let (status, body) = get_on(&mut on_beta, "alpha.example.test", "/secret").await;
     assert_eq!(status, 421, "{body}");
     assert!(body.contains("opened for beta.example.test"), "{body}");
-    let mut on_alpha = http1(tls_connect(&gw.ca_pem, "alpha.example.test", addr).await.unwrap()).await;
+    let mut on_alpha = http1(
+        tls_connect(&gw.ca_pem, "alpha.example.test", addr)
+            .await
+            .unwrap(),
+    )
+    .await;
     let (status, _) = get_on(&mut on_alpha, "beta.example.test", "/secret").await;
     assert_eq!(status, 421);
-    assert_eq!((alpha.hits(), beta.hits()), (0, 0), "a misdirected request reached an upstream");
+    assert_eq!(
+        (alpha.hits(), beta.hits()),
+        (0, 0),
+        "a misdirected request reached an upstream"
+    );
 
     // The same connections still serve their own tenant.
     let (status, body) = get_on(&mut on_beta, "beta.example.test", "/").await;
@@ -105,28 +130,53 @@ async fn unknown_names_and_dead_upstreams_get_clear_answers() {
 
     // No certificate for this name: rustls refuses the handshake with a fatal alert,
     // and nothing is proxied.
-    let err = tls_connect(&gw.ca_pem, "gamma.example.test", addr).await.unwrap_err();
+    let err = tls_connect(&gw.ca_pem, "gamma.example.test", addr)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("fatal alert"), "{err}");
     assert_eq!(alpha.hits(), 0);
     // The server counts the failure just after sending the alert.
-    wait_for(Duration::from_secs(30), "the handshake failure to be counted", || async {
-        gw.metrics_text()
-            .contains("iafactory_appliance_gateway_tls_handshake_failures_total 1")
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the handshake failure to be counted",
+        || async {
+            gw.metrics_text()
+                .contains("iafactory_appliance_gateway_tls_handshake_failures_total 1")
+        },
+    )
     .await;
 
-    let response = gw.client(&["down"]).get(gw.url("down", "/")).send().await.unwrap();
+    let response = gw
+        .client(&["down"])
+        .get(gw.url("down", "/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     let body = response.text().await.unwrap();
-    assert!(body.contains(r#"tenant "down""#) && body.contains("unreachable"), "{body}");
+    assert!(
+        body.contains(r#"tenant "down""#) && body.contains("unreachable"),
+        "{body}"
+    );
     assert!(body.contains(&dead.to_string()), "{body}");
 
     // A tenant removed from the routes while its certificate is still served: 404.
     gw.routes
         .replace(RouteTable::new(DOMAIN).with_tenant("alpha", alpha.upstream()));
-    let response = gw.client(&["down"]).get(gw.url("down", "/")).send().await.unwrap();
+    let response = gw
+        .client(&["down"])
+        .get(gw.url("down", "/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
-    assert!(response.text().await.unwrap().contains(r#"no tenant "down""#));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"no tenant "down""#)
+    );
     gw.gateway.shutdown().await;
 }
 
@@ -135,7 +185,12 @@ async fn server_sent_events_pass_through_as_they_are_produced() {
     let dir = tempfile::tempdir().unwrap();
     let alpha = TestUpstream::start("alpha").await;
     let gw = TestGateway::start(dir.path(), &[("alpha", alpha.upstream())]).await;
-    let response = gw.client(&["alpha"]).get(gw.url("alpha", "/sse")).send().await.unwrap();
+    let response = gw
+        .client(&["alpha"])
+        .get(gw.url("alpha", "/sse"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut stream = response.bytes_stream();
@@ -195,7 +250,11 @@ async fn plain_http_answers_acme_challenges_and_redirects_the_rest() {
     assert_eq!(response.status(), 308);
     assert_eq!(
         response.headers()["location"],
-        format!("https://alpha.example.test:{}/v1/ask?lang=ar", gw.gateway.https_addr().port()).as_str()
+        format!(
+            "https://alpha.example.test:{}/v1/ask?lang=ar",
+            gw.gateway.https_addr().port()
+        )
+        .as_str()
     );
     assert_eq!(alpha.hits(), 0, "plain HTTP must never reach a tenant");
     gw.gateway.shutdown().await;
@@ -220,7 +279,10 @@ async fn a_renewed_certificate_reaches_new_handshakes_and_spares_open_connection
     gw.manager.store().save(host, &chain, &key).unwrap();
     let outcome = gw.manager.ensure(host).await.unwrap();
     assert!(
-        matches!(outcome, iafactory_appliance::certs::CertOutcome::Issued { .. }),
+        matches!(
+            outcome,
+            iafactory_appliance::certs::CertOutcome::Issued { .. }
+        ),
         "{outcome:?}"
     );
 
@@ -253,5 +315,8 @@ async fn a_taken_port_is_a_clear_error() {
     .unwrap_err();
     assert!(matches!(err, GatewayError::Bind { .. }), "{err:?}");
     let message = err.to_string();
-    assert!(message.contains(&address.to_string()) && message.contains("HTTP"), "{message}");
+    assert!(
+        message.contains(&address.to_string()) && message.contains("HTTP"),
+        "{message}"
+    );
 }

@@ -186,12 +186,13 @@ impl AcmeIssuer {
                     });
                 }
             }
-            let mut challenge = authorization
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| CertError::AcmeRefused {
-                    host: host.to_owned(),
-                    detail: "the server offers no http-01 challenge".to_owned(),
-                })?;
+            let mut challenge =
+                authorization
+                    .challenge(ChallengeType::Http01)
+                    .ok_or_else(|| CertError::AcmeRefused {
+                        host: host.to_owned(),
+                        detail: "the server offers no http-01 challenge".to_owned(),
+                    })?;
             let token = challenge.token.clone();
             self.challenges
                 .insert(token.clone(), challenge.key_authorization().as_str());
@@ -202,10 +203,15 @@ impl AcmeIssuer {
             .initial_delay(Duration::from_millis(250))
             .backoff(1.5)
             .timeout(self.settings.order_timeout);
+        let reachability =
+            format!("check that {host} resolves to this box and that port 80 reaches the gateway");
         let status = order
             .poll_ready(&retries)
             .await
-            .map_err(acme("validation"))?;
+            .map_err(|err| CertError::AcmeRefused {
+                host: host.to_owned(),
+                detail: format!("validation failed: {err}; {reachability}"),
+            })?;
         if status != OrderStatus::Ready {
             let problem = order
                 .state()
@@ -215,9 +221,7 @@ impl AcmeIssuer {
                 .unwrap_or_else(|| "no detail given".to_owned());
             return Err(CertError::AcmeRefused {
                 host: host.to_owned(),
-                detail: format!(
-                    "order is {status:?} ({problem}); check that {host} resolves to this box and that port 80 reaches the gateway"
-                ),
+                detail: format!("order is {status:?} ({problem}); {reachability}"),
             });
         }
         drop(published);

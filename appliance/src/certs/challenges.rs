@@ -28,6 +28,14 @@ impl ChallengeStore {
             .cloned()
     }
 
+    /// True when no challenge is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.responses
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty()
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, String>> {
         self.responses
             .write()

@@ -122,8 +122,8 @@ impl LocalCa {
         let rcgen_err = |action| move |source| CertError::LocalCa { action, source };
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
             .map_err(rcgen_err("read its certificate"))?;
-        let mut params = CertificateParams::new(vec![host.clone()])
-            .map_err(rcgen_err("use the host name"))?;
+        let mut params =
+            CertificateParams::new(vec![host.clone()]).map_err(rcgen_err("use the host name"))?;
         params.distinguished_name.push(DnType::CommonName, host);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

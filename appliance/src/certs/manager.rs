@@ -95,9 +95,11 @@ impl CertManager {
     ) -> Result<Self, CertError> {
         let store = CertStore::open(&settings.dir)?;
         let issuer = match settings.source {
-            CertSource::Acme(acme) => {
-                Issuer::Acme(AcmeIssuer::new(acme, &settings.dir.join("acme"), challenges)?)
-            }
+            CertSource::Acme(acme) => Issuer::Acme(AcmeIssuer::new(
+                acme,
+                &settings.dir.join("acme"),
+                challenges,
+            )?),
             CertSource::LocalCa => {
                 Issuer::LocalCa(LocalCa::load_or_create(&settings.dir.join("local-ca"))?)
             }
@@ -153,12 +155,21 @@ impl CertManager {
             let parsed = load_provided(chain, key, &host)?;
             self.serve(&host, &parsed);
             return Ok(
-                match renewal_decision(Some(parsed.not_after), SystemTime::now(), self.renew_before) {
+                match renewal_decision(Some(parsed.not_after), SystemTime::now(), self.renew_before)
+                {
                     RenewalDecision::Renew { remaining } => {
-                        tracing::warn!(host, days_left = remaining.as_secs() / 86_400, "the provided certificate expires soon; replace its files");
-                        CertOutcome::ProvidedExpiring { not_after: parsed.not_after }
+                        tracing::warn!(
+                            host,
+                            days_left = remaining.as_secs() / 86_400,
+                            "the provided certificate expires soon; replace its files"
+                        );
+                        CertOutcome::ProvidedExpiring {
+                            not_after: parsed.not_after,
+                        }
                     }
-                    _ => CertOutcome::Kept { not_after: parsed.not_after },
+                    _ => CertOutcome::Kept {
+                        not_after: parsed.not_after,
+                    },
                 },
             );
         }
@@ -192,7 +203,11 @@ impl CertManager {
         };
         let parsed = self.store.save(&host, &chain_pem, &key_pem)?;
         self.serve(&host, &parsed);
-        tracing::info!(host, not_after = parsed.not_after_unix(), "certificate installed");
+        tracing::info!(
+            host,
+            not_after = parsed.not_after_unix(),
+            "certificate installed"
+        );
         Ok(CertOutcome::Issued {
             not_after: parsed.not_after,
             replaced_malformed,
@@ -200,7 +215,10 @@ impl CertManager {
     }
 
     /// [`Self::ensure`] for each host in turn; one host's failure does not stop the others.
-    pub async fn ensure_all(&self, hosts: &[String]) -> Vec<(String, Result<CertOutcome, CertError>)> {
+    pub async fn ensure_all(
+        &self,
+        hosts: &[String],
+    ) -> Vec<(String, Result<CertOutcome, CertError>)> {
         let mut outcomes = Vec::with_capacity(hosts.len());
         for host in hosts {
             outcomes.push((host.clone(), self.ensure(host).await));

@@ -76,9 +76,11 @@ pub fn parse_certificate(
     let signing_key = any_supported_type(&key)
         .map_err(|err| malformed(format!("unsupported private key: {err}")))?;
     let certified_key = CertifiedKey::new(chain, signing_key);
-    certified_key
-        .keys_match()
-        .map_err(|err| malformed(format!("the private key does not match the certificate: {err}")))?;
+    certified_key.keys_match().map_err(|err| {
+        malformed(format!(
+            "the private key does not match the certificate: {err}"
+        ))
+    })?;
     Ok(ParsedCertificate {
         certified_key: Arc::new(certified_key),
         names,
@@ -151,7 +153,8 @@ mod tests {
                 "not valid X.509",
             ),
         ] {
-            let err = parse_certificate(chain.as_bytes(), key.as_bytes(), Path::new("f")).unwrap_err();
+            let err =
+                parse_certificate(chain.as_bytes(), key.as_bytes(), Path::new("f")).unwrap_err();
             assert!(err.to_string().contains(expected), "{expected}: {err}");
         }
         let (chain, _) = self_signed(&["alpha.example.dz"]);

@@ -104,7 +104,9 @@ pub enum CertError {
     },
     #[error("the ACME server refused the certificate for {host}: {detail}")]
     AcmeRefused { host: String, detail: String },
-    #[error("ACME account file {path} is unreadable: {reason}; remove it to register a new account")]
+    #[error(
+        "ACME account file {path} is unreadable: {reason}; remove it to register a new account"
+    )]
     AcmeAccount { path: PathBuf, reason: String },
     #[error("the local CA could not {action}: {source}")]
     LocalCa {
@@ -141,8 +143,18 @@ mod tests {
 
     #[test]
     fn host_names_are_checked_and_lowered() {
-        assert_eq!(checked_host("Alpha.Example.DZ.").unwrap(), "alpha.example.dz");
-        for bad in ["../etc/passwd", "a/b.example.dz", "*.example.dz", "localhost", "", "a..b"] {
+        assert_eq!(
+            checked_host("Alpha.Example.DZ.").unwrap(),
+            "alpha.example.dz"
+        );
+        for bad in [
+            "../etc/passwd",
+            "a/b.example.dz",
+            "*.example.dz",
+            "localhost",
+            "",
+            "a..b",
+        ] {
             assert!(
                 matches!(checked_host(bad), Err(CertError::InvalidHost { .. })),
                 "{bad:?} accepted"

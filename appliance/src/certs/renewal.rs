@@ -45,19 +45,27 @@ mod tests {
         assert_eq!(renewal_decision(None, now, window), RenewalDecision::Obtain);
         assert_eq!(
             renewal_decision(Some(now + 31 * DAY), now, window),
-            RenewalDecision::Keep { renew_at: now + DAY }
+            RenewalDecision::Keep {
+                renew_at: now + DAY
+            }
         );
         assert_eq!(
             renewal_decision(Some(now + 30 * DAY), now, window),
-            RenewalDecision::Renew { remaining: 30 * DAY }
+            RenewalDecision::Renew {
+                remaining: 30 * DAY
+            }
         );
         assert_eq!(
             renewal_decision(Some(now + 29 * DAY), now, window),
-            RenewalDecision::Renew { remaining: 29 * DAY }
+            RenewalDecision::Renew {
+                remaining: 29 * DAY
+            }
         );
         assert_eq!(
             renewal_decision(Some(now - DAY), now, window),
-            RenewalDecision::Renew { remaining: Duration::ZERO }
+            RenewalDecision::Renew {
+                remaining: Duration::ZERO
+            }
         );
         // One second more than the window is still kept.
         assert!(matches!(

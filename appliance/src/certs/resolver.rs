@@ -61,12 +61,17 @@ impl CertResolver {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let Some(server_name) = client_hello.server_name() else {
-            tracing::debug!("TLS handshake without SNI refused: the gateway serves host names only");
+            tracing::debug!(
+                "TLS handshake without SNI refused: the gateway serves host names only"
+            );
             return None;
         };
         let found = self.lookup(server_name);
         if found.is_none() {
-            tracing::debug!(server_name, "TLS handshake refused: no certificate for this name");
+            tracing::debug!(
+                server_name,
+                "TLS handshake refused: no certificate for this name"
+            );
         }
         found
     }

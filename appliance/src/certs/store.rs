@@ -34,7 +34,10 @@ impl CertStore {
 
     /// Where `host`'s key and chain are kept.
     pub fn host_path(&self, host: &str) -> Result<PathBuf, CertError> {
-        Ok(self.dir.join("hosts").join(format!("{}.pem", checked_host(host)?)))
+        Ok(self
+            .dir
+            .join("hosts")
+            .join(format!("{}.pem", checked_host(host)?)))
     }
 
     /// The stored certificate for `host`: `Ok(None)` when there is none, an error naming

@@ -74,12 +74,11 @@ impl GatewayMetrics {
 }
 
 pub(super) fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, GatewayError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -193,7 +192,10 @@ async fn forward(
         });
     let Some(host) = host else {
         state.metrics.count("", StatusCode::BAD_REQUEST);
-        return plain(StatusCode::BAD_REQUEST, "the request names no host".to_owned());
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the request names no host".to_owned(),
+        );
     };
     let host_name = normalise_host(&host);
     if sni != Some(host_name.as_str()) {
@@ -234,7 +236,10 @@ async fn forward(
         Ok(uri) => uri,
         Err(err) => {
             state.metrics.count(tenant, StatusCode::BAD_REQUEST);
-            return plain(StatusCode::BAD_REQUEST, format!("unusable request path: {err}"));
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("unusable request path: {err}"),
+            );
         }
     };
     parts.version = Version::HTTP_11;
@@ -264,7 +269,9 @@ async fn forward(
             tracing::warn!(tenant, %upstream, error = %reason, "upstream request failed");
             state.metrics.count(tenant, StatusCode::BAD_GATEWAY);
             let message = if err.is_connect() {
-                format!("tenant {tenant:?}: its API at {upstream} is unreachable ({reason}); check that the tenant is running (iafactory status {tenant})")
+                format!(
+                    "tenant {tenant:?}: its API at {upstream} is unreachable ({reason}); check that the tenant is running (iafactory status {tenant})"
+                )
             } else {
                 format!("tenant {tenant:?}: its API at {upstream} failed to answer ({reason})")
             };

@@ -55,10 +55,9 @@ pub enum RouteMiss {
 impl std::fmt::Display for RouteMiss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::ForeignHost { host, domain } => write!(
-                f,
-                "this gateway serves <tenant>.{domain}, not {host:?}"
-            ),
+            Self::ForeignHost { host, domain } => {
+                write!(f, "this gateway serves <tenant>.{domain}, not {host:?}")
+            }
             Self::UnknownTenant { tenant } => write!(f, "no tenant {tenant:?} on this appliance"),
         }
     }
@@ -174,9 +173,15 @@ mod tests {
     fn routes_by_tenant_label() {
         let table = table();
         let (tenant, upstream) = table.route("alpha.example.dz").unwrap();
-        assert_eq!((tenant, upstream.to_string().as_str()), ("alpha", "10.0.0.2:8080"));
+        assert_eq!(
+            (tenant, upstream.to_string().as_str()),
+            ("alpha", "10.0.0.2:8080")
+        );
         let (tenant, upstream) = table.route("BETA.example.dz.:8443").unwrap();
-        assert_eq!((tenant, upstream.to_string().as_str()), ("beta", "iaf-beta-api:8080"));
+        assert_eq!(
+            (tenant, upstream.to_string().as_str()),
+            ("beta", "iaf-beta-api:8080")
+        );
         assert_eq!(table.hostnames(), ["alpha.example.dz", "beta.example.dz"]);
     }
 
@@ -185,9 +190,18 @@ mod tests {
         let table = table();
         assert_eq!(
             table.route("gamma.example.dz"),
-            Err(RouteMiss::UnknownTenant { tenant: "gamma".into() })
+            Err(RouteMiss::UnknownTenant {
+                tenant: "gamma".into()
+            })
         );
-        for foreign in ["example.dz", "alpha.example.com", "x.alpha.example.dz", "evilexample.dz", "alphaexample.dz", ".example.dz"] {
+        for foreign in [
+            "example.dz",
+            "alpha.example.com",
+            "x.alpha.example.dz",
+            "evilexample.dz",
+            "alphaexample.dz",
+            ".example.dz",
+        ] {
             assert!(
                 matches!(table.route(foreign), Err(RouteMiss::ForeignHost { .. })),
                 "{foreign} routed"

@@ -90,7 +90,12 @@ async fn echo(
     uri: Uri,
 ) -> Json<serde_json::Value> {
     state.hits.fetch_add(1, Ordering::SeqCst);
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     Json(serde_json::json!({
         "upstream": state.name,
         "path": uri.to_string(),
@@ -257,7 +262,9 @@ pub async fn tls_connect(
 
 /// The leaf certificate the server presented on this connection.
 pub fn peer_leaf(tls: &TlsStream<tokio::net::TcpStream>) -> CertificateDer<'static> {
-    tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
 }
 
 /// An HTTP/1.1 connection over `tls`, kept open for several requests.
