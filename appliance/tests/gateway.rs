@@ -110,6 +110,61 @@ async fn a_connection_opened_for_one_tenant_never_carries_requests_to_another() 
 }
 
 #[tokio::test]
+async fn http2_clients_are_routed_by_authority_and_held_to_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alpha, beta) = (
+        TestUpstream::start("alpha").await,
+        TestUpstream::start("beta").await,
+    );
+    let gw = TestGateway::start(
+        dir.path(),
+        &[("alpha", alpha.upstream()), ("beta", beta.upstream())],
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.gateway.https_addr())
+        .await
+        .unwrap();
+    let tls = tls_connector_with_alpn(&gw.ca_pem, vec![b"h2".to_vec()])
+        .connect("alpha.example.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let get = |uri: &str| {
+        http::Request::get(uri)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let response = sender
+        .send_request(get("https://alpha.example.test/v1/h2"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["upstream"], "alpha");
+    assert_eq!(echo["host"], "alpha.example.test");
+    assert_eq!(echo["path"], "/v1/h2");
+
+    let response = sender
+        .send_request(get("https://beta.example.test/v1/h2"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 421);
+    assert_eq!((alpha.hits(), beta.hits()), (1, 0));
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn unknown_names_and_dead_upstreams_get_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
     let alpha = TestUpstream::start("alpha").await;

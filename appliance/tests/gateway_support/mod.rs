@@ -234,6 +234,10 @@ pub fn https_client(root_pem: &str, tenants: &[&str], gateway: SocketAddr) -> re
 }
 
 pub fn tls_connector(root_pem: &str) -> TlsConnector {
+    tls_connector_with_alpn(root_pem, Vec::new())
+}
+
+pub fn tls_connector_with_alpn(root_pem: &str, alpn: Vec<Vec<u8>>) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -245,6 +249,8 @@ pub fn tls_connector(root_pem: &str) -> TlsConnector {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn;
     TlsConnector::from(Arc::new(config))
 }
 
