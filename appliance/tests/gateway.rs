@@ -311,8 +311,51 @@ async fn plain_http_answers_acme_challenges_and_redirects_the_rest() {
         )
         .as_str()
     );
+    let response = client
+        .get(format!("{base}/"))
+        .header("host", "evil.test/@x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     assert_eq!(alpha.hits(), 0, "plain HTTP must never reach a tenant");
     gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = TestUpstream::start("alpha").await;
+    let gw = TestGateway::start(dir.path(), &[("alpha", alpha.upstream())]).await;
+    let client = gw.client(&["alpha"]);
+    let url = gw.url("alpha", "/sse");
+    let https_addr = gw.gateway.https_addr();
+    let mut stream = client.get(&url).send().await.unwrap().bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: first"));
+
+    let shutdown = tokio::spawn(gw.gateway.shutdown());
+    wait_for(
+        Duration::from_secs(30),
+        "the listener to close",
+        || async move { tokio::net::TcpStream::connect(https_addr).await.is_err() },
+    )
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the open stream"
+    );
+
+    alpha.release_second_event.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("data: second"));
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("shutdown did not finish once the stream ended")
+        .unwrap();
 }
 
 #[tokio::test]
