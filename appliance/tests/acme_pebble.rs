@@ -332,6 +332,33 @@ async fn a_real_order_is_validated_over_http01_and_the_gateway_serves_the_certif
         "{}",
         site.metrics_text()
     );
+
+    // After a restart the stored account is used again, not registered anew.
+    let restarted = CertManager::new(
+        CertSettings {
+            dir: site.certs.clone(),
+            source: CertSource::Acme(site.pebble.settings()),
+            renew_before: CertSettings::DEFAULT_RENEW_BEFORE,
+        },
+        site.resolver.clone(),
+        site.challenges.clone(),
+        &mut Registry::default(),
+    )
+    .unwrap();
+    std::fs::remove_file(restarted.store().host_path(HOST).unwrap()).unwrap();
+    assert!(matches!(
+        restarted.ensure(HOST).await.unwrap(),
+        CertOutcome::Issued { .. }
+    ));
+    let pebble_log = site.pebble.logs();
+    assert!(
+        pebble_log.contains("There are now 1 accounts"),
+        "{pebble_log}"
+    );
+    assert!(
+        !pebble_log.contains("There are now 2 accounts"),
+        "{pebble_log}"
+    );
     site.gateway.shutdown().await;
 }
 

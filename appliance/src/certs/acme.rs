@@ -95,6 +95,10 @@ impl AcmeIssuer {
                 source,
             }
         };
+        // instant-acme's HTTP client takes the process-wide rustls provider. With ring
+        // alone in the build it is implied, but a dependency that also enables aws-lc-rs
+        // would leave none; installing ring is a no-op when one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = match &self.settings.server_root_pem {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
