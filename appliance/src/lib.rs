@@ -2,4 +2,6 @@
 //!
 //! The binary `iafactory` is a thin clap front over these modules.
 
+pub mod certs;
 pub mod cli;
+pub mod gateway;

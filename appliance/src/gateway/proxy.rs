@@ -1,0 +1,364 @@
+//! The HTTPS side: TLS by SNI, then each request checked against the connection's SNI,
+//! routed, and streamed to the tenant's upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::routes::{RouteMiss, SharedRoutes, normalise_host};
+use super::{GatewayError, GatewaySettings};
+use crate::certs::CertResolver;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// Empty when the request matched no tenant.
+    tenant: String,
+    code: u16,
+}
+
+/// The gateway's request and handshake counters.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayMetrics {
+    requests: Family<RequestLabels, Counter>,
+    handshake_failures: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "iafactory_appliance_gateway_requests",
+            "Requests answered by the gateway, by tenant and status code",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "iafactory_appliance_gateway_tls_handshake_failures",
+            "TLS handshakes that failed (unknown server name, no SNI, protocol errors, timeouts)",
+            metrics.handshake_failures.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, tenant: &str, code: StatusCode) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_owned(),
+                code: code.as_u16(),
+            })
+            .inc();
+    }
+}
+
+pub(super) fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, GatewayError> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+pub(super) struct ProxyState {
+    routes: SharedRoutes,
+    client: Client<HttpConnector, Incoming>,
+    metrics: GatewayMetrics,
+}
+
+impl ProxyState {
+    pub(super) fn new(
+        routes: SharedRoutes,
+        metrics: GatewayMetrics,
+        settings: &GatewaySettings,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.upstream_connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Arc::new(Self {
+            routes,
+            client,
+            metrics,
+        })
+    }
+}
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<ProxyState>,
+    handshake_timeout: Duration,
+    shutdown_grace: Duration,
+    cancel: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accepting an HTTPS connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    state.metrics.handshake_failures.inc();
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    state.metrics.handshake_failures.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let sni = tls.get_ref().1.server_name().map(normalise_host);
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                let sni = sni.clone();
+                async move { Ok::<_, Infallible>(forward(&state, peer, sni.as_deref(), request).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %err, "HTTPS connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway shutdown: some connections were still open after the grace period");
+    }
+}
+
+/// Routes one request and streams it to its upstream; every failure is an HTTP answer.
+async fn forward(
+    state: &ProxyState,
+    peer: SocketAddr,
+    sni: Option<&str>,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let host = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+    let Some(host) = host else {
+        state.metrics.count("", StatusCode::BAD_REQUEST);
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the request names no host".to_owned(),
+        );
+    };
+    let host_name = normalise_host(&host);
+    if sni != Some(host_name.as_str()) {
+        state.metrics.count("", StatusCode::MISDIRECTED_REQUEST);
+        return plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this connection was opened for {}, not for {host_name}; open a new connection for {host_name}",
+                sni.unwrap_or("no server name")
+            ),
+        );
+    }
+    let routes = state.routes.current();
+    let (tenant, upstream) = match routes.route(&host_name) {
+        Ok(found) => found,
+        Err(miss) => {
+            let status = match miss {
+                RouteMiss::UnknownTenant { .. } => StatusCode::NOT_FOUND,
+                RouteMiss::ForeignHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            };
+            state.metrics.count("", status);
+            return plain(status, miss.to_string());
+        }
+    };
+
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|path| path.as_str())
+        .unwrap_or("/");
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(upstream.authority().clone())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(err) => {
+            state.metrics.count(tenant, StatusCode::BAD_REQUEST);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("unusable request path: {err}"),
+            );
+        }
+    };
+    parts.version = Version::HTTP_11;
+    remove_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if let Ok(value) = HeaderValue::from_str(&host) {
+        headers.insert(header::HOST, value.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-host"), value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+
+    match state.client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            state.metrics.count(tenant, parts.status);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(err) => {
+            let reason = error_chain(&err);
+            tracing::warn!(tenant, %upstream, error = %reason, "upstream request failed");
+            state.metrics.count(tenant, StatusCode::BAD_GATEWAY);
+            let message = if err.is_connect() {
+                format!(
+                    "tenant {tenant:?}: its API at {upstream} is unreachable ({reason}); check that the tenant is running (iafactory status {tenant})"
+                )
+            } else {
+                format!("tenant {tenant:?}: its API at {upstream} failed to answer ({reason})")
+            };
+            plain(StatusCode::BAD_GATEWAY, message)
+        }
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), including any the
+/// `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-private-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic eA=="),
+            ("authorization", "Bearer tenant-token"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type"]);
+    }
+}

@@ -1,0 +1,218 @@
+//! Which upstream a request goes to: a pure lookup of `<tenant>.<domain>` in the route
+//! table, which the caller replaces whenever the tenants change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use http::uri::Authority;
+
+use super::GatewayError;
+
+/// A tenant's API, reached over plain HTTP (`host:port`) on its internal network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    authority: Authority,
+}
+
+impl Upstream {
+    /// `host:port`, or `http://host:port`.
+    pub fn http(address: &str) -> Result<Self, GatewayError> {
+        let bare = address.strip_prefix("http://").unwrap_or(address);
+        let bare = bare.strip_suffix('/').unwrap_or(bare);
+        let authority: Authority = bare.parse().map_err(|err| GatewayError::InvalidUpstream {
+            address: address.to_owned(),
+            reason: format!("{err}"),
+        })?;
+        if authority.port_u16().is_none() {
+            return Err(GatewayError::InvalidUpstream {
+                address: address.to_owned(),
+                reason: "it needs an explicit port, like api:8080".to_owned(),
+            });
+        }
+        Ok(Self { authority })
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.authority.fmt(f)
+    }
+}
+
+/// Why a host has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// The host is not `<tenant>.<domain>` for this gateway's domain.
+    ForeignHost { host: String, domain: String },
+    /// The host is in our domain but no such tenant is served.
+    UnknownTenant { tenant: String },
+}
+
+impl std::fmt::Display for RouteMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ForeignHost { host, domain } => {
+                write!(f, "this gateway serves <tenant>.{domain}, not {host:?}")
+            }
+            Self::UnknownTenant { tenant } => write!(f, "no tenant {tenant:?} on this appliance"),
+        }
+    }
+}
+
+/// `<tenant>.<domain>` → upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    domain: String,
+    tenants: BTreeMap<String, Upstream>,
+}
+
+impl RouteTable {
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: normalise_host(domain),
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_tenant(mut self, tenant: &str, upstream: Upstream) -> Self {
+        self.insert(tenant, upstream);
+        self
+    }
+
+    pub fn insert(&mut self, tenant: &str, upstream: Upstream) {
+        self.tenants.insert(tenant.to_ascii_lowercase(), upstream);
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Every served host name, `<tenant>.<domain>`: the names that need certificates.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.tenants
+            .keys()
+            .map(|tenant| format!("{tenant}.{}", self.domain))
+            .collect()
+    }
+
+    /// The tenant and upstream for a Host header or SNI value (port and case ignored).
+    pub fn route(&self, host: &str) -> Result<(&str, &Upstream), RouteMiss> {
+        let host = normalise_host(host);
+        let tenant = host
+            .strip_suffix(&self.domain)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .filter(|tenant| !tenant.is_empty() && !tenant.contains('.'))
+            .ok_or_else(|| RouteMiss::ForeignHost {
+                host: host.clone(),
+                domain: self.domain.clone(),
+            })?;
+        self.tenants
+            .get_key_value(tenant)
+            .map(|(tenant, upstream)| (tenant.as_str(), upstream))
+            .ok_or_else(|| RouteMiss::UnknownTenant {
+                tenant: tenant.to_owned(),
+            })
+    }
+}
+
+/// Lower case, without a port or a trailing dot.
+pub(crate) fn normalise_host(host: &str) -> String {
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The route table the gateway reads on every request; [`SharedRoutes::replace`] swaps in
+/// a new one atomically. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct SharedRoutes {
+    current: Arc<RwLock<Arc<RouteTable>>>,
+}
+
+impl SharedRoutes {
+    pub fn new(table: RouteTable) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(table))),
+        }
+    }
+
+    pub fn replace(&self, table: RouteTable) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+    }
+
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        RouteTable::new("Example.DZ")
+            .with_tenant("alpha", Upstream::http("10.0.0.2:8080").unwrap())
+            .with_tenant("beta", Upstream::http("http://iaf-beta-api:8080/").unwrap())
+    }
+
+    #[test]
+    fn routes_by_tenant_label() {
+        let table = table();
+        let (tenant, upstream) = table.route("alpha.example.dz").unwrap();
+        assert_eq!(
+            (tenant, upstream.to_string().as_str()),
+            ("alpha", "10.0.0.2:8080")
+        );
+        let (tenant, upstream) = table.route("BETA.example.dz.:8443").unwrap();
+        assert_eq!(
+            (tenant, upstream.to_string().as_str()),
+            ("beta", "iaf-beta-api:8080")
+        );
+        assert_eq!(table.hostnames(), ["alpha.example.dz", "beta.example.dz"]);
+    }
+
+    #[test]
+    fn misses_say_why() {
+        let table = table();
+        assert_eq!(
+            table.route("gamma.example.dz"),
+            Err(RouteMiss::UnknownTenant {
+                tenant: "gamma".into()
+            })
+        );
+        for foreign in [
+            "example.dz",
+            "alpha.example.com",
+            "x.alpha.example.dz",
+            "evilexample.dz",
+            "alphaexample.dz",
+            ".example.dz",
+        ] {
+            assert!(
+                matches!(table.route(foreign), Err(RouteMiss::ForeignHost { .. })),
+                "{foreign} routed"
+            );
+        }
+    }
+
+    #[test]
+    fn upstreams_need_a_port() {
+        assert!(Upstream::http("api").is_err());
+        assert!(Upstream::http("http://api:notaport").is_err());
+        assert!(Upstream::http("").is_err());
+    }
+}
