@@ -2,4 +2,8 @@
 //!
 //! The binary `iafactory` is a thin clap front over these modules.
 
+pub mod app;
 pub mod cli;
+pub mod engine;
+pub mod settings;
+pub mod store;

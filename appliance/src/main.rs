@@ -1,23 +1,37 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iafactory_appliance::cli::{self, OutputFormat};
-use iafactory_crds::PlatformConfig;
+use futures::StreamExt;
+use iafactory_appliance::app::App;
+use iafactory_appliance::cli::progress::Progress;
+use iafactory_appliance::cli::{self, OutputFormat, StatusFormat};
+use iafactory_appliance::engine::Target;
+use iafactory_appliance::engine::converge::Report;
+use iafactory_appliance::settings::{self, Config};
 
 /// IAFactory on one server: the sovereign AI platform, driven through Docker.
 #[derive(Parser)]
 #[command(name = "iafactory", version, about)]
 struct Cli {
-    /// Platform configuration layered over the built-in default.
-    #[arg(long, global = true, env = "IAF_PLATFORM_CONFIG")]
-    platform_config: Option<PathBuf>,
+    /// Configuration file, instead of /etc/iafactory/iafactory.toml.
+    #[arg(long, global = true, env = "IAF_CONFIG", alias = "platform-config")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a commented configuration file (to stdout, or --to FILE).
+    Init {
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The data directory to write into it.
+        #[arg(long, default_value = "/var/lib/iafactory")]
+        data_dir: PathBuf,
+    },
     /// Print what these manifests would run, decided by the shared pure plan.
     Plan {
         /// Manifest files or directories (multi-document YAML), or - for stdin.
@@ -26,11 +40,43 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Store these Tenant manifests as the desired state, then converge them.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Only store them; `up` or `serve` converges later.
+        #[arg(long)]
+        no_up: bool,
+    },
+    /// Converge Docker to every stored tenant.
+    Up,
+    /// Stop and remove every container and network; volumes and manifests stay.
+    Down,
+    /// Each tenant's components and their health.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: StatusFormat,
+    },
+    /// Remove a tenant; its data goes too only under `retention: Delete`.
+    Delete { tenant: String },
+    /// A tenant's container output.
+    Logs {
+        tenant: String,
+        component: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -39,13 +85,167 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = PlatformConfig::load(cli.platform_config.as_deref())?;
-    match cli.command {
-        Command::Plan { files, output } => {
-            let plans = cli::plan::plan_files(&files, &config)?;
-            cli::plan::write_plans(&plans, output, std::io::stdout().lock())?;
+/// Prints what changed before the error, so a failure never hides a change.
+fn conclude<T>(
+    progress: &Progress,
+    report: &Report,
+    result: Result<T, iafactory_appliance::app::AppError>,
+    done: &str,
+) -> anyhow::Result<T> {
+    match result {
+        Ok(value) => {
+            progress.finish(&format!("{done}: {} change(s)", report.actions.len()));
+            Ok(value)
+        }
+        Err(error) => {
+            progress.abandon();
+            if !report.actions.is_empty() {
+                eprintln!(
+                    "changed before the failure:\n  {}",
+                    report.actions.join("\n  ")
+                );
+            }
+            Err(error.into())
         }
     }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Init { to, data_dir } => {
+            let text = settings::example_config(&data_dir);
+            match to {
+                Some(path) => {
+                    if path.exists() {
+                        anyhow::bail!(
+                            "{} exists; not overwriting it (remove it first, or write elsewhere with --to)",
+                            path.display()
+                        );
+                    }
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+        Command::Plan { files, output } => {
+            let plans = cli::plan::plan_files(&files, &config.platform)?;
+            cli::plan::write_plans(&plans, output, std::io::stdout().lock())?;
+        }
+        Command::Apply { files, no_up } => {
+            let app = App::open(config).await?;
+            for (name, changed) in app.apply(&files)? {
+                println!(
+                    "tenant/{name} {}",
+                    if changed { "stored" } else { "unchanged" }
+                );
+            }
+            if !no_up {
+                up(&app).await?;
+            }
+        }
+        Command::Up => up(&App::open(config).await?).await?,
+        Command::Down => {
+            let app = App::open(config).await?;
+            let progress = Progress::start("stopping every tenant (data stays)");
+            let step = |line: &str| progress.step(line);
+            let (report, result) = app.down(&step).await;
+            conclude(&progress, &report, result, "down")?;
+        }
+        Command::Status { output } => {
+            let app = App::open(config).await?;
+            let statuses = app.status().await?;
+            match output {
+                StatusFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&statuses)?);
+                }
+                StatusFormat::Table => {
+                    println!(
+                        "{:<24} {:<10} {:<10} {:<9} IMAGE",
+                        "TENANT", "COMPONENT", "HEALTH", "CURRENT"
+                    );
+                    for tenant in &statuses {
+                        for c in &tenant.components {
+                            println!(
+                                "{:<24} {:<10} {:<10} {:<9} {}",
+                                tenant.tenant,
+                                c.component,
+                                c.health,
+                                if c.up_to_date { "yes" } else { "no" },
+                                c.image
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Delete { tenant } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("deleting tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            let (report, result) = app.delete(&tenant, &step).await;
+            let retention = conclude(&progress, &report, result, "deleted")?;
+            println!(
+                "retention {retention:?}: {}",
+                match retention {
+                    iafactory_crds::tenant::Retention::Delete =>
+                        "its volumes and secrets were deleted",
+                    iafactory_crds::tenant::Retention::Retain =>
+                        "its volumes and secrets were kept; re-apply the tenant to get it back",
+                }
+            );
+        }
+        Command::Logs {
+            tenant,
+            component,
+            follow,
+            tail,
+        } => {
+            let app = App::open(config).await?;
+            app.require_tenant(&tenant)?;
+            let mut labels =
+                iafactory_appliance::engine::desired::instance_labels(&app.render_settings());
+            labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            if let Some(component) = &component {
+                labels.insert(
+                    iafactory_crds::plan::LABEL_COMPONENT.into(),
+                    component.clone(),
+                );
+            }
+            let containers = app.engine.containers(&labels).await?;
+            if containers.is_empty() {
+                anyhow::bail!(
+                    "tenant {tenant:?} has no {}container running; `iafactory up` starts it",
+                    component.map(|c| format!("{c} ")).unwrap_or_default()
+                );
+            }
+            let streams = containers.iter().map(|c| {
+                let prefix = format!("{}: ", c.component);
+                app.engine
+                    .logs(
+                        &Target::component(&tenant, &c.component),
+                        &c.name,
+                        follow,
+                        tail,
+                    )
+                    .map(move |line| line.map(|l| format!("{prefix}{l}")))
+                    .boxed()
+            });
+            let mut merged = futures::stream::select_all(streams);
+            while let Some(line) = merged.next().await {
+                print!("{}", line?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn up(app: &App) -> anyhow::Result<()> {
+    let progress = Progress::start("converging every tenant");
+    let step = |line: &str| progress.step(line);
+    let (report, result) = app.up(&step).await;
+    conclude(&progress, &report, result, "up")?;
     Ok(())
 }
