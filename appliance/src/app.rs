@@ -232,6 +232,31 @@ impl App {
         (report, result)
     }
 
+    /// The images the stored tenants run, and those the configuration names that are
+    /// on this box: what an offline bundle carries.
+    pub async fn wanted_images(&self) -> Result<Vec<String>, AppError> {
+        let mut images: Vec<String> = self
+            .desired()?
+            .iter()
+            .flat_map(|s| s.containers.iter().map(|c| c.image.clone()))
+            .collect();
+        let configured = &self.config.platform.images;
+        for image in [
+            &configured.api.image,
+            &configured.postgres.image,
+            &configured.qdrant.image,
+            &configured.ollama.image,
+        ] {
+            let image = self.config.platform.resolve_image(image);
+            if self.engine.docker().inspect_image(&image).await.is_ok() {
+                images.push(image);
+            }
+        }
+        images.sort();
+        images.dedup();
+        Ok(images)
+    }
+
     /// Every stored tenant, component by component, as the engine runs it now.
     pub async fn status(&self) -> Result<Vec<TenantStatus>, AppError> {
         let observed = self

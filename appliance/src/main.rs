@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use iafactory_appliance::app::App;
+use iafactory_appliance::bundle;
 use iafactory_appliance::cli::progress::Progress;
 use iafactory_appliance::cli::{self, OutputFormat, StatusFormat};
 use iafactory_appliance::engine::Target;
@@ -59,6 +60,11 @@ enum Command {
     },
     /// Remove a tenant; its data goes too only under `retention: Delete`.
     Delete { tenant: String },
+    /// Offline bundles and locally built images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// A tenant's container output.
     Logs {
         tenant: String,
@@ -67,6 +73,29 @@ enum Command {
         follow: bool,
         #[arg(long)]
         tail: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Write the images into one bundle file (default: every image the stored tenants
+    /// and the configuration use that is on this box).
+    Export {
+        #[arg(long)]
+        to: PathBuf,
+        images: Vec<String>,
+    },
+    /// Verify a bundle's checksums, then load its images.
+    Import { bundle: PathBuf },
+    /// Build the platform's own images (static musl, FROM scratch) from a source tree.
+    Build {
+        /// The IAFactory source tree (default: the current directory).
+        #[arg(long, env = "IAF_SOURCE_DIR")]
+        source: Option<PathBuf>,
+        /// Which images (api, operator, appliance); default all.
+        components: Vec<String>,
+        #[arg(long)]
+        release: bool,
     },
 }
 
@@ -197,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             );
         }
+        Command::Images { command } => images(config, command).await?,
         Command::Logs {
             tenant,
             component,
@@ -247,5 +277,85 @@ async fn up(app: &App) -> anyhow::Result<()> {
     let step = |line: &str| progress.step(line);
     let (report, result) = app.up(&step).await;
     conclude(&progress, &report, result, "up")?;
+    Ok(())
+}
+
+async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
+    match command {
+        ImagesCommand::Export { to, images } => {
+            let app = App::open(config).await?;
+            let images = if images.is_empty() {
+                app.wanted_images().await?
+            } else {
+                images
+            };
+            let progress = Progress::start(&format!(
+                "exporting {} image(s) to {}",
+                images.len(),
+                to.display()
+            ));
+            let step = |line: &str| progress.step(line);
+            match bundle::export(&app.engine, &images, &to, &step).await {
+                Ok(manifest) => progress.finish(&format!(
+                    "wrote {} with {} image(s); carry it in and run `iafactory images import {}`",
+                    to.display(),
+                    manifest.images.len(),
+                    to.file_name().unwrap_or_default().to_string_lossy()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        ImagesCommand::Import { bundle: path } => {
+            let path = if path.exists() || path.components().count() > 1 {
+                path
+            } else {
+                config.appliance.bundle_dir.join(path)
+            };
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("importing {}", path.display()));
+            let step = |line: &str| progress.step(line);
+            match bundle::import(&app.engine, &path, &step).await {
+                Ok(manifest) => progress.finish(&format!(
+                    "loaded {} image(s); `iafactory up` uses them",
+                    manifest.images.len()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        ImagesCommand::Build {
+            source,
+            components,
+            release,
+        } => {
+            let source = source.unwrap_or_else(|| PathBuf::from("."));
+            let script = source.join("images/build.sh");
+            if !script.exists() {
+                anyhow::bail!(
+                    "{} is missing: `images build` compiles the images from the IAFactory source tree; run it there or pass --source DIR (a site with no source tree imports a bundle instead)",
+                    script.display()
+                );
+            }
+            let progress = Progress::start("building the platform's images");
+            let mut command = tokio::process::Command::new(&script);
+            if release {
+                command.arg("--release");
+            }
+            let status = command.args(&components).status().await?;
+            if !status.success() {
+                progress.abandon();
+                anyhow::bail!(
+                    "{} failed ({status}); its output above says why",
+                    script.display()
+                );
+            }
+            progress.finish("images built");
+        }
+    }
     Ok(())
 }
