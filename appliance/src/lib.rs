@@ -3,6 +3,7 @@
 //! The binary `iafactory` is a thin clap front over these modules.
 
 pub mod app;
+pub mod backup;
 pub mod bundle;
 pub mod cli;
 pub mod engine;

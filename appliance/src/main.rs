@@ -5,12 +5,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use iafactory_appliance::app::App;
-use iafactory_appliance::bundle;
 use iafactory_appliance::cli::progress::Progress;
 use iafactory_appliance::cli::{self, OutputFormat, StatusFormat};
 use iafactory_appliance::engine::Target;
 use iafactory_appliance::engine::converge::Report;
 use iafactory_appliance::settings::{self, Config};
+use iafactory_appliance::{backup, bundle};
 
 /// IAFactory on one server: the sovereign AI platform, driven through Docker.
 #[derive(Parser)]
@@ -60,6 +60,18 @@ enum Command {
     },
     /// Remove a tenant; its data goes too only under `retention: Delete`.
     Delete { tenant: String },
+    /// Back a tenant up: a PostgreSQL dump, its manifest and secrets, into DIR/TENANT.
+    Backup {
+        tenant: String,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Bring a tenant back from a backup, on this box or a fresh one.
+    Restore {
+        tenant: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Offline bundles and locally built images.
     Images {
         #[command(subcommand)]
@@ -227,6 +239,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Images { command } => images(config, command).await?,
+        Command::Backup { tenant, to } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("backing up tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            match backup::backup(&app, &tenant, &to, &step).await {
+                Ok(dir) => progress.finish(&format!("backed up to {}", dir.display())),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        Command::Restore { tenant, from } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("restoring tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            match backup::restore(&app, &tenant, &from, &step).await {
+                Ok(report) => progress.finish(&format!(
+                    "restored tenant {tenant}: {} change(s)",
+                    report.actions.len()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
         Command::Logs {
             tenant,
             component,

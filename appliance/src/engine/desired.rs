@@ -163,11 +163,17 @@ fn component_containers(
     let env = environment(plan, component, secrets)?;
     let mut labels = plan.component_labels(component);
     labels.extend(instance_labels(settings));
+    // Owned by the component's user: this engine ignores a tmpfs `mode`, and the
+    // root filesystem is read-only, so scratch space is only writable this way.
+    let scratch_options = format!(
+        "rw,nosuid,nodev,uid={},gid={}",
+        component.security.run_as_user, component.security.fs_group
+    );
     let tmpfs = component
         .volumes
         .iter()
         .filter(|v| matches!(v.kind, VolumeKind::Scratch))
-        .map(|v| (v.mount_path.clone(), "rw,nosuid,nodev,mode=1777".to_owned()))
+        .map(|v| (v.mount_path.clone(), scratch_options.clone()))
         .collect();
     let mounts = component
         .volumes

@@ -593,13 +593,14 @@ impl Engine {
             })
     }
 
-    /// Runs `command` in a running container; returns its exit code and output.
+    /// Runs `command` in a running container, feeding it `input` on stdin.
     pub async fn exec(
         &self,
         target: &Target,
         name: &str,
         command: &[String],
-    ) -> Result<(i64, Vec<u8>), DockerError> {
+        input: Option<&[u8]>,
+    ) -> Result<ExecOutput, DockerError> {
         let error = |source| DockerError::Exec {
             target: target.clone(),
             name: name.to_owned(),
@@ -611,6 +612,7 @@ impl Engine {
             .create_exec(
                 name,
                 ExecConfig {
+                    attach_stdin: Some(input.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     cmd: Some(command.to_vec()),
@@ -619,20 +621,49 @@ impl Engine {
             )
             .await
             .map_err(error)?;
-        let mut output = Vec::new();
+        let mut output = ExecOutput::default();
         if let bollard::exec::StartExecResults::Attached {
-            output: mut stream, ..
+            output: mut stream,
+            input: mut stdin,
         } = self
             .docker
             .start_exec(&created.id, None)
             .await
             .map_err(error)?
         {
-            while let Some(chunk) = stream.next().await {
-                output.extend_from_slice(&chunk.map_err(error)?.into_bytes());
-            }
+            let feed = async {
+                if let Some(bytes) = input {
+                    use tokio::io::AsyncWriteExt;
+                    stdin.write_all(bytes).await?;
+                    stdin.shutdown().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            let drain = async {
+                while let Some(chunk) = stream.next().await {
+                    match chunk.map_err(error)? {
+                        bollard::container::LogOutput::StdErr { message } => {
+                            output.stderr.extend_from_slice(&message)
+                        }
+                        other => output.stdout.extend_from_slice(&other.into_bytes()),
+                    }
+                }
+                Ok::<(), DockerError>(())
+            };
+            let (fed, drained) = futures::join!(feed, drain);
+            drained?;
+            fed.map_err(|e| error(BollardError::IOError { err: e }))?;
         }
         let inspected = self.docker.inspect_exec(&created.id).await.map_err(error)?;
-        Ok((inspected.exit_code.unwrap_or(-1), output))
+        output.code = inspected.exit_code.unwrap_or(-1);
+        Ok(output)
     }
+}
+
+/// What a command run in a container returned.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }

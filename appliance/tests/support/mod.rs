@@ -74,6 +74,23 @@ pub fn standin_image() -> &'static str {
     })
 }
 
+/// `iafactory/postgres-pgvector:18`, built by images/postgres/build.sh (which skips
+/// the build when the image of the same content exists).
+pub fn postgres_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/postgres/build.sh");
+        let output = Command::new(&script).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        "iafactory/postgres-pgvector:18".to_owned()
+    })
+}
+
 pub fn random_suffix() -> String {
     let mut bytes = [0u8; 4];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -93,6 +110,13 @@ impl TestAppliance {
     }
 
     /// `extra` is appended to the configuration (more TOML tables).
+    /// With the real PostgreSQL + pgvector image (images/postgres/build.sh).
+    pub fn with_real_database() -> Self {
+        let appliance = Self::with_extra("");
+        appliance.write_config_with("", true);
+        appliance
+    }
+
     pub fn with_extra(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let instance = format!("test-{}", random_suffix());
@@ -112,7 +136,21 @@ impl TestAppliance {
 
     /// (Re)writes the configuration: stand-in images, fast healthchecks, and `extra`.
     pub fn write_config(&self, extra: &str) {
+        self.write_config_with(extra, false)
+    }
+
+    pub fn write_config_with(&self, extra: &str, real_database: bool) {
         let image = standin_image();
+        let postgres = if real_database {
+            format!(
+                "image = \"{}\"\nuid = 999\nhealthcheck = [\"pg_isready\", \"-h\", \"127.0.0.1\", \"-U\", \"iafactory\", \"-d\", \"iafactory\"]",
+                postgres_image()
+            )
+        } else {
+            format!(
+                "image = \"{image}\"\nuid = 999\nargs = [\"sh\", \"-c\", \"mkdir -p $PGDATA && touch $PGDATA/ready && exec /bin/busybox httpd -f -p 5432 -h /www\"]\nhealthcheck = [\"/bin/busybox\", \"test\", \"-f\", \"/var/lib/postgresql/data/pgdata/ready\"]"
+            )
+        };
         let text = format!(
             r#"[appliance]
 data_dir = "{data}"
@@ -121,10 +159,7 @@ health_timeout_seconds = 90
 healthcheck_interval_ms = 500
 
 [images.postgres]
-image = "{image}"
-uid = 999
-args = ["sh", "-c", "mkdir -p $PGDATA && touch $PGDATA/ready && exec /bin/busybox httpd -f -p 5432 -h /www"]
-healthcheck = ["/bin/busybox", "test", "-f", "/var/lib/postgresql/data/pgdata/ready"]
+{postgres}
 {postgres_env}
 
 [images.api]
