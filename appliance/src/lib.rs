@@ -7,5 +7,7 @@ pub mod backup;
 pub mod bundle;
 pub mod cli;
 pub mod engine;
+pub mod metrics;
+pub mod serve;
 pub mod settings;
 pub mod store;

@@ -51,6 +51,8 @@ enum Command {
     },
     /// Converge Docker to every stored tenant.
     Up,
+    /// The daemon: reconcile continuously, serve /metrics and /status on localhost.
+    Serve,
     /// Stop and remove every container and network; volumes and manifests stay.
     Down,
     /// Each tenant's components and their health.
@@ -188,6 +190,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Up => up(&App::open(config).await?).await?,
+        Command::Serve => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("IAF_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            iafactory_appliance::serve::serve(App::open(config).await?).await?;
+        }
         Command::Down => {
             let app = App::open(config).await?;
             let progress = Progress::start("stopping every tenant (data stays)");

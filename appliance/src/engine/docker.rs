@@ -96,6 +96,12 @@ pub enum DockerError {
         name: String,
         source: Box<BollardError>,
     },
+    #[error("cannot inspect volume {name} ({target}): {source}")]
+    InspectVolume {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
     #[error("cannot create volume {name} ({target}): {source}")]
     CreateVolume {
         target: Target,
@@ -321,6 +327,23 @@ impl Engine {
             .into_iter()
             .map(|v| (v.name, v.labels.into_iter().collect()))
             .collect())
+    }
+
+    /// Where a local volume's data lives on the host.
+    pub async fn volume_mountpoint(
+        &self,
+        target: &Target,
+        name: &str,
+    ) -> Result<String, DockerError> {
+        self.docker
+            .inspect_volume(name)
+            .await
+            .map(|v| v.mountpoint)
+            .map_err(|source| DockerError::InspectVolume {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
     }
 
     pub async fn inspect(
