@@ -51,6 +51,13 @@ enum Command {
     },
     /// Converge Docker to every stored tenant.
     Up,
+    /// Upgrade: import a bundle's images (if given), then converge: each changed
+    /// component is replaced (stateless ones new-before-old), data volumes are kept.
+    /// Point the configuration's image tags at the new versions first.
+    Upgrade {
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
     /// The daemon: reconcile continuously, serve /metrics and /status on localhost.
     Serve,
     /// Stop and remove every container and network; volumes and manifests stay.
@@ -190,6 +197,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Up => up(&App::open(config).await?).await?,
+        Command::Upgrade { bundle: path } => {
+            if let Some(path) = path {
+                images(config.clone(), ImagesCommand::Import { bundle: path }).await?;
+            }
+            up(&App::open(config).await?).await?;
+        }
         Command::Serve => {
             tracing_subscriber::fmt()
                 .with_env_filter(
