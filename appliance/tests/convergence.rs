@@ -229,3 +229,39 @@ async fn delete_honours_retention() {
     assert!(box_.containers().is_empty());
     assert_eq!(box_.volumes(), vec![format!("iaf-{kept}-postgres-data")]);
 }
+
+#[tokio::test]
+async fn an_up_killed_midway_is_finished_by_the_next() {
+    let box_ = TestAppliance::new();
+    let tenant = format!("k{}", random_suffix());
+    let file = box_.tenant_file(&tenant, "");
+    let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iafactory"))
+        .args(["--config", box_.config_file.to_str().unwrap(), "up"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed as soon as it has created something, before the tenant is complete.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while box_.containers().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "up created nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        box_.containers().len() < 2,
+        "killed midway: {:?}",
+        box_.containers()
+    );
+
+    let app = box_.app().await;
+    let actions = up(&app).await;
+    assert!(!actions.is_empty());
+    assert_healthy(&app, &tenant).await;
+    assert_eq!(box_.containers().len(), 2);
+    let before = app.engine.mutations();
+    assert!(up(&app).await.is_empty());
+    assert_eq!(app.engine.mutations(), before);
+}
