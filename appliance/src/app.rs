@@ -168,6 +168,10 @@ impl App {
     /// Converges the engine to every stored tenant.
     pub async fn up(&self, progress: &(dyn Fn(&str) + Sync)) -> (Report, Result<(), AppError>) {
         let mut report = Report::default();
+        let _lock = match self.store.lock() {
+            Ok(lock) => lock,
+            Err(e) => return (report, Err(e.into())),
+        };
         let result = match self.desired() {
             Ok(desired) => self
                 .converger(progress)
@@ -181,6 +185,10 @@ impl App {
 
     pub async fn down(&self, progress: &(dyn Fn(&str) + Sync)) -> (Report, Result<(), AppError>) {
         let mut report = Report::default();
+        let _lock = match self.store.lock() {
+            Ok(lock) => lock,
+            Err(e) => return (report, Err(e.into())),
+        };
         let result = self
             .converger(progress)
             .down(&mut report)
@@ -219,6 +227,7 @@ impl App {
         let retention = tenant.spec.retention;
         let delete_data = retention == Retention::Delete;
         let result = async {
+            let _lock = self.store.lock()?;
             self.store.remove_tenant(name)?;
             self.converger(progress)
                 .remove_tenant(name, delete_data, &mut report)

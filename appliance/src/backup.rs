@@ -240,6 +240,9 @@ pub async fn restore(
     };
     serde_json::from_slice::<Secrets>(&files[SECRETS])
         .map_err(|e| not_a_backup(format!("{SECRETS}: {e}")))?;
+    // Held until the dump is loaded: `serve` must not start the API (which would
+    // migrate an empty schema) as soon as the manifest appears.
+    let lock = app.store.lock().map_err(AppError::from)?;
     write_atomically(&app.store.secrets_file(tenant), &files[SECRETS], 0o600)
         .map_err(AppError::from)?;
     app.store.put_tenant(&stored).map_err(AppError::from)?;
@@ -309,6 +312,7 @@ pub async fn restore(
         });
     }
     progress("loaded the database dump");
+    drop(lock);
     let (more, result) = app.up(progress).await;
     report.actions.extend(more.actions);
     result?;

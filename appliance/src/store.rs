@@ -74,6 +74,24 @@ impl Store {
         Ok(store)
     }
 
+    /// Holds the appliance's lock until the returned file is dropped: one converge at
+    /// a time, whether from the CLI or the daemon (the other waits its turn).
+    pub fn lock(&self) -> Result<fs::File, StoreError> {
+        let path = self.root.join(".lock");
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
