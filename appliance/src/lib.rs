@@ -2,6 +2,14 @@
 //!
 //! The binary `iafactory` is a thin clap front over these modules.
 
+pub mod app;
+pub mod backup;
+pub mod bundle;
 pub mod certs;
 pub mod cli;
+pub mod engine;
 pub mod gateway;
+pub mod metrics;
+pub mod serve;
+pub mod settings;
+pub mod store;

@@ -1,23 +1,38 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iafactory_appliance::cli::{self, OutputFormat};
-use iafactory_crds::PlatformConfig;
+use futures::StreamExt;
+use iafactory_appliance::app::App;
+use iafactory_appliance::cli::progress::Progress;
+use iafactory_appliance::cli::{self, OutputFormat, StatusFormat};
+use iafactory_appliance::engine::Target;
+use iafactory_appliance::engine::converge::Report;
+use iafactory_appliance::settings::{self, Config};
+use iafactory_appliance::{backup, bundle};
 
 /// IAFactory on one server: the sovereign AI platform, driven through Docker.
 #[derive(Parser)]
 #[command(name = "iafactory", version, about)]
 struct Cli {
-    /// Platform configuration layered over the built-in default.
-    #[arg(long, global = true, env = "IAF_PLATFORM_CONFIG")]
-    platform_config: Option<PathBuf>,
+    /// Configuration file, instead of /etc/iafactory/iafactory.toml.
+    #[arg(long, global = true, env = "IAF_CONFIG", alias = "platform-config")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a commented configuration file (to stdout, or --to FILE).
+    Init {
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The data directory to write into it.
+        #[arg(long, default_value = "/var/lib/iafactory")]
+        data_dir: PathBuf,
+    },
     /// Print what these manifests would run, decided by the shared pure plan.
     Plan {
         /// Manifest files or directories (multi-document YAML), or - for stdin.
@@ -26,11 +41,92 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Store these Tenant manifests as the desired state, then converge them.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Only store them; `up` or `serve` converges later.
+        #[arg(long)]
+        no_up: bool,
+    },
+    /// Converge Docker to every stored tenant.
+    Up,
+    /// Upgrade: import a bundle's images (if given), then converge: each changed
+    /// component is replaced (stateless ones new-before-old), data volumes are kept.
+    /// Point the configuration's image tags at the new versions first.
+    Upgrade {
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// The daemon: reconcile continuously, serve /metrics and /status on localhost.
+    Serve,
+    /// Stop and remove every container and network; volumes and manifests stay.
+    Down,
+    /// Each tenant's components and their health.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: StatusFormat,
+    },
+    /// Remove a tenant; its data goes too only under `retention: Delete`.
+    Delete { tenant: String },
+    /// Back a tenant up: a PostgreSQL dump, its manifest and secrets, into DIR/TENANT.
+    Backup {
+        tenant: String,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Bring a tenant back from a backup, on this box or a fresh one.
+    Restore {
+        tenant: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Offline bundles and locally built images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// A tenant's container output.
+    Logs {
+        tenant: String,
+        component: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Write the images into one bundle file (default: every image the stored tenants
+    /// and the configuration use that is on this box).
+    Export {
+        #[arg(long)]
+        to: PathBuf,
+        images: Vec<String>,
+    },
+    /// Verify a bundle's checksums, then load its images.
+    Import { bundle: PathBuf },
+    /// Build the platform's own images (static musl, FROM scratch) from a source tree.
+    Build {
+        /// The IAFactory source tree (default: the current directory).
+        #[arg(long, env = "IAF_SOURCE_DIR")]
+        source: Option<PathBuf>,
+        /// Which images (api, operator, appliance); default all.
+        components: Vec<String>,
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -39,12 +135,289 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = PlatformConfig::load(cli.platform_config.as_deref())?;
+/// Prints what changed before the error, so a failure never hides a change.
+fn conclude<T>(
+    progress: &Progress,
+    report: &Report,
+    result: Result<T, iafactory_appliance::app::AppError>,
+    done: &str,
+) -> anyhow::Result<T> {
+    match result {
+        Ok(value) => {
+            progress.finish(&format!("{done}: {} change(s)", report.actions.len()));
+            Ok(value)
+        }
+        Err(error) => {
+            progress.abandon();
+            if !report.actions.is_empty() {
+                eprintln!(
+                    "changed before the failure:\n  {}",
+                    report.actions.join("\n  ")
+                );
+            }
+            Err(error.into())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Init { to, data_dir } => {
+            let text = settings::example_config(&data_dir);
+            match to {
+                Some(path) => {
+                    if path.exists() {
+                        anyhow::bail!(
+                            "{} exists; not overwriting it (remove it first, or write elsewhere with --to)",
+                            path.display()
+                        );
+                    }
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
         Command::Plan { files, output } => {
-            let plans = cli::plan::plan_files(&files, &config)?;
+            let plans = cli::plan::plan_files(&files, &config.platform)?;
             cli::plan::write_plans(&plans, output, std::io::stdout().lock())?;
+        }
+        Command::Apply { files, no_up } => {
+            let app = App::open(config).await?;
+            for (name, changed) in app.apply(&files)? {
+                println!(
+                    "tenant/{name} {}",
+                    if changed { "stored" } else { "unchanged" }
+                );
+            }
+            if !no_up {
+                up(&app).await?;
+            }
+        }
+        Command::Up => up(&App::open(config).await?).await?,
+        Command::Upgrade { bundle: path } => {
+            if let Some(path) = path {
+                images(config.clone(), ImagesCommand::Import { bundle: path }).await?;
+            }
+            up(&App::open(config).await?).await?;
+        }
+        Command::Serve => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("IAF_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            iafactory_appliance::serve::serve(App::open(config).await?).await?;
+        }
+        Command::Down => {
+            let app = App::open(config).await?;
+            let progress = Progress::start("stopping every tenant (data stays)");
+            let step = |line: &str| progress.step(line);
+            let (report, result) = app.down(&step).await;
+            conclude(&progress, &report, result, "down")?;
+        }
+        Command::Status { output } => {
+            let app = App::open(config).await?;
+            let statuses = app.status().await?;
+            match output {
+                StatusFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&statuses)?);
+                }
+                StatusFormat::Table => {
+                    println!(
+                        "{:<24} {:<10} {:<10} {:<9} IMAGE",
+                        "TENANT", "COMPONENT", "HEALTH", "CURRENT"
+                    );
+                    for tenant in &statuses {
+                        for c in &tenant.components {
+                            println!(
+                                "{:<24} {:<10} {:<10} {:<9} {}",
+                                tenant.tenant,
+                                c.component,
+                                c.health,
+                                if c.up_to_date { "yes" } else { "no" },
+                                c.image
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Delete { tenant } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("deleting tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            let (report, result) = app.delete(&tenant, &step).await;
+            let retention = conclude(&progress, &report, result, "deleted")?;
+            println!(
+                "retention {retention:?}: {}",
+                match retention {
+                    iafactory_crds::tenant::Retention::Delete =>
+                        "its volumes and secrets were deleted",
+                    iafactory_crds::tenant::Retention::Retain =>
+                        "its volumes and secrets were kept; re-apply the tenant to get it back",
+                }
+            );
+        }
+        Command::Images { command } => images(config, command).await?,
+        Command::Backup { tenant, to } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("backing up tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            match backup::backup(&app, &tenant, &to, &step).await {
+                Ok(dir) => progress.finish(&format!("backed up to {}", dir.display())),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        Command::Restore { tenant, from } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("restoring tenant {tenant}"));
+            let step = |line: &str| progress.step(line);
+            match backup::restore(&app, &tenant, &from, &step).await {
+                Ok(report) => progress.finish(&format!(
+                    "restored tenant {tenant}: {} change(s)",
+                    report.actions.len()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        Command::Logs {
+            tenant,
+            component,
+            follow,
+            tail,
+        } => {
+            let app = App::open(config).await?;
+            app.require_tenant(&tenant)?;
+            let mut labels =
+                iafactory_appliance::engine::desired::instance_labels(&app.render_settings());
+            labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            if let Some(component) = &component {
+                labels.insert(
+                    iafactory_crds::plan::LABEL_COMPONENT.into(),
+                    component.clone(),
+                );
+            }
+            let containers = app.engine.containers(&labels).await?;
+            if containers.is_empty() {
+                anyhow::bail!(
+                    "tenant {tenant:?} has no {}container running; `iafactory up` starts it",
+                    component.map(|c| format!("{c} ")).unwrap_or_default()
+                );
+            }
+            let streams = containers.iter().map(|c| {
+                let prefix = format!("{}: ", c.component);
+                app.engine
+                    .logs(
+                        &Target::component(&tenant, &c.component),
+                        &c.name,
+                        follow,
+                        tail,
+                    )
+                    .map(move |line| line.map(|l| format!("{prefix}{l}")))
+                    .boxed()
+            });
+            let mut merged = futures::stream::select_all(streams);
+            while let Some(line) = merged.next().await {
+                print!("{}", line?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn up(app: &App) -> anyhow::Result<()> {
+    let progress = Progress::start("converging every tenant");
+    let step = |line: &str| progress.step(line);
+    let (report, result) = app.up(&step).await;
+    conclude(&progress, &report, result, "up")?;
+    Ok(())
+}
+
+async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
+    match command {
+        ImagesCommand::Export { to, images } => {
+            let app = App::open(config).await?;
+            let images = if images.is_empty() {
+                app.wanted_images().await?
+            } else {
+                images
+            };
+            let progress = Progress::start(&format!(
+                "exporting {} image(s) to {}",
+                images.len(),
+                to.display()
+            ));
+            let step = |line: &str| progress.step(line);
+            match bundle::export(&app.engine, &images, &to, &step).await {
+                Ok(manifest) => progress.finish(&format!(
+                    "wrote {} with {} image(s); carry it in and run `iafactory images import {}`",
+                    to.display(),
+                    manifest.images.len(),
+                    to.file_name().unwrap_or_default().to_string_lossy()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        ImagesCommand::Import { bundle: path } => {
+            let path = if path.exists() || path.components().count() > 1 {
+                path
+            } else {
+                config.appliance.bundle_dir.join(path)
+            };
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!("importing {}", path.display()));
+            let step = |line: &str| progress.step(line);
+            match bundle::import(&app.engine, &path, &step).await {
+                Ok(manifest) => progress.finish(&format!(
+                    "loaded {} image(s); `iafactory up` uses them",
+                    manifest.images.len()
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
+        ImagesCommand::Build {
+            source,
+            components,
+            release,
+        } => {
+            let source = source.unwrap_or_else(|| PathBuf::from("."));
+            let script = source.join("images/build.sh");
+            if !script.exists() {
+                anyhow::bail!(
+                    "{} is missing: `images build` compiles the images from the IAFactory source tree; run it there or pass --source DIR (a site with no source tree imports a bundle instead)",
+                    script.display()
+                );
+            }
+            let progress = Progress::start("building the platform's images");
+            let mut command = tokio::process::Command::new(&script);
+            if release {
+                command.arg("--release");
+            }
+            let status = command.args(&components).status().await?;
+            if !status.success() {
+                progress.abandon();
+                anyhow::bail!(
+                    "{} failed ({status}); its output above says why",
+                    script.display()
+                );
+            }
+            progress.finish("images built");
         }
     }
     Ok(())

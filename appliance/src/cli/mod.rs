@@ -1,6 +1,7 @@
 //! The commands of `iafactory`, one module each.
 
 pub mod plan;
+pub mod progress;
 
 use clap::ValueEnum;
 
@@ -9,5 +10,13 @@ use clap::ValueEnum;
 pub enum OutputFormat {
     #[default]
     Yaml,
+    Json,
+}
+
+/// `status -o`: a table for people, JSON for scripts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    #[default]
+    Table,
     Json,
 }

@@ -1,0 +1,436 @@
+//! Converges the Docker Engine to the desired state, tenant by tenant: create what is
+//! missing, replace what drifted (stateless: the new container healthy before the old
+//! stops; stateful: stop, then replace on the same volume), remove what carries our
+//! labels but is no longer wanted. Data volumes are only removed by `remove_tenant`
+//! with `delete_volumes`, which `delete` passes under `retention: Delete`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use iafactory_crds::plan::LABEL_TENANT;
+
+use super::desired::{ContainerSpec, RenderSettings, TenantState, instance_labels};
+use super::docker::{DockerError, Engine, Health, Observed, Target};
+
+/// Grace given to a stopping container (PostgreSQL flushes on SIGTERM).
+const STOP_GRACE_SECONDS: i32 = 30;
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergeError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("component {component} of tenant {tenant:?} ({container}) is not healthy: {reason}{}; see `iafactory logs {tenant} {component}`, fix the cause, then run `iafactory up` again", render_logs(.logs))]
+    Unhealthy {
+        tenant: String,
+        component: String,
+        container: String,
+        reason: String,
+        logs: Vec<String>,
+    },
+    #[error(
+        "component {component} of tenant {tenant:?} waits for {dependency}, which is not in the plan; this is a bug in the plan, report it"
+    )]
+    MissingDependency {
+        tenant: String,
+        component: String,
+        dependency: String,
+    },
+    #[error("{} tenant(s) did not converge:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Tenants(Vec<ConvergeError>),
+}
+
+fn render_logs(logs: &[String]) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!("; its last output:\n    {}", logs.join("\n    "))
+    }
+}
+
+/// What a converge changed, line by line.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub actions: Vec<String>,
+}
+
+pub struct Converger<'a> {
+    pub engine: &'a Engine,
+    pub settings: RenderSettings,
+    pub health_timeout: Duration,
+    /// Told every action as it happens (a progress bar, a log line).
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+impl Converger<'_> {
+    fn did(&self, report: &mut Report, line: String) {
+        (self.progress)(&line);
+        report.actions.push(line);
+    }
+
+    /// Every object this appliance owns.
+    async fn observe(&self) -> Result<Vec<Observed>, DockerError> {
+        self.engine
+            .containers(&instance_labels(&self.settings))
+            .await
+    }
+
+    /// Converges every tenant in `desired` and removes the containers and networks of
+    /// any other tenant this appliance owns (their volumes stay). A failing tenant
+    /// does not stop the others; all failures are returned together, after `report`
+    /// has recorded everything that was changed.
+    pub async fn converge_all(
+        &self,
+        desired: &[TenantState],
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let observed = self.observe().await?;
+        let labels = instance_labels(&self.settings);
+        let networks = self.engine.networks(&labels).await?;
+        let volumes: BTreeSet<String> = self
+            .engine
+            .volumes(&labels)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let network_names: BTreeSet<String> = networks.iter().map(|(n, _)| n.clone()).collect();
+        let mut failures = Vec::new();
+        for state in desired {
+            let mine: Vec<Observed> = observed
+                .iter()
+                .filter(|o| o.tenant == state.tenant)
+                .cloned()
+                .collect();
+            if let Err(e) = self
+                .converge_tenant(state, &mine, &network_names, &volumes, report)
+                .await
+            {
+                failures.push(e);
+            }
+        }
+        let wanted: BTreeSet<&str> = desired.iter().map(|s| s.tenant.as_str()).collect();
+        let mut orphan_tenants = BTreeSet::new();
+        for orphan in observed
+            .iter()
+            .filter(|o| !wanted.contains(o.tenant.as_str()))
+        {
+            let target = Target::component(&orphan.tenant, &orphan.component);
+            self.engine.remove_container(&target, &orphan.name).await?;
+            self.did(
+                report,
+                format!("{target}: removed {} (no longer wanted)", orphan.name),
+            );
+            orphan_tenants.insert(orphan.tenant.clone());
+        }
+        for (network, network_labels) in &networks {
+            let tenant = network_labels
+                .get(LABEL_TENANT)
+                .cloned()
+                .unwrap_or_default();
+            if !wanted.contains(tenant.as_str()) {
+                let target = Target::tenant(&tenant);
+                self.engine.remove_network(&target, network).await?;
+                self.did(report, format!("{target}: removed network {network}"));
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            _ => Err(ConvergeError::Tenants(failures)),
+        }
+    }
+
+    /// Converges one tenant, `observed` being its containers.
+    pub async fn converge_tenant(
+        &self,
+        state: &TenantState,
+        observed: &[Observed],
+        networks: &BTreeSet<String>,
+        volumes: &BTreeSet<String>,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let tenant = &state.tenant;
+        let by_name: BTreeMap<&str, &Observed> =
+            observed.iter().map(|o| (o.name.as_str(), o)).collect();
+
+        // Every image a new container needs must be here before anything changes: a
+        // missing one leaves the running tenant as it was.
+        let mut checked = BTreeSet::new();
+        for spec in &state.containers {
+            let current = by_name.get(spec.name.as_str());
+            if current.is_none_or(|o| o.spec_hash != spec.spec_hash)
+                && checked.insert(spec.image.clone())
+            {
+                self.engine
+                    .require_image(&Target::component(tenant, &spec.component), &spec.image)
+                    .await?;
+            }
+        }
+
+        let target = Target::tenant(tenant);
+        if !networks.contains(&state.network.name) {
+            self.engine.create_network(&target, &state.network).await?;
+            self.did(
+                report,
+                format!("{target}: created network {}", state.network.name),
+            );
+        }
+        for volume in &state.volumes {
+            if !volumes.contains(&volume.name) {
+                let target = Target::component(tenant, &volume.component);
+                self.engine.create_volume(&target, volume).await?;
+                self.did(report, format!("{target}: created volume {}", volume.name));
+            }
+        }
+
+        let mut components: Vec<&str> = Vec::new();
+        for spec in &state.containers {
+            if !components.contains(&spec.component.as_str()) {
+                components.push(&spec.component);
+            }
+        }
+        for component in &components {
+            let specs: Vec<&ContainerSpec> = state
+                .containers
+                .iter()
+                .filter(|c| &c.component == component)
+                .collect();
+            let target = Target::component(tenant, component);
+            for dependency in &specs[0].depends_on {
+                let names: Vec<&str> = state
+                    .containers
+                    .iter()
+                    .filter(|c| &c.component == dependency)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if names.is_empty() {
+                    return Err(ConvergeError::MissingDependency {
+                        tenant: tenant.clone(),
+                        component: component.to_string(),
+                        dependency: dependency.clone(),
+                    });
+                }
+                for name in names {
+                    self.wait_healthy(&Target::component(tenant, dependency), name)
+                        .await?;
+                }
+            }
+            let mut touched = Vec::new();
+            for spec in &specs {
+                match by_name.get(spec.name.as_str()) {
+                    None => {
+                        self.create_and_start(&target, spec, report, "created")
+                            .await?;
+                        touched.push(spec.name.as_str());
+                    }
+                    Some(current) if current.spec_hash != spec.spec_hash => {
+                        // Only a stateful container keeps its name across specs.
+                        self.engine
+                            .stop_container(&target, &current.name, STOP_GRACE_SECONDS)
+                            .await?;
+                        self.engine.remove_container(&target, &current.name).await?;
+                        self.create_and_start(&target, spec, report, "replaced")
+                            .await?;
+                        touched.push(spec.name.as_str());
+                    }
+                    Some(current) if !current.running => {
+                        self.engine.start_container(&target, &current.name).await?;
+                        self.did(report, format!("{target}: started {}", current.name));
+                        touched.push(spec.name.as_str());
+                    }
+                    // Running but not healthy yet (or any more): wait, and report it.
+                    Some(current) if !current.health.is_healthy() => {
+                        touched.push(spec.name.as_str());
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in &touched {
+                self.wait_healthy(&target, name).await?;
+            }
+            // The component's new containers are healthy: its old ones may go.
+            let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            for old in observed
+                .iter()
+                .filter(|o| &o.component == component && !wanted.contains(o.name.as_str()))
+            {
+                self.engine
+                    .stop_container(&target, &old.name, STOP_GRACE_SECONDS)
+                    .await?;
+                self.engine.remove_container(&target, &old.name).await?;
+                self.did(report, format!("{target}: removed {} (replaced)", old.name));
+            }
+        }
+        // Components the plan no longer has (Ollama switched off, a suspended tenant).
+        for orphan in observed
+            .iter()
+            .filter(|o| !components.contains(&o.component.as_str()))
+        {
+            let target = Target::component(tenant, &orphan.component);
+            self.engine
+                .stop_container(&target, &orphan.name, STOP_GRACE_SECONDS)
+                .await?;
+            self.engine.remove_container(&target, &orphan.name).await?;
+            self.did(
+                report,
+                format!("{target}: removed {} (not in the plan)", orphan.name),
+            );
+        }
+        Ok(())
+    }
+
+    async fn create_and_start(
+        &self,
+        target: &Target,
+        spec: &ContainerSpec,
+        report: &mut Report,
+        verb: &str,
+    ) -> Result<(), ConvergeError> {
+        self.engine.create_container(target, spec).await?;
+        self.engine.start_container(target, &spec.name).await?;
+        self.did(
+            report,
+            format!("{target}: {verb} {} ({})", spec.name, spec.image),
+        );
+        Ok(())
+    }
+
+    /// Waits until the container is healthy (or running, without a healthcheck).
+    pub async fn wait_healthy(&self, target: &Target, name: &str) -> Result<(), ConvergeError> {
+        let deadline = Instant::now() + self.health_timeout;
+        loop {
+            let reason = match self.engine.inspect(target, name).await? {
+                None => "the container is gone".to_owned(),
+                Some(inspected) => {
+                    let state = inspected.state.unwrap_or_default();
+                    let running = state.running.unwrap_or(false);
+                    let health = state.health.and_then(|h| h.status).map(|s| s.to_string());
+                    match (running, health.as_deref()) {
+                        (true, Some("healthy")) | (true, None | Some("") | Some("none")) => {
+                            return Ok(());
+                        }
+                        (true, Some("unhealthy")) => {
+                            return Err(self
+                                .unhealthy(target, name, "its healthcheck fails")
+                                .await);
+                        }
+                        _ if inspected.restart_count.unwrap_or(0) > 0 || !running => {
+                            let code = state.exit_code.unwrap_or_default();
+                            if !running || code != 0 {
+                                return Err(self
+                                    .unhealthy(target, name, &format!("it exited with code {code}"))
+                                    .await);
+                            }
+                            "it is restarting".to_owned()
+                        }
+                        _ => "its healthcheck has not passed yet".to_owned(),
+                    }
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(self
+                    .unhealthy(
+                        target,
+                        name,
+                        &format!("{reason} after {}s", self.health_timeout.as_secs()),
+                    )
+                    .await);
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    }
+
+    async fn unhealthy(&self, target: &Target, name: &str, reason: &str) -> ConvergeError {
+        let logs: Vec<String> = self
+            .engine
+            .logs(target, name, false, Some(5))
+            .filter_map(|line| async { line.ok() })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|l| l.trim_end().to_owned())
+            .collect();
+        ConvergeError::Unhealthy {
+            tenant: target.tenant.clone(),
+            component: target.component.clone().unwrap_or_default(),
+            container: name.to_owned(),
+            reason: reason.to_owned(),
+            logs,
+        }
+    }
+
+    /// Removes a tenant's containers and network; its volumes too when
+    /// `delete_volumes` (retention: Delete).
+    pub async fn remove_tenant(
+        &self,
+        tenant: &str,
+        delete_volumes: bool,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let mut labels = instance_labels(&self.settings);
+        labels.insert(LABEL_TENANT.into(), tenant.to_owned());
+        for container in self.engine.containers(&labels).await? {
+            let target = Target::component(tenant, &container.component);
+            self.engine
+                .stop_container(&target, &container.name, STOP_GRACE_SECONDS)
+                .await?;
+            self.engine
+                .remove_container(&target, &container.name)
+                .await?;
+            self.did(report, format!("{target}: removed {}", container.name));
+        }
+        let target = Target::tenant(tenant);
+        for (network, _) in self.engine.networks(&labels).await? {
+            self.engine.remove_network(&target, &network).await?;
+            self.did(report, format!("{target}: removed network {network}"));
+        }
+        if delete_volumes {
+            for (volume, _) in self.engine.volumes(&labels).await? {
+                self.engine.remove_volume(&target, &volume).await?;
+                self.did(
+                    report,
+                    format!("{target}: deleted volume {volume} and its data"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and removes every container and network of this appliance; volumes stay.
+    pub async fn down(&self, report: &mut Report) -> Result<(), ConvergeError> {
+        let tenants: BTreeSet<String> = self
+            .observe()
+            .await?
+            .into_iter()
+            .map(|o| o.tenant)
+            .collect();
+        let networks = self
+            .engine
+            .networks(&instance_labels(&self.settings))
+            .await?;
+        let mut all: BTreeSet<String> = tenants;
+        all.extend(
+            networks
+                .iter()
+                .filter_map(|(_, l)| l.get(LABEL_TENANT).cloned()),
+        );
+        for tenant in all {
+            self.remove_tenant(&tenant, false, report).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Health as a word for status output.
+pub fn health_word(health: Option<Health>) -> &'static str {
+    match health {
+        None => "missing",
+        Some(Health::Healthy) => "healthy",
+        Some(Health::Running) => "running",
+        Some(Health::Starting) => "starting",
+        Some(Health::Unhealthy) => "unhealthy",
+        Some(Health::Stopped) => "stopped",
+    }
+}

@@ -1,0 +1,390 @@
+//! What Docker should run for one tenant, decided from its plan alone (pure): the
+//! network, the named volumes, and every container with its labels, healthcheck,
+//! limits and hash.
+
+use std::collections::BTreeMap;
+
+use iafactory_crds::plan::{
+    ComponentPlan, EnvValue, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_SPEC_HASH, LABEL_TENANT,
+    TenantPlan, VolumeKind,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::Secrets;
+
+/// The `managed-by` value of everything the appliance creates.
+pub const MANAGED_BY: &str = "iafactory-appliance";
+/// Which appliance (settings `instance`) owns an object.
+pub const LABEL_INSTANCE: &str = "iafactory.dz/appliance";
+/// The plan's name for a named volume (`data`, `storage`, ...).
+pub const LABEL_VOLUME: &str = "iafactory.dz/volume";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DesiredError {
+    #[error(
+        "component {component} of tenant {tenant:?} reads secret {secret}/{key}, which was never generated; this is a bug in the plan, report it"
+    )]
+    MissingSecret {
+        tenant: String,
+        component: String,
+        secret: String,
+        key: String,
+    },
+}
+
+/// How the appliance renders plans, independent of any tenant.
+#[derive(Clone, Debug)]
+pub struct RenderSettings {
+    pub instance: String,
+    pub healthcheck_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TenantState {
+    pub tenant: String,
+    pub network: NetworkSpec,
+    pub volumes: Vec<VolumeSpec>,
+    /// In start order: a container's dependencies come before it.
+    pub containers: Vec<ContainerSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Internal: no route out, so no tenant reaches another or the internet.
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub component: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub component: String,
+    pub image: String,
+    pub stateful: bool,
+    /// Arguments to the image's entrypoint (empty: the image's own command).
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
+    /// DNS names on the tenant network: the component's name, as the plan's URLs use.
+    pub aliases: Vec<String>,
+    pub user: String,
+    pub read_only: bool,
+    /// Mount path → tmpfs options, for the plan's scratch volumes.
+    pub tmpfs: BTreeMap<String, String>,
+    /// Named volume → mount path.
+    pub mounts: Vec<(String, String)>,
+    pub healthcheck: Option<HealthcheckSpec>,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    /// Components (by name) that must be healthy before this one starts.
+    pub depends_on: Vec<String>,
+    pub spec_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthcheckSpec {
+    pub test: Vec<String>,
+    pub interval_ns: i64,
+    pub timeout_ns: i64,
+    pub retries: i64,
+    pub start_period_ns: i64,
+}
+
+pub fn network_name(tenant: &str) -> String {
+    format!("{}{tenant}", iafactory_crds::plan::NAMESPACE_PREFIX)
+}
+
+pub fn volume_name(tenant: &str, component: &str, volume: &str) -> String {
+    format!("iaf-{tenant}-{component}-{volume}")
+}
+
+/// Labels that select every object of one appliance.
+pub fn instance_labels(settings: &RenderSettings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_INSTANCE.to_owned(), settings.instance.clone()),
+    ])
+}
+
+/// The whole desired state of one tenant.
+pub fn tenant_state(
+    plan: &TenantPlan,
+    secrets: &Secrets,
+    settings: &RenderSettings,
+) -> Result<TenantState, DesiredError> {
+    let mut base = instance_labels(settings);
+    base.insert(LABEL_TENANT.into(), plan.tenant.clone());
+    let network = NetworkSpec {
+        name: network_name(&plan.tenant),
+        internal: true,
+        labels: base.clone(),
+    };
+    let mut volumes = Vec::new();
+    let mut containers = Vec::new();
+    for component in &plan.components {
+        for volume in &component.volumes {
+            if let VolumeKind::Persistent { .. } = volume.kind {
+                let mut labels = base.clone();
+                labels.insert(LABEL_COMPONENT.into(), component.name.clone());
+                labels.insert(LABEL_VOLUME.into(), volume.name.clone());
+                volumes.push(VolumeSpec {
+                    name: volume_name(&plan.tenant, &component.name, &volume.name),
+                    component: component.name.clone(),
+                    labels,
+                });
+            }
+        }
+        containers.extend(component_containers(plan, component, secrets, settings)?);
+    }
+    Ok(TenantState {
+        tenant: plan.tenant.clone(),
+        network,
+        volumes,
+        containers,
+    })
+}
+
+fn component_containers(
+    plan: &TenantPlan,
+    component: &ComponentPlan,
+    secrets: &Secrets,
+    settings: &RenderSettings,
+) -> Result<Vec<ContainerSpec>, DesiredError> {
+    let env = environment(plan, component, secrets)?;
+    let mut labels = plan.component_labels(component);
+    labels.extend(instance_labels(settings));
+    // Owned by the component's user: this engine ignores a tmpfs `mode`, and the
+    // root filesystem is read-only, so scratch space is only writable this way.
+    let scratch_options = format!(
+        "rw,nosuid,nodev,uid={},gid={}",
+        component.security.run_as_user, component.security.fs_group
+    );
+    let tmpfs = component
+        .volumes
+        .iter()
+        .filter(|v| matches!(v.kind, VolumeKind::Scratch))
+        .map(|v| (v.mount_path.clone(), scratch_options.clone()))
+        .collect();
+    let mounts = component
+        .volumes
+        .iter()
+        .filter(|v| matches!(v.kind, VolumeKind::Persistent { .. }))
+        .map(|v| {
+            (
+                volume_name(&plan.tenant, &component.name, &v.name),
+                v.mount_path.clone(),
+            )
+        })
+        .collect();
+    let seconds = |s: i32| i64::from(s) * 1_000_000_000;
+    let healthcheck = (!component.healthcheck.is_empty()).then(|| {
+        let readiness = component.probes.readiness.as_ref();
+        let startup = component.probes.startup.as_ref();
+        HealthcheckSpec {
+            test: std::iter::once("CMD".to_owned())
+                .chain(component.healthcheck.iter().cloned())
+                .collect(),
+            // Docker 20.10 has no faster start interval: one short interval throughout
+            // keeps `up` quick, at a cost of one cheap command every couple of seconds.
+            interval_ns: settings.healthcheck_interval_ms as i64 * 1_000_000,
+            timeout_ns: seconds(readiness.map_or(5, |p| p.timeout_seconds)),
+            retries: i64::from(readiness.map_or(3, |p| p.failure_threshold)),
+            start_period_ns: seconds(startup.map_or(0, |p| p.period_seconds * p.failure_threshold)),
+        }
+    });
+    let template = ContainerSpec {
+        name: String::new(),
+        component: component.name.clone(),
+        image: component.image.clone(),
+        stateful: component.stateful,
+        cmd: component.args.clone(),
+        env,
+        labels,
+        network: network_name(&plan.tenant),
+        aliases: vec![component.name.clone()],
+        user: format!(
+            "{}:{}",
+            component.security.run_as_user, component.security.run_as_group
+        ),
+        read_only: component.security.read_only_root_filesystem,
+        tmpfs,
+        mounts,
+        healthcheck,
+        nano_cpus: (component.resources.limits.cpu.value() * 1e9) as i64,
+        memory_bytes: component.resources.limits.memory.bytes() as i64,
+        depends_on: component
+            .depends_on
+            .iter()
+            .map(|k| k.name().to_owned())
+            .collect(),
+        spec_hash: String::new(),
+    };
+    let hash = spec_hash(&template);
+    let mut template = template;
+    template.labels.insert(LABEL_SPEC_HASH.into(), hash.clone());
+    template.spec_hash = hash.clone();
+    Ok((0..component.replicas.max(0))
+        .map(|replica| {
+            let mut spec = template.clone();
+            // A stateful component keeps its name: it is replaced by stopping first.
+            // A stateless one's name carries its hash, so the new container can run
+            // beside the old one until it is healthy.
+            spec.name = if component.stateful {
+                format!("iaf-{}-{}", plan.tenant, component.name)
+            } else {
+                format!(
+                    "iaf-{}-{}-{}-{replica}",
+                    plan.tenant,
+                    component.name,
+                    &hash[..8]
+                )
+            };
+            spec
+        })
+        .collect())
+}
+
+/// Expands the plan's environment: secrets from the store, `$(VAR)` templates over the
+/// variables defined before them (Kubernetes' rule).
+fn environment(
+    plan: &TenantPlan,
+    component: &ComponentPlan,
+    secrets: &Secrets,
+) -> Result<Vec<String>, DesiredError> {
+    let mut values: Vec<(String, String)> = Vec::new();
+    for var in &component.env {
+        let value = match &var.value {
+            EnvValue::Literal { value } => value.clone(),
+            EnvValue::Secret { secret, key } => secrets
+                .get(secret)
+                .and_then(|s| s.get(key))
+                .cloned()
+                .ok_or_else(|| DesiredError::MissingSecret {
+                    tenant: plan.tenant.clone(),
+                    component: component.name.clone(),
+                    secret: secret.clone(),
+                    key: key.clone(),
+                })?,
+            EnvValue::Template { template } => {
+                values.iter().fold(template.clone(), |text, (name, value)| {
+                    text.replace(&format!("$({name})"), value)
+                })
+            }
+        };
+        values.retain(|(name, _)| name != &var.name);
+        values.push((var.name.clone(), value));
+    }
+    Ok(values
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect())
+}
+
+fn spec_hash(spec: &ContainerSpec) -> String {
+    let bytes = serde_json::to_vec(spec).expect("a container spec serializes");
+    hex::encode(&Sha256::digest(&bytes)[..10])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iafactory_crds::PlatformConfig;
+    use iafactory_crds::plan::plan;
+
+    fn tenant(yaml: &str) -> iafactory_crds::Tenant {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn settings() -> RenderSettings {
+        RenderSettings {
+            instance: "test".into(),
+            healthcheck_interval_ms: 1000,
+        }
+    }
+
+    fn secrets_for(plan: &TenantPlan) -> Secrets {
+        plan.secrets
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.keys
+                        .iter()
+                        .map(|k| (k.key.clone(), format!("{}-{}", s.name, k.key)))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    const TENANT: &str =
+        "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {}\n";
+
+    #[test]
+    fn renders_the_plan_as_an_internal_network_volumes_and_ordered_containers() {
+        let plan = plan(&tenant(TENANT), &PlatformConfig::default()).unwrap();
+        let state = tenant_state(&plan, &secrets_for(&plan), &settings()).unwrap();
+        assert_eq!(state.network.name, "iaf-acme");
+        assert!(state.network.internal);
+        assert_eq!(state.volumes[0].name, "iaf-acme-postgres-data");
+        let names: Vec<_> = state
+            .containers
+            .iter()
+            .map(|c| c.component.as_str())
+            .collect();
+        assert_eq!(names.first(), Some(&"postgres"));
+        assert_eq!(names.last(), Some(&"api"));
+        let api = state.containers.last().unwrap();
+        assert!(api.depends_on.contains(&"postgres".to_owned()));
+        assert_eq!(api.labels[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(api.labels[LABEL_TENANT], "acme");
+        assert_eq!(api.labels[LABEL_SPEC_HASH], api.spec_hash);
+        assert!(api.name.starts_with("iaf-acme-api-"));
+        assert!(api.env.iter().any(|e| e
+            == "IAF_DATABASE_URL=postgres://iafactory:postgres-credentials-password@postgres:5432/iafactory"));
+        assert!(api.memory_bytes > 0 && api.nano_cpus > 0);
+        let db = &state.containers[0];
+        assert_eq!(db.name, "iaf-acme-postgres");
+        assert_eq!(db.user, "999:999");
+        assert!(db.healthcheck.as_ref().unwrap().test[0] == "CMD");
+        assert!(db.tmpfs.contains_key("/tmp"));
+    }
+
+    #[test]
+    fn the_hash_is_stable_and_follows_the_image() {
+        let config = PlatformConfig::default();
+        let one = plan(&tenant(TENANT), &config).unwrap();
+        let a = tenant_state(&one, &secrets_for(&one), &settings()).unwrap();
+        let b = tenant_state(&one, &secrets_for(&one), &settings()).unwrap();
+        assert_eq!(a, b);
+        let mut other = config.clone();
+        other.images.api.image = "iafactory/api:0.2.0".into();
+        let two = plan(&tenant(TENANT), &other).unwrap();
+        let c = tenant_state(&two, &secrets_for(&two), &settings()).unwrap();
+        assert_eq!(a.containers[0].spec_hash, c.containers[0].spec_hash);
+        assert_ne!(
+            a.containers.last().unwrap().spec_hash,
+            c.containers.last().unwrap().spec_hash
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_names_tenant_and_component() {
+        let plan = plan(&tenant(TENANT), &PlatformConfig::default()).unwrap();
+        let error = tenant_state(&plan, &Secrets::new(), &settings()).unwrap_err();
+        assert!(
+            error.to_string().contains("postgres of tenant \"acme\""),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,692 @@
+//! The one wrapper around bollard: every Docker call the appliance makes goes through
+//! here, each with its own error variant naming the tenant and component, and every
+//! call that changes something is counted (a converged box makes none).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ExecConfig, HealthConfig,
+    HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+};
+use futures::{Stream, StreamExt};
+
+use super::desired::{ContainerSpec, NetworkSpec, VolumeSpec};
+
+/// Which tenant and component a Docker call was for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub tenant: String,
+    pub component: Option<String>,
+}
+
+impl Target {
+    pub fn tenant(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            component: None,
+        }
+    }
+
+    pub fn component(tenant: &str, component: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            component: Some(component.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.component {
+            Some(component) => write!(f, "tenant {:?}, component {component}", self.tenant),
+            None => write!(f, "tenant {:?}", self.tenant),
+        }
+    }
+}
+
+const DOCKER_HINT: &str =
+    "is dockerd running and is this user allowed on its socket? (`docker info`)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker Engine: {0}; {DOCKER_HINT}")]
+    Connect(#[source] Box<BollardError>),
+    #[error("cannot list containers: {0}; {DOCKER_HINT}")]
+    ListContainers(#[source] Box<BollardError>),
+    #[error("cannot list networks: {0}; {DOCKER_HINT}")]
+    ListNetworks(#[source] Box<BollardError>),
+    #[error("cannot list volumes: {0}; {DOCKER_HINT}")]
+    ListVolumes(#[source] Box<BollardError>),
+    #[error("cannot inspect container {name} ({target}): {source}")]
+    InspectContainer {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error(
+        "image {image} for {target} is not on this box, and the appliance never pulls: import a bundle (`iafactory images import BUNDLE.tar`) or build it (`iafactory images build`)"
+    )]
+    ImageMissing { target: Target, image: String },
+    #[error("cannot inspect image {image} for {target}: {source}")]
+    InspectImage {
+        target: Target,
+        image: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot create network {name} ({target}): {source}")]
+    CreateNetwork {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error(
+        "cannot remove network {name} ({target}): {source}; a container outside the appliance may still use it (`docker network inspect {name}`)"
+    )]
+    RemoveNetwork {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot inspect volume {name} ({target}): {source}")]
+    InspectVolume {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot create volume {name} ({target}): {source}")]
+    CreateVolume {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot remove volume {name} ({target}): {source}")]
+    RemoveVolume {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot create container {name} ({target}): {source}")]
+    CreateContainer {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot start container {name} ({target}): {source}; see `iafactory logs {} {}`", .target.tenant, .target.component.as_deref().unwrap_or_default())]
+    StartContainer {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot stop container {name} ({target}): {source}")]
+    StopContainer {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot remove container {name} ({target}): {source}")]
+    RemoveContainer {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot read the logs of {name} ({target}): {source}")]
+    Logs {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot run {command:?} in {name} ({target}): {source}")]
+    Exec {
+        target: Target,
+        name: String,
+        command: Vec<String>,
+        source: Box<BollardError>,
+    },
+}
+
+/// A container as listed, with what the appliance reads from its labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub tenant: String,
+    pub component: String,
+    pub spec_hash: String,
+    pub running: bool,
+    pub health: Health,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Running with no healthcheck: running is healthy.
+    Running,
+    Starting,
+    Healthy,
+    Unhealthy,
+    Stopped,
+}
+
+impl Health {
+    pub fn is_healthy(self) -> bool {
+        matches!(self, Health::Healthy | Health::Running)
+    }
+}
+
+/// The Docker Engine, through bollard, with a count of the calls that changed it.
+pub struct Engine {
+    docker: Docker,
+    mutations: AtomicU64,
+}
+
+fn not_found(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn filters(labels: &BTreeMap<String, String>) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )])
+}
+
+impl Engine {
+    /// Connects to the local engine, agreeing on an API version it speaks (20.10 is
+    /// API 1.41, older than bollard's default).
+    pub async fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| DockerError::Connect(Box::new(e)))?
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::Connect(Box::new(e)))?;
+        Ok(Self {
+            docker,
+            mutations: AtomicU64::new(0),
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// How many calls that change the engine this wrapper has made.
+    pub fn mutations(&self) -> u64 {
+        self.mutations.load(Ordering::SeqCst)
+    }
+
+    fn mutated(&self) {
+        self.mutations.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every container (running or not) carrying all of `labels`.
+    pub async fn containers(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Observed>, DockerError> {
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters(labels)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| DockerError::ListContainers(Box::new(e)))?;
+        Ok(listed
+            .into_iter()
+            .map(|c| {
+                let labels: BTreeMap<String, String> =
+                    c.labels.unwrap_or_default().into_iter().collect();
+                let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                let running = c.state.map(|s| s.to_string()) == Some("running".into());
+                let status = c.status.unwrap_or_default();
+                let health = if !running {
+                    Health::Stopped
+                } else if status.contains("(healthy)") {
+                    Health::Healthy
+                } else if status.contains("(unhealthy)") {
+                    Health::Unhealthy
+                } else if status.contains("(health: starting)") {
+                    Health::Starting
+                } else {
+                    Health::Running
+                };
+                Observed {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    tenant: label(iafactory_crds::plan::LABEL_TENANT),
+                    component: label(iafactory_crds::plan::LABEL_COMPONENT),
+                    spec_hash: label(iafactory_crds::plan::LABEL_SPEC_HASH),
+                    running,
+                    health,
+                    labels,
+                }
+            })
+            .collect())
+    }
+
+    /// Names of the networks carrying all of `labels`.
+    pub async fn networks(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, DockerError> {
+        let listed = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters(labels)),
+            }))
+            .await
+            .map_err(|e| DockerError::ListNetworks(Box::new(e)))?;
+        Ok(listed
+            .into_iter()
+            .map(|n| {
+                (
+                    n.name.unwrap_or_default(),
+                    n.labels.unwrap_or_default().into_iter().collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// Names of the volumes carrying all of `labels`.
+    pub async fn volumes(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, DockerError> {
+        let listed = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters(labels)),
+            }))
+            .await
+            .map_err(|e| DockerError::ListVolumes(Box::new(e)))?;
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name, v.labels.into_iter().collect()))
+            .collect())
+    }
+
+    /// Where a local volume's data lives on the host.
+    pub async fn volume_mountpoint(
+        &self,
+        target: &Target,
+        name: &str,
+    ) -> Result<String, DockerError> {
+        self.docker
+            .inspect_volume(name)
+            .await
+            .map(|v| v.mountpoint)
+            .map_err(|source| DockerError::InspectVolume {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    pub async fn inspect(
+        &self,
+        target: &Target,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(inspected) => Ok(Some(inspected)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::InspectContainer {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Fails with "import a bundle" when the image is not on the box.
+    pub async fn require_image(&self, target: &Target, image: &str) -> Result<(), DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Err(DockerError::ImageMissing {
+                target: target.clone(),
+                image: image.to_owned(),
+            }),
+            Err(source) => Err(DockerError::InspectImage {
+                target: target.clone(),
+                image: image.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    pub async fn create_network(
+        &self,
+        target: &Target,
+        spec: &NetworkSpec,
+    ) -> Result<(), DockerError> {
+        self.mutated();
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: spec.name.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(spec.internal),
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| DockerError::CreateNetwork {
+                target: target.clone(),
+                name: spec.name.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    pub async fn remove_network(&self, target: &Target, name: &str) -> Result<(), DockerError> {
+        self.mutated();
+        match self.docker.remove_network(name).await {
+            Err(e) if !not_found(&e) => Err(DockerError::RemoveNetwork {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(e),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn create_volume(
+        &self,
+        target: &Target,
+        spec: &VolumeSpec,
+    ) -> Result<(), DockerError> {
+        self.mutated();
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(spec.name.clone()),
+                labels: Some(spec.labels.clone().into_iter().collect()),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|source| DockerError::CreateVolume {
+                target: target.clone(),
+                name: spec.name.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    pub async fn remove_volume(&self, target: &Target, name: &str) -> Result<(), DockerError> {
+        self.mutated();
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Err(e) if !not_found(&e) => Err(DockerError::RemoveVolume {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(e),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn create_container(
+        &self,
+        target: &Target,
+        spec: &ContainerSpec,
+    ) -> Result<(), DockerError> {
+        let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: Some(h.interval_ns),
+            timeout: Some(h.timeout_ns),
+            retries: Some(h.retries),
+            start_period: Some(h.start_period_ns),
+            start_interval: None,
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            user: Some(spec.user.clone()),
+            healthcheck,
+            host_config: Some(HostConfig {
+                binds: Some(
+                    spec.mounts
+                        .iter()
+                        .map(|(volume, path)| format!("{volume}:{path}"))
+                        .collect(),
+                ),
+                tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                nano_cpus: Some(spec.nano_cpus),
+                memory: Some(spec.memory_bytes),
+                readonly_rootfs: Some(spec.read_only),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                network_mode: Some(spec.network.clone()),
+                // A small init as PID 1 forwards SIGTERM and reaps zombies, so every
+                // component stops promptly, whatever its own process does with signals.
+                init: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    spec.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(spec.aliases.clone()),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        self.mutated();
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map(drop)
+            .map_err(|source| DockerError::CreateContainer {
+                target: target.clone(),
+                name: spec.name.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    pub async fn start_container(&self, target: &Target, name: &str) -> Result<(), DockerError> {
+        self.mutated();
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|source| DockerError::StartContainer {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Stops gracefully (databases flush), giving up after `grace_seconds`.
+    pub async fn stop_container(
+        &self,
+        target: &Target,
+        name: &str,
+        grace_seconds: i32,
+    ) -> Result<(), DockerError> {
+        self.mutated();
+        match self
+            .docker
+            .stop_container(
+                name,
+                Some(StopContainerOptions {
+                    t: Some(grace_seconds),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            Err(e) if !not_found(&e) => Err(DockerError::StopContainer {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(e),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn remove_container(&self, target: &Target, name: &str) -> Result<(), DockerError> {
+        self.mutated();
+        match self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Err(e) if !not_found(&e) => Err(DockerError::RemoveContainer {
+                target: target.clone(),
+                name: name.to_owned(),
+                source: Box::new(e),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The container's output, as lines; `follow` keeps the stream open.
+    pub fn logs(
+        &self,
+        target: &Target,
+        name: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> impl Stream<Item = Result<String, DockerError>> + '_ {
+        let target = target.clone();
+        let owned = name.to_owned();
+        self.docker
+            .logs(
+                name,
+                Some(LogsOptions {
+                    follow,
+                    stdout: true,
+                    stderr: true,
+                    tail: tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                    ..Default::default()
+                }),
+            )
+            .map(move |chunk| {
+                chunk
+                    .map(|c| c.to_string())
+                    .map_err(|source| DockerError::Logs {
+                        target: target.clone(),
+                        name: owned.clone(),
+                        source: Box::new(source),
+                    })
+            })
+    }
+
+    /// Runs `command` in a running container, feeding it `input` on stdin.
+    pub async fn exec(
+        &self,
+        target: &Target,
+        name: &str,
+        command: &[String],
+        input: Option<&[u8]>,
+    ) -> Result<ExecOutput, DockerError> {
+        let error = |source| DockerError::Exec {
+            target: target.clone(),
+            name: name.to_owned(),
+            command: command.to_vec(),
+            source: Box::new(source),
+        };
+        let created = self
+            .docker
+            .create_exec(
+                name,
+                ExecConfig {
+                    attach_stdin: Some(input.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(command.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(error)?;
+        let mut output = ExecOutput::default();
+        if let bollard::exec::StartExecResults::Attached {
+            output: mut stream,
+            input: mut stdin,
+        } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(error)?
+        {
+            let feed = async {
+                if let Some(bytes) = input {
+                    use tokio::io::AsyncWriteExt;
+                    stdin.write_all(bytes).await?;
+                    stdin.shutdown().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            let drain = async {
+                while let Some(chunk) = stream.next().await {
+                    match chunk.map_err(error)? {
+                        bollard::container::LogOutput::StdErr { message } => {
+                            output.stderr.extend_from_slice(&message)
+                        }
+                        other => output.stdout.extend_from_slice(&other.into_bytes()),
+                    }
+                }
+                Ok::<(), DockerError>(())
+            };
+            let (fed, drained) = futures::join!(feed, drain);
+            drained?;
+            fed.map_err(|e| error(BollardError::IOError { err: e }))?;
+        }
+        let inspected = self.docker.inspect_exec(&created.id).await.map_err(error)?;
+        output.code = inspected.exit_code.unwrap_or(-1);
+        Ok(output)
+    }
+}
+
+/// What a command run in a container returned.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}

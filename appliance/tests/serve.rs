@@ -1,0 +1,139 @@
+//! `iafactory serve`, the real binary: it converges a manifest stored while it runs,
+//! restores a removed container on its timer, exports the appliance metrics and a
+//! scrape configuration promtool accepts, and refuses a port already taken.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{TestAppliance, docker_ok, random_suffix, stderr};
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    response.status().is_success().then_some(())?;
+    response.text().await.ok()
+}
+
+#[tokio::test]
+async fn serve_converges_repairs_and_exports_metrics() {
+    let box_ = TestAppliance::new();
+    let port = free_port();
+    let config = std::fs::read_to_string(&box_.config_file).unwrap().replace(
+        "[appliance]\n",
+        &format!("[appliance]\nlisten = \"127.0.0.1:{port}\"\nreconcile_interval_seconds = 1\n"),
+    );
+    std::fs::write(&box_.config_file, config).unwrap();
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_iafactory"))
+            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
+            .env("IAF_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("serve answers /healthz", 30, || async {
+        get(port, "/healthz").await.is_some()
+    })
+    .await;
+
+    // A manifest stored while serve runs is converged without `up`.
+    let tenant = format!("sv{}", random_suffix());
+    let file = box_.tenant_file(&tenant, "");
+    let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let healthy = || async {
+        get(port, "/status").await.is_some_and(|body| {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            json[0]["tenant"] == tenant.as_str() && json[0]["healthy"] == true
+        })
+    };
+    wait_for("serve converges the new tenant", 90, healthy).await;
+
+    let metrics = get(port, "/metrics").await.unwrap();
+    for needle in [
+        format!("iafactory_appliance_container_running{{tenant=\"{tenant}\",component=\"api\""),
+        format!(
+            "iafactory_appliance_container_healthy{{tenant=\"{tenant}\",component=\"postgres\",container=\"iaf-{tenant}-postgres\"}} 1"
+        ),
+        format!(
+            "iafactory_appliance_volume_capacity_bytes{{tenant=\"{tenant}\",volume=\"iaf-{tenant}-postgres-data\"}}"
+        ),
+        format!(
+            "iafactory_appliance_volume_available_bytes{{tenant=\"{tenant}\",volume=\"iaf-{tenant}-postgres-data\"}}"
+        ),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in:\n{metrics}");
+    }
+
+    // A removed container comes back on the timer.
+    let api = box_
+        .containers()
+        .into_iter()
+        .find(|n| n.contains("-api-"))
+        .unwrap();
+    docker_ok(&["rm", "-f", &api]);
+    wait_for("serve recreates the removed API container", 90, || async {
+        box_.containers().contains(&api) && healthy().await
+    })
+    .await;
+
+    // The generated scrape configuration is valid Prometheus configuration.
+    let scrape = box_.data_dir().join("prometheus/scrape.yml");
+    let text = std::fs::read_to_string(&scrape).unwrap();
+    assert!(text.contains(&format!("targets: ['{api}:8180']")), "{text}");
+    assert!(text.contains(&format!("tenant: {tenant}")), "{text}");
+    assert!(
+        text.contains(&format!("targets: ['127.0.0.1:{port}']")),
+        "{text}"
+    );
+    let promtool = std::env::var("IAF_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let checked = Command::new(promtool)
+        .args(["check", "config", scrape.to_str().unwrap()])
+        .output()
+        .expect("promtool runs (scripts/engines.sh up prometheus)");
+    assert!(checked.status.success(), "{}", stderr(&checked));
+
+    // A second daemon on the same port: a clear error, and the first keeps serving.
+    let clash = box_.iafactory(&["serve"]);
+    assert_eq!(clash.status.code(), Some(1));
+    let message = stderr(&clash);
+    assert!(
+        message.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(message.contains("appliance.listen"), "{message}");
+    assert!(get(port, "/healthz").await.is_some());
+    drop(daemon);
+}

@@ -1,0 +1,291 @@
+//! What the appliance tests share: a stand-in image built from busybox (FROM scratch,
+//! cached by content), a per-test appliance (its own data directory and instance, so
+//! parallel tests never touch each other's objects), and cleanup by label.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use iafactory_appliance::app::App;
+use iafactory_appliance::settings::Config;
+use sha2::{Digest, Sha256};
+
+const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www/ /www/\nCOPY --chown=999:999 pgdata/ /var/lib/postgresql/data/\nENTRYPOINT [\"/bin/busybox\"]\n";
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs (scripts/engines.sh up docker)")
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// `iafactory-test/standin:<hash>`: busybox serving HTTP, built once per content.
+pub fn standin_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let busybox = std::env::var("IAF_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+        let binary = std::fs::read(&busybox)
+            .unwrap_or_else(|e| panic!("{busybox}: {e}; run scripts/engines.sh up busybox"));
+        let mut hash = Sha256::new();
+        hash.update(&binary);
+        hash.update(DOCKERFILE);
+        let tag = format!(
+            "iafactory-test/standin:{}",
+            &hex::encode(hash.finalize())[..12]
+        );
+        if docker(&["image", "inspect", &tag]).status.success() {
+            return tag;
+        }
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("busybox"), &binary).unwrap();
+        std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).unwrap();
+        std::fs::create_dir_all(context.path().join("www")).unwrap();
+        std::fs::write(context.path().join("www/index.html"), "ok\n").unwrap();
+        std::fs::create_dir_all(context.path().join("pgdata")).unwrap();
+        std::fs::write(context.path().join("pgdata/.keep"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            context.path().join("busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let output = Command::new("docker")
+            .args(["build", "-q", "-t", &tag, context.path().to_str().unwrap()])
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "building the stand-in image: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tag
+    })
+}
+
+/// `iafactory/postgres-pgvector:18`, built by images/postgres/build.sh (which skips
+/// the build when the image of the same content exists).
+pub fn postgres_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/postgres/build.sh");
+        let output = Command::new(&script).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        "iafactory/postgres-pgvector:18".to_owned()
+    })
+}
+
+pub fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    hex::encode(bytes)
+}
+
+/// One appliance for one test; removes every Docker object it owns when dropped.
+pub struct TestAppliance {
+    pub dir: tempfile::TempDir,
+    pub instance: String,
+    pub config_file: PathBuf,
+}
+
+impl TestAppliance {
+    pub fn new() -> Self {
+        Self::with_extra("")
+    }
+
+    /// `extra` is appended to the configuration (more TOML tables).
+    /// With the real PostgreSQL + pgvector image (images/postgres/build.sh).
+    pub fn with_real_database() -> Self {
+        let appliance = Self::with_extra("");
+        appliance.write_config_with("", true);
+        appliance
+    }
+
+    pub fn with_extra(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = format!("test-{}", random_suffix());
+        let config_file = dir.path().join("iafactory.toml");
+        let appliance = Self {
+            dir,
+            instance,
+            config_file,
+        };
+        appliance.write_config(extra);
+        appliance
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// (Re)writes the configuration: stand-in images, fast healthchecks, and `extra`.
+    pub fn write_config(&self, extra: &str) {
+        self.write_config_with(extra, false)
+    }
+
+    pub fn write_config_with(&self, extra: &str, real_database: bool) {
+        let image = standin_image();
+        let postgres = if real_database {
+            format!(
+                "image = \"{}\"\nuid = 999\nhealthcheck = [\"pg_isready\", \"-h\", \"127.0.0.1\", \"-U\", \"iafactory\", \"-d\", \"iafactory\"]",
+                postgres_image()
+            )
+        } else {
+            format!(
+                "image = \"{image}\"\nuid = 999\nargs = [\"sh\", \"-c\", \"mkdir -p $PGDATA && touch $PGDATA/ready && exec /bin/busybox httpd -f -p 5432 -h /www\"]\nhealthcheck = [\"/bin/busybox\", \"test\", \"-f\", \"/var/lib/postgresql/data/pgdata/ready\"]"
+            )
+        };
+        let text = format!(
+            r#"[appliance]
+data_dir = "{data}"
+instance = "{instance}"
+health_timeout_seconds = 90
+healthcheck_interval_ms = 500
+
+[images.postgres]
+{postgres}
+{postgres_env}
+
+[images.api]
+image = "{image}"
+uid = 65532
+args = ["httpd", "-f", "-p", "8180", "-h", "/www"]
+healthcheck = ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8180/"]
+{api_env}
+"#,
+            data = self.data_dir().display(),
+            instance = self.instance,
+            postgres_env = extra_table(extra, "postgres"),
+            api_env = extra_table(extra, "api"),
+        );
+        std::fs::write(&self.config_file, text).unwrap();
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(Some(&self.config_file)).unwrap()
+    }
+
+    pub async fn app(&self) -> App {
+        App::open(self.config()).await.unwrap()
+    }
+
+    /// Writes a Tenant manifest for `name` (no Ollama: the stand-ins are postgres and
+    /// api) with `spec_extra` lines under `spec:`, and returns its path.
+    pub fn tenant_file(&self, name: &str, spec_extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  components:\n    ollama: {{enabled: false}}\n{spec_extra}"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Runs the real binary with this appliance's configuration.
+    pub fn iafactory(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_iafactory"))
+            .arg("--config")
+            .arg(&self.config_file)
+            .args(args)
+            .output()
+            .expect("the iafactory binary runs")
+    }
+
+    /// Container names of this appliance, sorted.
+    pub fn containers(&self) -> Vec<String> {
+        let out = docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=iafactory.dz/appliance={}", self.instance),
+            "--format",
+            "{{.Names}}",
+        ]);
+        let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+
+    pub fn container_ids(&self) -> Vec<String> {
+        let out = docker_ok(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=iafactory.dz/appliance={}", self.instance),
+        ]);
+        let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn volumes(&self) -> Vec<String> {
+        let out = docker_ok(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=iafactory.dz/appliance={}", self.instance),
+        ]);
+        let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+}
+
+fn extra_table(extra: &str, component: &str) -> String {
+    extra
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{component}.")))
+        .map(|l| format!("env = {{ {l} }}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Drop for TestAppliance {
+    fn drop(&mut self) {
+        let label = format!("label=iafactory.dz/appliance={}", self.instance);
+        let ids = docker(&["ps", "-aq", "--filter", &label]);
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            docker(&["rm", "-f", "-v", id]);
+        }
+        let networks = docker(&["network", "ls", "-q", "--filter", &label]);
+        for id in String::from_utf8_lossy(&networks.stdout).lines() {
+            docker(&["network", "rm", id]);
+        }
+        let volumes = docker(&["volume", "ls", "-q", "--filter", &label]);
+        for name in String::from_utf8_lossy(&volumes.stdout).lines() {
+            docker(&["volume", "rm", "-f", name]);
+        }
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
