@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use qdrant_edge::{Distance, EdgeConfig, EdgeShard, EdgeVectorParamsBuilder, OperationError};
@@ -41,6 +42,10 @@ pub struct Collection {
     pub vectors: VectorSettings,
     pub shard: Arc<EdgeShard>,
     optimize: Arc<Notify>,
+    /// Updates asked for an optimizer pass, and the last of them a finished pass saw:
+    /// behind, the collection is `Yellow`, as Qdrant reports it while optimizing.
+    updates: Arc<AtomicU64>,
+    optimized: Arc<AtomicU64>,
 }
 
 impl Collection {
@@ -58,7 +63,13 @@ impl Collection {
 
     /// Asks the background optimizer for a pass (after an update).
     pub fn updated(&self) {
+        self.updates.fetch_add(1, Ordering::SeqCst);
         self.optimize.notify_one();
+    }
+
+    /// Whether an optimizer pass is due or running.
+    pub fn optimizing(&self) -> bool {
+        self.optimized.load(Ordering::SeqCst) < self.updates.load(Ordering::SeqCst)
     }
 }
 
@@ -208,6 +219,8 @@ fn new_collection(name: String, vectors: VectorSettings, shard: EdgeShard) -> Ar
         vectors,
         shard: Arc::new(shard),
         optimize: Arc::new(Notify::new()),
+        updates: Arc::new(AtomicU64::new(0)),
+        optimized: Arc::new(AtomicU64::new(0)),
     });
     spawn_optimizer(&collection);
     collection
@@ -217,17 +230,20 @@ fn new_collection(name: String, vectors: VectorSettings, shard: EdgeShard) -> Ar
 fn spawn_optimizer(collection: &Arc<Collection>) {
     let shard = Arc::downgrade(&collection.shard);
     let wake = collection.optimize.clone();
+    let (updates, optimized) = (collection.updates.clone(), collection.optimized.clone());
     let name = collection.name.clone();
     tokio::spawn(async move {
         loop {
             wake.notified().await;
             let Some(shard) = shard.upgrade() else { return };
+            let seen = updates.load(Ordering::SeqCst);
             let result = tokio::task::spawn_blocking(move || shard.optimize()).await;
             match result {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!(collection = %name, %error, "optimizer failed"),
                 Err(error) => tracing::warn!(collection = %name, %error, "optimizer panicked"),
             }
+            optimized.store(seen, Ordering::SeqCst);
         }
     });
 }

@@ -180,7 +180,11 @@ impl Collections for CollectionsApi {
             .collect();
         Ok(Response::new(grpc::GetCollectionInfoResponse {
             result: Some(grpc::CollectionInfo {
-                status: grpc::CollectionStatus::Green as i32,
+                status: if collection.optimizing() {
+                    grpc::CollectionStatus::Yellow
+                } else {
+                    grpc::CollectionStatus::Green
+                } as i32,
                 optimizer_status: Some(grpc::OptimizerStatus {
                     ok: true,
                     error: String::new(),
