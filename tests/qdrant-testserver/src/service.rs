@@ -338,17 +338,17 @@ impl PointsApi {
         }))
     }
 
-    async fn nearest(
-        &self,
-        collection_name: &str,
-        vector: Vec<f32>,
-        filter: Option<&grpc::Filter>,
-        limit: usize,
-        offset: usize,
-        with_payload: bool,
-        params: Option<&grpc::SearchParams>,
-        score_threshold: Option<f32>,
-    ) -> Result<Vec<grpc::ScoredPoint>, Status> {
+    async fn nearest(&self, nearest: Nearest<'_>) -> Result<Vec<grpc::ScoredPoint>, Status> {
+        let Nearest {
+            collection_name,
+            vector,
+            filter,
+            limit,
+            offset,
+            with_payload,
+            params,
+            score_threshold,
+        } = nearest;
         let collection = self.registry.get(collection_name)?;
         check_dimensions(&collection, vector.len())?;
         let request = SearchRequest {
@@ -388,6 +388,18 @@ impl PointsApi {
             })
             .collect())
     }
+}
+
+/// A nearest-neighbour search, from `Search` or `Query`.
+struct Nearest<'a> {
+    collection_name: &'a str,
+    vector: Vec<f32>,
+    filter: Option<&'a grpc::Filter>,
+    limit: usize,
+    offset: usize,
+    with_payload: bool,
+    params: Option<&'a grpc::SearchParams>,
+    score_threshold: Option<f32>,
 }
 
 fn check_dimensions(collection: &Collection, given: usize) -> Result<(), Status> {
@@ -519,16 +531,16 @@ impl Points for PointsApi {
             ));
         }
         let result = self
-            .nearest(
-                &request.collection_name,
-                request.vector,
-                request.filter.as_ref(),
-                request.limit as usize,
-                request.offset.unwrap_or(0) as usize,
-                with_payload(request.with_payload.as_ref())?,
-                request.params.as_ref(),
-                request.score_threshold,
-            )
+            .nearest(Nearest {
+                collection_name: &request.collection_name,
+                vector: request.vector,
+                filter: request.filter.as_ref(),
+                limit: request.limit as usize,
+                offset: request.offset.unwrap_or(0) as usize,
+                with_payload: with_payload(request.with_payload.as_ref())?,
+                params: request.params.as_ref(),
+                score_threshold: request.score_threshold,
+            })
             .await?;
         Ok(Response::new(grpc::SearchResponse {
             result,
@@ -566,16 +578,16 @@ impl Points for PointsApi {
         // Qdrant's default page, when the request gives no limit.
         let limit = request.limit.unwrap_or(10) as usize;
         let result = self
-            .nearest(
-                &request.collection_name,
+            .nearest(Nearest {
+                collection_name: &request.collection_name,
                 vector,
-                request.filter.as_ref(),
+                filter: request.filter.as_ref(),
                 limit,
-                request.offset.unwrap_or(0) as usize,
-                with_payload(request.with_payload.as_ref())?,
-                request.params.as_ref(),
-                request.score_threshold,
-            )
+                offset: request.offset.unwrap_or(0) as usize,
+                with_payload: with_payload(request.with_payload.as_ref())?,
+                params: request.params.as_ref(),
+                score_threshold: request.score_threshold,
+            })
             .await?;
         Ok(Response::new(grpc::QueryResponse {
             result,
