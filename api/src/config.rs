@@ -32,6 +32,12 @@ pub enum ConfigError {
     BadSovereignty(String),
     #[error("IAF_WORKFLOW_CONCURRENCY must be at least 1")]
     ZeroWorkflowConcurrency,
+    #[error("IAF_VECTOR_STORE {0:?} is neither \"pgvector\" nor \"qdrant\"")]
+    BadVectorStore(String),
+    #[error(
+        "IAF_VECTOR_STORE is \"qdrant\" but IAF_QDRANT_URL is not set: point it at Qdrant's gRPC port (http://qdrant:6334)"
+    )]
+    MissingQdrantUrl,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,6 +111,15 @@ pub struct Config {
     pub workflow_max_tokens: u32,
     /// How often the cron scheduler looks for due workflows (0 turns it off).
     pub workflow_scheduler_tick_seconds: u64,
+    /// Where vectors live: `pgvector` (the default, inside PostgreSQL) or `qdrant`.
+    pub vector_store: String,
+    /// Qdrant's gRPC endpoint (`http://qdrant:6334`), when `vector_store` is `qdrant`.
+    #[serde(default)]
+    pub qdrant_url: Option<String>,
+    #[serde(default)]
+    pub qdrant_api_key: Secret,
+    /// Per Qdrant call, and for connecting.
+    pub qdrant_timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -192,6 +207,10 @@ impl Default for Config {
             workflow_agent_timeout_seconds: 120,
             workflow_max_tokens: 1024,
             workflow_scheduler_tick_seconds: 15,
+            vector_store: "pgvector".into(),
+            qdrant_url: None,
+            qdrant_api_key: Secret::default(),
+            qdrant_timeout_seconds: 10,
         }
     }
 }
@@ -237,6 +256,14 @@ impl Config {
         }
         if self.workflow_concurrency == 0 {
             return Err(ConfigError::ZeroWorkflowConcurrency);
+        }
+        match self.vector_store.as_str() {
+            "pgvector" => {}
+            "qdrant" if self.qdrant_url.as_deref().is_none_or(str::is_empty) => {
+                return Err(ConfigError::MissingQdrantUrl);
+            }
+            "qdrant" => {}
+            other => return Err(ConfigError::BadVectorStore(other.to_owned())),
         }
         Ok(())
     }
@@ -294,6 +321,36 @@ mod tests {
         .unwrap_err();
         assert!(matches!(weak, ConfigError::WeakJwtSecret(5)), "{weak}");
         assert!(weak.to_string().contains("openssl rand"), "{weak}");
+    }
+
+    #[test]
+    fn qdrant_needs_its_url_and_keeps_its_key_secret() {
+        let base = [
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_URL", "postgres://x@y/z"),
+        ];
+        let default = with_env(&base).unwrap();
+        assert_eq!(default.vector_store, "pgvector");
+        let missing = with_env(&[base[0], base[1], ("IAF_VECTOR_STORE", "qdrant")]).unwrap_err();
+        assert!(
+            matches!(missing, ConfigError::MissingQdrantUrl),
+            "{missing}"
+        );
+        let unknown = with_env(&[base[0], base[1], ("IAF_VECTOR_STORE", "milvus")]).unwrap_err();
+        assert!(
+            matches!(unknown, ConfigError::BadVectorStore(_)),
+            "{unknown}"
+        );
+        let qdrant = with_env(&[
+            base[0],
+            base[1],
+            ("IAF_VECTOR_STORE", "qdrant"),
+            ("IAF_QDRANT_URL", "http://qdrant:6334"),
+            ("IAF_QDRANT_API_KEY", "k3y"),
+        ])
+        .unwrap();
+        assert_eq!(qdrant.qdrant_api_key.expose(), "k3y");
+        assert!(!format!("{qdrant:?}").contains("k3y"));
     }
 
     #[test]

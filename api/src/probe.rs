@@ -12,22 +12,28 @@ use crate::state::AppState;
 pub const PROBE_PERIOD: Duration = Duration::from_secs(15);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Probes once and records the results: PostgreSQL, the vector store (pgvector, inside
-/// it) and, when configured, the model server.
+/// Probes once and records the results: PostgreSQL, the vector store (pgvector inside
+/// it, or Qdrant) and, when configured, the model server.
 pub async fn probe_once(state: &AppState, http: &reqwest::Client) {
     let postgres = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.db))
         .await
         .is_ok_and(|r| r.is_ok());
-    let vector_store = postgres
-        && tokio::time::timeout(
-            PROBE_TIMEOUT,
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')",
+    let vector_store = if state.rag.store.kind() != "pgvector" {
+        tokio::time::timeout(PROBE_TIMEOUT, state.rag.store.ready())
+            .await
+            .unwrap_or(false)
+    } else {
+        postgres
+            && tokio::time::timeout(
+                PROBE_TIMEOUT,
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')",
+                )
+                .fetch_one(&state.db),
             )
-            .fetch_one(&state.db),
-        )
-        .await
-        .is_ok_and(|r| r.unwrap_or(false));
+            .await
+            .is_ok_and(|r| r.unwrap_or(false))
+    };
     let set = |dependency: &'static str, up: bool| {
         state
             .metrics

@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use crate::auth::{JwtKeys, KeyCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rag::store::PgVectorStore;
+use crate::rag::qdrant::{QdrantSettings, QdrantStore};
+use crate::rag::store::{PgVectorStore, StoreError, VectorStore};
 use crate::rag::{Rag, RagError, RagMetrics};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::usage::UsageRecorder;
@@ -38,6 +39,8 @@ pub enum StateError {
     Rag(#[from] RagError),
     #[error(transparent)]
     Workflows(#[from] WorkflowError),
+    #[error(transparent)]
+    VectorStore(#[from] StoreError),
 }
 
 impl AppState {
@@ -53,7 +56,14 @@ impl AppState {
         let rag_metrics = rag_metrics.expect("Metrics::new calls its extension once");
         let workflow_metrics = workflow_metrics.expect("Metrics::new calls its extension once");
         let workflows = Arc::new(Workflows::new(&config, workflow_metrics)?);
-        let store = Arc::new(PgVectorStore::new(db.clone()));
+        let store: Arc<dyn VectorStore> = match config.vector_store.as_str() {
+            "qdrant" => Arc::new(QdrantStore::new(&QdrantSettings {
+                url: config.qdrant_url.clone().unwrap_or_default(),
+                api_key: Some(config.qdrant_api_key.expose().to_owned()),
+                timeout: Duration::from_secs(config.qdrant_timeout_seconds),
+            })?),
+            _ => Arc::new(PgVectorStore::new(db.clone())),
+        };
         let rag = Arc::new(Rag::new(&config, store, rag_metrics)?);
         let rate_limiter = match &config.redis_url {
             Some(url) if !url.is_empty() => {

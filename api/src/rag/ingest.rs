@@ -311,6 +311,13 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
     };
     let store_started = Instant::now();
     state.rag.store.ensure_collection(scope, declared).await?;
+    // A retried job's earlier vectors go too: in a store outside PostgreSQL (Qdrant)
+    // they outlive the chunk rows deleted below.
+    state
+        .rag
+        .store
+        .delete_document(scope, job.document_id)
+        .await?;
     let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
     // A retried job starts over: its earlier chunks go.
     sqlx::query("DELETE FROM chunks WHERE document_id = $1")

@@ -9,6 +9,7 @@ pub mod embed;
 pub mod generate;
 pub mod ingest;
 pub mod parse;
+pub mod qdrant;
 pub mod routes;
 pub mod search;
 pub mod store;

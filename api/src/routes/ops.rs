@@ -14,7 +14,22 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: migrations applied and the database reachable.
+/// A vector store outside PostgreSQL (Qdrant) answers; pgvector is the database.
+async fn vector_store_ready(state: &AppState) -> bool {
+    let store = &state.rag.store;
+    if store.kind() == "pgvector" {
+        return true;
+    }
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(3), store.ready())
+        .await
+        .unwrap_or(false);
+    if !ready {
+        tracing::warn!(store = store.kind(), "readiness: vector store unreachable");
+    }
+    ready
+}
+
+/// Readiness: migrations applied, the database and the vector store reachable.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if !state.is_migrated() {
         return (
@@ -27,6 +42,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .fetch_one(&state.db)
         .await
     {
+        Ok(_) if !vector_store_ready(&state).await => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": "vector store unreachable" })),
+        )
+            .into_response(),
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
         Err(error) => {
             tracing::warn!(%error, "readiness: database unreachable");
