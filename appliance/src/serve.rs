@@ -1,11 +1,13 @@
 //! `iafactory serve`: the daemon. It reconciles on a timer and whenever a stored
-//! manifest changes, rewrites the Prometheus scrape configuration, and serves
-//! /metrics, /status and /healthz on localhost.
+//! manifest changes, rewrites the Prometheus scrape configuration, runs the TLS gateway
+//! (`<tenant>.<domain>` → that tenant's API container, certificates kept fresh), and
+//! serves /metrics, /status and /healthz on localhost. SIGTERM or ctrl-c stops it
+//! gracefully: open gateway requests get the gateway's grace period.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -14,9 +16,18 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use iafactory_crds::plan::ComponentKind;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::certs::{
+    AcmeSettings, CertError, CertManager, CertResolver, CertSettings, CertSource, ChallengeStore,
+};
+use crate::engine::desired::TenantState;
+use crate::engine::docker::Target;
+use crate::gateway::{Gateway, GatewayError, GatewaySettings, RouteTable, SharedRoutes, Upstream};
 use crate::metrics::{Snapshot, scrape_config};
+use crate::settings::{CertificateChoice, SettingsError};
 use crate::store::write_atomically;
 
 /// How often the manifests directory is looked at for changes.
@@ -33,7 +44,26 @@ pub enum ServeError {
     },
     #[error("the status server stopped: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("cannot set up the gateway's certificates: {0}")]
+    Certificates(#[from] CertError),
+    #[error(
+        "{0}; set appliance.gateway.https_listen / http_listen (IAF_APPLIANCE__GATEWAY__HTTPS_LISTEN, ...)"
+    )]
+    Gateway(#[from] GatewayError),
 }
+
+/// What the HTTP handlers share: the appliance, and the registry holding the gateway's
+/// and the certificates' metrics (live, unlike the per-scrape container snapshot).
+struct Served {
+    app: App,
+    registry: Registry,
+}
+
+/// The host names certificates are kept for: every stored tenant's, read by the
+/// renewal task and rewritten after each reconcile.
+type Hosts = Arc<Mutex<Vec<String>>>;
 
 /// What the manifests directory holds now: names, sizes and modification times.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
@@ -50,7 +80,8 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     entries
 }
 
-/// Binds first, so a taken port fails at once, then serves and reconciles forever.
+/// Binds the status listener first (a taken port fails at once), then the gateway,
+/// then serves and reconciles until SIGTERM or ctrl-c.
 pub async fn serve(app: App) -> Result<(), ServeError> {
     let addr = app.config.appliance.listen;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -58,19 +89,226 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(ServeError::Server)?;
     tracing::info!(%local, "serving /metrics and /status");
-    let app = Arc::new(app);
+
+    let mut registry = Registry::default();
+    let resolver = Arc::new(CertResolver::default());
+    let challenges = ChallengeStore::default();
+    let manager = Arc::new(CertManager::new(
+        cert_settings(&app)?,
+        resolver.clone(),
+        challenges.clone(),
+        &mut registry,
+    )?);
+    if let Some(ca) = manager.local_ca() {
+        tracing::info!(
+            ca = %ca.cert_path().display(),
+            "certificates come from the appliance's local CA: clients must trust this file"
+        );
+    }
+    let hosts: Hosts = Arc::new(Mutex::new(tenant_hosts(&app)));
+    // What is on disk is served at once; what is missing is issued once the gateway's
+    // HTTP listener can answer ACME challenges.
+    for (host, error) in manager.install_stored(&current(&hosts)) {
+        tracing::warn!(host, "{error}; a new certificate will be issued");
+    }
+    let desired = app.desired().unwrap_or_default();
+    let routes = SharedRoutes::new(route_table(&app, &desired).await);
+    let gateway_config = &app.config.appliance.gateway;
+    let mut settings =
+        GatewaySettings::new(gateway_config.https_listen, gateway_config.http_listen);
+    settings.public_https_port = gateway_config.public_https_port;
+    let gateway = Gateway::start(
+        settings,
+        routes.clone(),
+        resolver,
+        challenges,
+        &mut registry,
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let renewal_hosts = hosts.clone();
+    let renewals = tokio::spawn(manager.clone().run_renewals(
+        move || current(&renewal_hosts),
+        Duration::from_secs(gateway_config.renewal_check_seconds.max(1)),
+        cancel.clone(),
+    ));
+
+    let served = Arc::new(Served { app, registry });
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(app.clone());
-    let reconciler = tokio::spawn(reconcile_forever(app, local));
-    let served = axum::serve(listener, router).await;
+        .with_state(served.clone());
+    let reconciler = tokio::spawn(reconcile_forever(
+        served,
+        local,
+        Refresh {
+            routes,
+            manager,
+            hosts,
+        },
+    ));
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal(cancel.clone()))
+        .await;
+    cancel.cancel();
     reconciler.abort();
-    served.map_err(ServeError::Server)
+    let _ = renewals.await;
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    result.map_err(ServeError::Server)
 }
 
-async fn reconcile_forever(app: Arc<App>, listen: SocketAddr) {
+/// Resolves on SIGTERM (systemd's stop) or ctrl-c, or when `cancel` fires.
+async fn stop_signal(cancel: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        () = cancel.cancelled() => {}
+    }
+}
+
+fn cert_settings(app: &App) -> Result<CertSettings, SettingsError> {
+    let appliance = &app.config.appliance;
+    let source = match appliance.certificate_choice()? {
+        CertificateChoice::Acme {
+            directory,
+            email,
+            server_root,
+        } => CertSource::Acme(AcmeSettings {
+            directory_url: directory,
+            server_root_pem: server_root,
+            ..AcmeSettings::lets_encrypt(email)
+        }),
+        CertificateChoice::LocalCa => CertSource::LocalCa,
+        CertificateChoice::Provided { chain, key } => CertSource::Provided { chain, key },
+    };
+    Ok(CertSettings {
+        dir: appliance.cert_dir(),
+        source,
+        renew_before: CertSettings::DEFAULT_RENEW_BEFORE,
+    })
+}
+
+fn current(hosts: &Hosts) -> Vec<String> {
+    hosts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn domain(app: &App) -> String {
+    app.config
+        .platform
+        .domain
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// `<tenant>.<domain>` for every stored tenant, running or not: a tenant's certificate
+/// is ready before its API is.
+fn tenant_hosts(app: &App) -> Vec<String> {
+    let domain = domain(app);
+    let tenants = match app.store.tenants() {
+        Ok(tenants) => tenants,
+        Err(error) => {
+            tracing::error!("cannot read the stored tenants for their certificates: {error}");
+            return Vec::new();
+        }
+    };
+    let mut hosts: Vec<String> = tenants
+        .iter()
+        .filter_map(|t| t.metadata.name.as_deref())
+        .map(|name| format!("{}.{domain}", name.to_ascii_lowercase()))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+/// Each tenant's API container, by its address on the tenant's internal network (the
+/// host reaches bridge networks directly, internal or not). A tenant whose API is not
+/// running is left out: the gateway answers 404 for it until the next reconcile.
+async fn route_table(app: &App, desired: &[TenantState]) -> RouteTable {
+    let port = app.config.platform.api.port;
+    let api = ComponentKind::Api.name();
+    let mut table = RouteTable::new(&domain(app));
+    for state in desired {
+        let Some(spec) = state.containers.iter().find(|c| c.component == api) else {
+            continue;
+        };
+        let target = Target::component(&state.tenant, api);
+        let inspected = match app.engine.inspect(&target, &spec.name).await {
+            Ok(Some(inspected)) => inspected,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!("{error}");
+                continue;
+            }
+        };
+        let running = inspected
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        let address = inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|networks| networks.get(&spec.network).cloned())
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty());
+        let (true, Some(ip)) = (running, address) else {
+            continue;
+        };
+        match Upstream::http(&format!("{ip}:{port}")) {
+            Ok(upstream) => table.insert(&state.tenant, upstream),
+            Err(error) => tracing::error!(tenant = state.tenant, "{error}"),
+        }
+    }
+    table
+}
+
+/// What a reconcile refreshes besides the containers.
+struct Refresh {
+    routes: SharedRoutes,
+    manager: Arc<CertManager>,
+    hosts: Hosts,
+}
+
+impl Refresh {
+    async fn after_reconcile(&self, app: &App, desired: &[TenantState]) {
+        self.routes.replace(route_table(app, desired).await);
+        let hosts = tenant_hosts(app);
+        let changed = {
+            let mut known = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = *known != hosts;
+            known.clone_from(&hosts);
+            changed
+        };
+        if changed {
+            // A new tenant gets its certificate now, not at the next renewal check; in
+            // the background, so a slow ACME order never delays reconciling.
+            let manager = self.manager.clone();
+            tokio::spawn(async move {
+                for (host, outcome) in manager.ensure_all(&hosts).await {
+                    if let Err(error) = outcome {
+                        tracing::error!(host, "{error}; retrying at the next renewal check");
+                    }
+                }
+            });
+        }
+    }
+}
+
+async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Refresh) {
+    let app = &served.app;
     let interval = Duration::from_secs(app.config.appliance.reconcile_interval_seconds.max(1));
     let dir = app.store.tenants_dir();
     let mut seen = None;
@@ -93,14 +331,19 @@ async fn reconcile_forever(app: Arc<App>, listen: SocketAddr) {
                 Ok(()) => tracing::info!(changes = report.actions.len(), "converged"),
                 Err(error) => tracing::error!("{error}"),
             }
-            write_scrape_config(&app, listen);
+            match app.desired() {
+                Ok(desired) => {
+                    write_scrape_config(app, listen, &desired);
+                    refresh.after_reconcile(app, &desired).await;
+                }
+                Err(error) => tracing::error!("{error}"),
+            }
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
     }
 }
 
-fn write_scrape_config(app: &App, listen: SocketAddr) {
-    let Ok(desired) = app.desired() else { return };
+fn write_scrape_config(app: &App, listen: SocketAddr, desired: &[TenantState]) {
     let port = app.config.platform.api.port;
     let apis: BTreeMap<String, Vec<String>> = desired
         .iter()
@@ -128,22 +371,33 @@ fn write_scrape_config(app: &App, listen: SocketAddr) {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    match Snapshot::take(&app).await {
+async fn metrics(State(served): State<Arc<Served>>) -> Response {
+    match Snapshot::take(&served.app).await {
         Ok(snapshot) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            snapshot.encode(),
+            exposition(&snapshot, &served.registry),
         )
             .into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     }
 }
 
-async fn status(State(app): State<Arc<App>>) -> Response {
-    match app.status().await {
+/// Both registries in one OpenMetrics exposition: a single `# EOF`, at the end.
+fn exposition(snapshot: &Snapshot, registry: &Registry) -> String {
+    let mut text = snapshot.encode();
+    if let Some(body) = text.strip_suffix("# EOF\n") {
+        text.truncate(body.len());
+    }
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+async fn status(State(served): State<Arc<Served>>) -> Response {
+    match served.app.status().await {
         Ok(statuses) => axum::Json(statuses).into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use figment::value::Dict;
 use iafactory_crds::PlatformConfig;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +35,83 @@ pub enum SettingsError {
         "the configuration is invalid: {0}; fix it (see `iafactory init` for a commented example)"
     )]
     Invalid(Box<figment::Error>),
+    #[error(
+        "appliance.gateway.certificates = \"provided\" needs both certificate_chain and certificate_key (PEM files); set them, or choose \"acme\" or \"local-ca\""
+    )]
+    ProvidedWithoutFiles,
+    #[error(
+        "appliance.gateway.certificate_chain/certificate_key are only read with certificates = \"provided\", but it is {0:?}; remove them or set certificates = \"provided\""
+    )]
+    FilesWithoutProvided(CertificateSourceKind),
+    #[error(
+        "appliance.gateway.certificate_chain and certificate_key go together: set both (the PEM chain, leaf first, and its private key)"
+    )]
+    HalfProvided,
+}
+
+/// Where the gateway's certificates come from, as written in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateSourceKind {
+    Acme,
+    LocalCa,
+    Provided,
+}
+
+/// The TLS gateway `serve` runs: listeners and where certificates come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// HTTPS, routing `<tenant>.<domain>` to that tenant's API.
+    pub https_listen: SocketAddr,
+    /// Plain HTTP: ACME HTTP-01 challenges, and redirects to HTTPS.
+    pub http_listen: SocketAddr,
+    /// The HTTPS port clients use when it differs from `https_listen`'s (port
+    /// forwarding), for redirects.
+    pub public_https_port: Option<u16>,
+    /// Unset: `provided` when certificate files are given, else `acme` when
+    /// `acme_email` is set, else `local-ca`.
+    pub certificates: Option<CertificateSourceKind>,
+    pub certificate_chain: Option<PathBuf>,
+    pub certificate_key: Option<PathBuf>,
+    /// An extra root for the ACME server's own HTTPS (a site's private ACME server).
+    pub acme_server_root: Option<PathBuf>,
+    /// Where certificates, the ACME account and the local CA live; default
+    /// `<data_dir>/certs`.
+    pub cert_dir: Option<PathBuf>,
+    /// How often certificates are checked for renewal.
+    pub renewal_check_seconds: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            public_https_port: None,
+            certificates: None,
+            certificate_chain: None,
+            certificate_key: None,
+            acme_server_root: None,
+            cert_dir: None,
+            renewal_check_seconds: 3600,
+        }
+    }
+}
+
+/// The certificate source once defaults are resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateChoice {
+    Acme {
+        directory: String,
+        email: Option<String>,
+        server_root: Option<PathBuf>,
+    },
+    LocalCa,
+    Provided {
+        chain: PathBuf,
+        key: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,8 +136,8 @@ pub struct ApplianceSettings {
     pub reconcile_interval_seconds: u64,
     /// `serve`'s metrics and status API; localhost only.
     pub listen: SocketAddr,
-    /// The gateway's settings (the TLS reverse proxy), read by the gateway module.
-    pub gateway: Dict,
+    /// The TLS gateway `serve` runs.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for ApplianceSettings {
@@ -76,7 +152,7 @@ impl Default for ApplianceSettings {
             healthcheck_interval_ms: 2000,
             reconcile_interval_seconds: 30,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            gateway: Dict::new(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -88,6 +164,43 @@ impl ApplianceSettings {
 
     pub fn manifests_dir(&self) -> PathBuf {
         self.data_dir.join("manifests")
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.gateway
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("certs"))
+    }
+
+    /// Resolves `gateway.certificates` and its defaults, refusing contradictions.
+    pub fn certificate_choice(&self) -> Result<CertificateChoice, SettingsError> {
+        let gateway = &self.gateway;
+        let files = match (&gateway.certificate_chain, &gateway.certificate_key) {
+            (Some(chain), Some(key)) => Some((chain.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(SettingsError::HalfProvided),
+        };
+        let kind = gateway
+            .certificates
+            .unwrap_or(match (&files, &self.acme_email) {
+                (Some(_), _) => CertificateSourceKind::Provided,
+                (None, Some(_)) => CertificateSourceKind::Acme,
+                (None, None) => CertificateSourceKind::LocalCa,
+            });
+        match (kind, files) {
+            (CertificateSourceKind::Provided, Some((chain, key))) => {
+                Ok(CertificateChoice::Provided { chain, key })
+            }
+            (CertificateSourceKind::Provided, None) => Err(SettingsError::ProvidedWithoutFiles),
+            (other, Some(_)) => Err(SettingsError::FilesWithoutProvided(other)),
+            (CertificateSourceKind::Acme, None) => Ok(CertificateChoice::Acme {
+                directory: self.acme_directory.clone(),
+                email: self.acme_email.clone(),
+                server_root: gateway.acme_server_root.clone(),
+            }),
+            (CertificateSourceKind::LocalCa, None) => Ok(CertificateChoice::LocalCa),
+        }
     }
 }
 
@@ -173,6 +286,26 @@ data_dir = "{}"
 # reconcile_interval_seconds = 30
 # Metrics (/metrics) and the status API, on localhost.
 # listen = "127.0.0.1:9464"
+
+[appliance.gateway]
+# The TLS gateway: https://<tenant>.<domain> goes to that tenant's API.
+# https_listen = "0.0.0.0:443"
+# Plain HTTP: ACME challenges, and redirects to HTTPS.
+# http_listen = "0.0.0.0:80"
+# Behind port forwarding: the HTTPS port clients use, for redirects.
+# public_https_port = 443
+# Where certificates come from: "acme", "local-ca" or "provided". Unset: "provided"
+# when the two files below are set, "acme" when acme_email is set, else "local-ca"
+# (clients trust <cert_dir>/local-ca/ca.pem).
+# certificates = "local-ca"
+# certificate_chain = "/etc/iafactory/tls/wildcard.pem"
+# certificate_key = "/etc/iafactory/tls/wildcard.key"
+# An extra root for a private ACME server's own HTTPS.
+# acme_server_root = "/etc/iafactory/tls/acme-root.pem"
+# Certificates, the ACME account and the local CA (default: <data_dir>/certs).
+# cert_dir = "/var/lib/iafactory/certs"
+# How often certificates are checked for renewal (renewed with 30 days or less left).
+# renewal_check_seconds = 3600
 "#,
         data_dir.display()
     )
@@ -192,11 +325,18 @@ mod tests {
             )?;
             jail.set_env("IAF_APPLIANCE__INSTANCE", "b");
             jail.set_env("IAF_TEST_SOMETHING", "ignored");
+            jail.set_env("IAF_APPLIANCE__GATEWAY__HTTPS_LISTEN", "127.0.0.1:8443");
             let config = Config::load(Some(Path::new("site.toml"))).unwrap();
             assert_eq!(config.platform.domain, "univ.dz");
             assert_eq!(config.platform.timezone, "Africa/Algiers");
             assert_eq!(config.appliance.data_dir, PathBuf::from("/srv/iaf"));
             assert_eq!(config.appliance.instance, "b");
+            assert_eq!(
+                config.appliance.gateway.https_listen,
+                SocketAddr::from(([127, 0, 0, 1], 8443))
+            );
+            assert_eq!(config.appliance.gateway.http_listen.port(), 80);
+            assert_eq!(config.appliance.cert_dir(), PathBuf::from("/srv/iaf/certs"));
             Ok(())
         });
     }
@@ -212,6 +352,61 @@ mod tests {
             assert!(error.contains("data_dri"), "{error}");
             Ok(())
         });
+    }
+
+    fn with_gateway(toml: &str, acme_email: Option<&str>) -> Result<CertificateChoice, String> {
+        let figment = Figment::new().merge(Toml::string(toml));
+        let mut appliance = figment
+            .focus("appliance")
+            .extract::<ApplianceSettings>()
+            .map_err(|e| e.to_string())?;
+        appliance.acme_email = acme_email.map(str::to_owned);
+        appliance.certificate_choice().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_certificate_source_follows_what_is_configured() {
+        assert_eq!(with_gateway("", None), Ok(CertificateChoice::LocalCa));
+        assert!(matches!(
+            with_gateway("", Some("ops@univ.dz")),
+            Ok(CertificateChoice::Acme { email: Some(_), .. })
+        ));
+        let files =
+            "[appliance.gateway]\ncertificate_chain = \"/c.pem\"\ncertificate_key = \"/k.pem\"\n";
+        assert_eq!(
+            with_gateway(files, Some("ops@univ.dz")),
+            Ok(CertificateChoice::Provided {
+                chain: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert_eq!(
+            with_gateway(
+                "[appliance.gateway]\ncertificates = \"local-ca\"\n",
+                Some("ops@univ.dz")
+            ),
+            Ok(CertificateChoice::LocalCa)
+        );
+    }
+
+    #[test]
+    fn contradictory_certificate_settings_are_refused() {
+        let provided = with_gateway("[appliance.gateway]\ncertificates = \"provided\"\n", None);
+        assert!(provided.unwrap_err().contains("needs both"));
+        let half = with_gateway("[appliance.gateway]\ncertificate_key = \"/k.pem\"\n", None);
+        assert!(half.unwrap_err().contains("go together"));
+        let contradicted = with_gateway(
+            "[appliance.gateway]\ncertificates = \"acme\"\ncertificate_chain = \"/c\"\ncertificate_key = \"/k\"\n",
+            None,
+        );
+        assert!(contradicted.unwrap_err().contains("only read with"));
+        let unknown = with_gateway(
+            "[appliance.gateway]\ncertificates = \"self-signed\"\n",
+            None,
+        );
+        assert!(unknown.unwrap_err().contains("self-signed"));
+        let typo = with_gateway("[appliance.gateway]\nhttps_lisen = \"127.0.0.1:1\"\n", None);
+        assert!(typo.unwrap_err().contains("https_lisen"));
     }
 
     #[test]

@@ -158,6 +158,11 @@ instance = "{instance}"
 health_timeout_seconds = 90
 healthcheck_interval_ms = 500
 
+[appliance.gateway]
+# Any free port: tests never need 443/80, and parallel daemons never clash.
+https_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+
 [images.postgres]
 {postgres}
 {postgres_env}

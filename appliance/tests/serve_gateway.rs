@@ -1,0 +1,227 @@
+//! `iafactory serve` runs the gateway: with the local CA on free ports, HTTPS for
+//! `<tenant>.<domain>` reaches that tenant's API container (on its internal network)
+//! and no other, the certificate expiry gauge is on serve's /metrics, and SIGTERM
+//! stops the daemon cleanly.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{TestAppliance, random_suffix, stderr};
+
+const DOMAIN: &str = "gw.test";
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    response.status().is_success().then_some(())?;
+    response.text().await.ok()
+}
+
+/// Trusts only the appliance's local CA, and connects every tenant host to the
+/// gateway's port on 127.0.0.1 (SNI and Host stay the tenant's name).
+fn https_client(ca_pem: &[u8], tenants: &[&str], https_port: u16) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30));
+    for tenant in tenants {
+        builder = builder.resolve(
+            &format!("{tenant}.{DOMAIN}"),
+            ([127, 0, 0, 1], https_port).into(),
+        );
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
+    let box_ = TestAppliance::new();
+    let (status_port, https_port, http_port) = (free_port(), free_port(), free_port());
+    // Each API stand-in answers with its own tenant's name, so a response says which
+    // container served it.
+    let config = std::fs::read_to_string(&box_.config_file)
+        .unwrap()
+        .replace(
+            "[appliance]\n",
+            &format!(
+                "domain = \"{DOMAIN}\"\n[appliance]\nlisten = \"127.0.0.1:{status_port}\"\nreconcile_interval_seconds = 1\n"
+            ),
+        )
+        .replace(
+            "https_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+            &format!(
+                "https_listen = \"127.0.0.1:{https_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\""
+            ),
+        )
+        .replace(
+            r#"args = ["httpd", "-f", "-p", "8180", "-h", "/www"]"#,
+            r#"args = ["sh", "-c", "mkdir -p /tmp/www && echo tenant=$IAF_TENANT > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8180 -h /tmp/www"]"#,
+        );
+    assert!(
+        config.contains(&format!("127.0.0.1:{https_port}")),
+        "{config}"
+    );
+    assert!(config.contains("IAF_TENANT"), "{config}");
+    std::fs::write(&box_.config_file, config).unwrap();
+
+    let suffix = random_suffix();
+    let (alpha, beta) = (format!("ga{suffix}"), format!("gb{suffix}"));
+    for tenant in [&alpha, &beta] {
+        let file = box_.tenant_file(tenant, "");
+        let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let log = box_.dir.path().join("serve.log");
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_iafactory"))
+            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
+            .env("IAF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("serve answers /healthz", 60, || async {
+        get(status_port, "/healthz").await.is_some()
+    })
+    .await;
+    let both_healthy = || async {
+        get(status_port, "/status").await.is_some_and(|body| {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            json.as_array().is_some_and(|tenants| {
+                tenants.len() == 2 && tenants.iter().all(|t| t["healthy"] == true)
+            })
+        })
+    };
+    wait_for("serve converges both tenants", 180, both_healthy).await;
+
+    let ca_path = box_.data_dir().join("certs/local-ca/ca.pem");
+    let ca_pem = std::fs::read(&ca_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; the local CA is the default source\n{}",
+            ca_path.display(),
+            log_text()
+        )
+    });
+    let client = https_client(&ca_pem, &[&alpha, &beta], https_port);
+    let url = |tenant: &str| format!("https://{tenant}.{DOMAIN}:{https_port}/");
+
+    // The routes are refreshed after the reconcile that started the APIs.
+    for tenant in [&alpha, &beta] {
+        wait_for(
+            &format!("{tenant} is served through the gateway"),
+            60,
+            || async {
+                let response = client.get(url(tenant)).send().await;
+                response.is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        let body = client
+            .get(url(tenant))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body.trim(), format!("tenant={tenant}"), "{}", log_text());
+    }
+
+    // A connection opened for alpha cannot carry a request for beta's host.
+    let misdirected = client
+        .get(url(&alpha))
+        .header("host", format!("{beta}.{DOMAIN}:{https_port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(misdirected.status(), 421);
+    let body = misdirected.text().await.unwrap();
+    assert!(!body.contains(&format!("tenant={beta}")), "{body}");
+
+    // A name the appliance has no tenant (so no certificate) for fails the handshake.
+    let stranger = https_client(&ca_pem, &["nobody"], https_port);
+    assert!(stranger.get(url("nobody")).send().await.is_err());
+
+    // Plain HTTP redirects to HTTPS (and would answer ACME challenges).
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{http_port}/x"))
+        .header("host", format!("{alpha}.{DOMAIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 308);
+
+    let metrics = get(status_port, "/metrics").await.unwrap();
+    for needle in [
+        format!(
+            "iafactory_appliance_certificate_expiry_timestamp_seconds{{domain=\"{alpha}.{DOMAIN}\"}}"
+        ),
+        format!(
+            "iafactory_appliance_certificate_expiry_timestamp_seconds{{domain=\"{beta}.{DOMAIN}\"}}"
+        ),
+        format!("iafactory_appliance_gateway_requests_total{{tenant=\"{alpha}\",code=\"200\"}}"),
+        format!("iafactory_appliance_container_running{{tenant=\"{alpha}\",component=\"api\""),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in:\n{metrics}");
+    }
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+    // SIGTERM: the daemon stops on its own, successfully, and frees the gateway's port.
+    let pid = daemon.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(exit.success(), "{exit}\n{}", log_text());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", https_port)).is_ok());
+}
