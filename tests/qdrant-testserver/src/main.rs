@@ -21,7 +21,6 @@ use qdrant_client::qdrant::collections_server::CollectionsServer;
 use qdrant_client::qdrant::points_server::PointsServer;
 use qdrant_client::qdrant::qdrant_server::QdrantServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Parser)]
 #[command(about = "Qdrant's gRPC API (a subset) over qdrant-edge, for tests")]
@@ -70,9 +69,14 @@ async fn main() -> anyhow::Result<()> {
             service::PointsApi::new(registry.clone()),
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        // Without TCP_NODELAY, a small gRPC reply waits for the client's delayed ACK:
+        // 40 ms added to one search in three.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        );
     println!("listening on {address}");
     server.await.context("serving gRPC")?;
     registry.flush_all();
