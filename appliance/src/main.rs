@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -128,11 +129,21 @@ fn main() -> ExitCode {
         .expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader left (`iafactory status | head`): like any Unix filter, stop quietly.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Prints what changed before the error, so a failure never hides a change.
@@ -222,25 +233,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { output } => {
             let app = App::open(config).await?;
             let statuses = app.status().await?;
+            // Written, not printed: a closed pipe is an error to stop on, not a panic.
+            let mut out = std::io::stdout().lock();
             match output {
                 StatusFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&statuses)?);
+                    writeln!(out, "{}", serde_json::to_string_pretty(&statuses)?)?;
                 }
                 StatusFormat::Table => {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<24} {:<10} {:<10} {:<9} IMAGE",
                         "TENANT", "COMPONENT", "HEALTH", "CURRENT"
-                    );
+                    )?;
                     for tenant in &statuses {
                         for c in &tenant.components {
-                            println!(
+                            writeln!(
+                                out,
                                 "{:<24} {:<10} {:<10} {:<9} {}",
                                 tenant.tenant,
                                 c.component,
                                 c.health,
                                 if c.up_to_date { "yes" } else { "no" },
                                 c.image
-                            );
+                            )?;
                         }
                     }
                 }
@@ -327,8 +342,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .boxed()
             });
             let mut merged = futures::stream::select_all(streams);
+            let mut out = std::io::stdout();
             while let Some(line) = merged.next().await {
-                print!("{}", line?);
+                out.write_all(line?.as_bytes())?;
             }
         }
     }

@@ -104,3 +104,20 @@ fn a_gpu_on_the_free_plan_is_a_plan_error_naming_the_document() {
     );
     assert!(stderr.contains("free plan allows 0"), "{stderr}");
 }
+
+/// `iafactory plan -f … | head`: when the reader goes away, the command stops quietly
+/// and successfully, as Unix filters do, without a panic or an error message.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_iafactory"))
+        .args(["plan", "-f", samples().to_str().unwrap()])
+        .env_remove("IAF_PLATFORM_CONFIG")
+        .stdout(writer)
+        .output()
+        .expect("the iafactory binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
