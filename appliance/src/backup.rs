@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::app::{App, AppError};
 use crate::engine::converge::Report;
 use crate::engine::desired::{TenantState, instance_labels, tenant_state};
-use crate::engine::docker::Target;
+use crate::engine::docker::{ExecOutput, Target};
 use crate::store::{Secrets, write_atomically};
 
 const INDEX: &str = "backup.json";
@@ -112,7 +112,6 @@ pub async fn backup(
     let database = database_container(&state).ok_or_else(|| BackupError::DatabaseDown {
         tenant: tenant.to_owned(),
     })?;
-    let target = Target::component(tenant, ComponentKind::Database.name());
     let mut labels = instance_labels(&app.render_settings());
     labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.to_owned());
     let running = app
@@ -129,34 +128,24 @@ pub async fn backup(
     }
     let out = dir.join(tenant);
     std::fs::create_dir_all(&out).map_err(io(&out))?;
-    let dump = app
-        .engine
-        .exec(
-            &target,
-            &database,
-            &[
-                "pg_dump",
-                "-h",
-                SOCKET,
-                "-U",
-                DATABASE_USER,
-                "-d",
-                DATABASE_NAME,
-                "--no-owner",
-            ]
-            .map(String::from),
-            None,
-        )
-        .await
-        .map_err(AppError::from)?;
-    if dump.code != 0 {
-        return Err(BackupError::Database {
-            tenant: tenant.to_owned(),
-            step: "pg_dump",
-            code: dump.code,
-            stderr: String::from_utf8_lossy(&dump.stderr).trim().to_owned(),
-        });
-    }
+    let dump = exec_in_database(
+        app,
+        tenant,
+        &database,
+        "pg_dump",
+        &[
+            "pg_dump",
+            "-h",
+            SOCKET,
+            "-U",
+            DATABASE_USER,
+            "-d",
+            DATABASE_NAME,
+            "--no-owner",
+        ],
+        None,
+    )
+    .await?;
     progress(&format!(
         "dumped the database ({} KB)",
         dump.stdout.len() / 1000
@@ -280,41 +269,58 @@ pub async fn restore(
         .converge_tenant(&database_only, &[], &networks, &volumes, &mut report)
         .await
         .map_err(AppError::from)?;
-    let target = Target::component(tenant, ComponentKind::Database.name());
-    let loaded = app
-        .engine
-        .exec(
-            &target,
-            &database,
-            &[
-                "psql",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-h",
-                SOCKET,
-                "-U",
-                DATABASE_USER,
-                "-d",
-                DATABASE_NAME,
-            ]
-            .map(String::from),
-            Some(&files[DUMP]),
-        )
-        .await
-        .map_err(AppError::from)?;
-    if loaded.code != 0 {
-        return Err(BackupError::Database {
-            tenant: tenant.to_owned(),
-            step: "loading the dump with psql",
-            code: loaded.code,
-            stderr: String::from_utf8_lossy(&loaded.stderr).trim().to_owned(),
-        });
-    }
+    exec_in_database(
+        app,
+        tenant,
+        &database,
+        "loading the dump with psql",
+        &[
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-h",
+            SOCKET,
+            "-U",
+            DATABASE_USER,
+            "-d",
+            DATABASE_NAME,
+        ],
+        Some(&files[DUMP]),
+    )
+    .await?;
     progress("loaded the database dump");
     drop(lock);
     let (more, result) = app.up(progress).await;
     report.actions.extend(more.actions);
     result?;
     Ok(report)
+}
+
+/// Runs `command` in the tenant's database container; a non-zero exit is an error
+/// naming the step, with what the command wrote on stderr.
+async fn exec_in_database(
+    app: &App,
+    tenant: &str,
+    database: &str,
+    step: &'static str,
+    command: &[&str],
+    input: Option<&[u8]>,
+) -> Result<ExecOutput, BackupError> {
+    let target = Target::component(tenant, ComponentKind::Database.name());
+    let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+    let output = app
+        .engine
+        .exec(&target, database, &command, input)
+        .await
+        .map_err(AppError::from)?;
+    if output.code != 0 {
+        return Err(BackupError::Database {
+            tenant: tenant.to_owned(),
+            step,
+            code: output.code,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(output)
 }
