@@ -64,8 +64,8 @@ fn export_then_import_restores_the_images() {
     }
 }
 
-/// Rewrites the bundle with one byte of its second image flipped.
-fn corrupt(bundle: &std::path::Path, into: &std::path::Path) {
+/// Rewrites the bundle with one byte of its `damaged_entry` (`images/N.tar`) flipped.
+fn corrupt(bundle: &std::path::Path, into: &std::path::Path, damaged_entry: &str) {
     let mut archive = tar::Archive::new(std::fs::File::open(bundle).unwrap());
     let mut builder = tar::Builder::new(std::fs::File::create(into).unwrap());
     for entry in archive.entries().unwrap() {
@@ -73,7 +73,7 @@ fn corrupt(bundle: &std::path::Path, into: &std::path::Path) {
         let path = entry.path().unwrap().into_owned();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
-        if path.to_str() == Some("images/1.tar") {
+        if path.to_str() == Some(damaged_entry) {
             let middle = data.len() / 2;
             data[middle] ^= 0xff;
         }
@@ -99,7 +99,7 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
     }
 
     let damaged = box_.dir.path().join("damaged.tar");
-    corrupt(&bundle, &damaged);
+    corrupt(&bundle, &damaged, "images/1.tar");
     let output = box_.iafactory(&["images", "import", damaged.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
@@ -126,4 +126,137 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
     let output = box_.iafactory(&["images", "import", truncated.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(tags.iter().all(|t| !present(t)));
+}
+
+/// A new release of the stand-in: the same filesystem with one more layer, so its image
+/// ID differs, as a real upgrade's would.
+fn next_release(tag: &str) {
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "--quiet", "-t", tag, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    write!(
+        build.stdin.take().unwrap(),
+        "FROM {}\nLABEL dz.iafactory.test.release=\"{tag}\"\n",
+        standin_image()
+    )
+    .unwrap();
+    assert!(build.wait().unwrap().success(), "docker build {tag}");
+}
+
+fn image_of(container: &str) -> String {
+    docker_ok(&["inspect", container, "--format", "{{.Config.Image}}"])
+        .trim()
+        .to_owned()
+}
+
+/// `upgrade --bundle`, as a site with no internet runs it: the bundle is verified and
+/// loaded, every component moves to the new image, and the database volume's data is
+/// still there. A corrupt bundle changes nothing that runs.
+#[test]
+fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
+    let box_ = TestAppliance::new();
+    let tenant = format!("u{}", random_suffix());
+    let output = box_.iafactory(&[
+        "apply",
+        "-f",
+        box_.tenant_file(&tenant, "").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let database = format!("iaf-{tenant}-postgres");
+    let written = docker(&[
+        "exec",
+        &database,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo before-the-upgrade > $PGDATA/marker",
+    ]);
+    assert!(written.status.success(), "{}", stderr(&written));
+
+    let release = format!("iafactory-test/upgrade-{}:2", random_suffix());
+    let _cleanup = Untag(vec![release.clone()]);
+    next_release(&release);
+    let bundle = box_.dir.path().join("release-2.tar");
+    let output = box_.iafactory(&[
+        "images",
+        "export",
+        "--to",
+        bundle.to_str().unwrap(),
+        &release,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    docker_ok(&["rmi", &release]);
+
+    // The new release's configuration names the new images for both components.
+    let config = std::fs::read_to_string(&box_.config_file).unwrap();
+    let upgraded = config.replace(
+        &format!("image = \"{}\"", standin_image()),
+        &format!("image = \"{release}\""),
+    );
+    assert_eq!(upgraded.matches(release.as_str()).count(), 2, "{upgraded}");
+    std::fs::write(&box_.config_file, upgraded).unwrap();
+
+    let before = box_.container_ids();
+    let damaged = box_.dir.path().join("damaged.tar");
+    corrupt(&bundle, &damaged, "images/0.tar");
+    let output = box_.iafactory(&["upgrade", "--bundle", damaged.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("nothing was loaded"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        box_.container_ids(),
+        before,
+        "a rejected bundle replaced nothing"
+    );
+    assert!(!present(&release));
+
+    let output = box_.iafactory(&["upgrade", "--bundle", bundle.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(present(&release), "the bundle's image was loaded");
+    for component in ["postgres", "api"] {
+        let names: Vec<String> = box_
+            .containers()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("iaf-{tenant}-{component}")))
+            .collect();
+        assert_eq!(names.len(), 1, "one {component} container: {names:?}");
+        assert_eq!(
+            image_of(&names[0]),
+            release,
+            "{component} runs the new release"
+        );
+    }
+    let status = box_.iafactory(&["status", "-o", "json"]);
+    assert!(
+        stdout(&status).contains("\"healthy\": true"),
+        "{}",
+        stdout(&status)
+    );
+    let marker = docker(&[
+        "exec",
+        &database,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "cat $PGDATA/marker",
+    ]);
+    assert_eq!(
+        stdout(&marker).trim(),
+        "before-the-upgrade",
+        "{}",
+        stderr(&marker)
+    );
 }
