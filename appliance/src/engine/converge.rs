@@ -185,6 +185,9 @@ impl Converger<'_> {
             }
         }
 
+        // Containers this run created, replaced or started, or saw unhealthy: the
+        // listing's health says nothing about them any more.
+        let mut touched_in_run: BTreeSet<String> = BTreeSet::new();
         let mut components: Vec<&str> = Vec::new();
         for spec in &state.containers {
             if !components.contains(&spec.component.as_str()) {
@@ -199,21 +202,28 @@ impl Converger<'_> {
                 .collect();
             let target = Target::component(tenant, component);
             for dependency in &specs[0].depends_on {
-                let names: Vec<&str> = state
+                let dependencies: Vec<&ContainerSpec> = state
                     .containers
                     .iter()
                     .filter(|c| &c.component == dependency)
-                    .map(|c| c.name.as_str())
                     .collect();
-                if names.is_empty() {
+                if dependencies.is_empty() {
                     return Err(ConvergeError::MissingDependency {
                         tenant: tenant.clone(),
                         component: component.to_string(),
                         dependency: dependency.clone(),
                     });
                 }
-                for name in names {
-                    self.wait_healthy(&Target::component(tenant, dependency), name)
+                for spec in dependencies {
+                    // A no-op reconcile must not pay one inspect per dependency: the
+                    // listing already said this one is healthy and nothing changed it.
+                    let listed_healthy = by_name.get(spec.name.as_str()).is_some_and(|o| {
+                        o.spec_hash == spec.spec_hash && o.running && o.health.is_healthy()
+                    });
+                    if listed_healthy && !touched_in_run.contains(&spec.name) {
+                        continue;
+                    }
+                    self.wait_healthy(&Target::component(tenant, dependency), &spec.name)
                         .await?;
                 }
             }
@@ -249,6 +259,7 @@ impl Converger<'_> {
             }
             for name in &touched {
                 self.wait_healthy(&target, name).await?;
+                touched_in_run.insert((*name).to_owned());
             }
             // The component's new containers are healthy: its old ones may go.
             let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
