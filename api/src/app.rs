@@ -113,6 +113,10 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
     let internal = Router::new()
         .route("/internal/tenants/{slug}", put(internal::upsert_tenant))
         .route(
+            "/internal/tenants/{slug}/admins/{email}",
+            put(internal::upsert_admin),
+        )
+        .route(
             "/internal/tenants/{slug}/knowledge-bases/{name}",
             put(internal::upsert_knowledge_base)
                 .get(internal::get_knowledge_base)

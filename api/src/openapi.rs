@@ -14,7 +14,7 @@ use crate::routes::{accounts, internal, keys};
         accounts::register, accounts::login, accounts::me,
         accounts::create_user, accounts::list_users, accounts::delete_user,
         keys::create_key, keys::list_keys, keys::get_key, keys::revoke_key, keys::usage,
-        internal::upsert_tenant, internal::upsert_knowledge_base, internal::get_knowledge_base,
+        internal::upsert_tenant, internal::upsert_admin, internal::upsert_knowledge_base, internal::get_knowledge_base,
         internal::delete_knowledge_base, internal::upsert_workflow, internal::get_workflow, internal::delete_workflow,
         rag::create_knowledge_base, rag::list_knowledge_bases, rag::get_knowledge_base, rag::update_knowledge_base,
         rag::delete_knowledge_base, rag::upload_document, rag::list_documents, rag::get_document, rag::delete_document,

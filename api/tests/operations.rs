@@ -42,6 +42,7 @@ async fn health_readiness_metrics_and_openapi() {
         "/api/keys",
         "/api/keys/{id}",
         "/internal/tenants/{slug}/workflows/{name}",
+        "/internal/tenants/{slug}/admins/{email}",
     ] {
         assert!(paths.contains_key(path), "{path} documented");
     }
@@ -328,5 +329,106 @@ async fn dependency_probes_tell_which_dependency_is_down() {
     assert!(
         text.contains("iafactory_api_dependency_up{dependency=\"ollama\"} 0"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_token_sets_a_tenants_administrator_and_never_moves_another_tenants_user() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let operator = Auth::Bearer(common::OPERATOR_TOKEN);
+    let put_admin = |email: &'static str, password: &'static str, auth: Auth<'static>| {
+        let app = &app;
+        async move {
+            app.request(
+                Method::PUT,
+                &format!("/internal/tenants/univ-oran/admins/{email}"),
+                auth,
+                Some(json!({ "password": password })),
+            )
+            .await
+        }
+    };
+    let login = |email: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.request(
+                Method::POST,
+                "/api/auth/login",
+                Auth::None,
+                Some(json!({ "email": email, "password": password })),
+            )
+            .await
+            .status
+        }
+    };
+
+    let no_tenant = put_admin("root@univ-oran.dz", "a long enough password", operator).await;
+    assert_eq!(
+        no_tenant.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        no_tenant.body
+    );
+    let tenant = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran",
+            operator,
+            Some(json!({"name": "Université d'Oran", "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(tenant.status, StatusCode::OK, "{}", tenant.body);
+
+    let wrong_token = put_admin(
+        "root@univ-oran.dz",
+        "a long enough password",
+        Auth::Bearer("guess"),
+    )
+    .await;
+    assert_eq!(wrong_token.status, StatusCode::UNAUTHORIZED);
+    let weak = put_admin("root@univ-oran.dz", "short", operator).await;
+    assert_eq!(
+        weak.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        weak.body
+    );
+    let not_an_address = put_admin("root", "a long enough password", operator).await;
+    assert_eq!(not_an_address.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let created = put_admin("root@univ-oran.dz", "a long enough password", operator).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(created.body["data"]["role"], "tenant_admin");
+    assert_eq!(created.body["data"]["tenant_id"], tenant.body["data"]["id"]);
+    assert_eq!(
+        login("root@univ-oran.dz", "a long enough password").await,
+        StatusCode::OK
+    );
+
+    // Again, with a new password: the same user, and only the new password works.
+    let reset = put_admin("root@univ-oran.dz", "another long password", operator).await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
+    assert_eq!(reset.body["data"]["id"], created.body["data"]["id"]);
+    assert_eq!(
+        login("root@univ-oran.dz", "a long enough password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login("root@univ-oran.dz", "another long password").await,
+        StatusCode::OK
+    );
+
+    // Another tenant's administrator keeps their tenant and their password.
+    app.register("usthb").await;
+    let taken = put_admin("admin@usthb.dz", "a takeover attempt", operator).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.body);
+    assert_eq!(
+        login("admin@usthb.dz", "a long enough password").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        login("admin@usthb.dz", "a takeover attempt").await,
+        StatusCode::UNAUTHORIZED
     );
 }

@@ -161,7 +161,7 @@ pub async fn register(
     }))
 }
 
-async fn hash_off_thread(password: String) -> Result<String, ApiError> {
+pub(crate) async fn hash_off_thread(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal("hashing a password", e))?

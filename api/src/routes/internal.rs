@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::auth;
 use crate::db::tenant_tx;
 use crate::error::{ApiError, ApiResult, FieldProblem};
 use crate::http::{ApiJson, ApiPath, Envelope, ok};
+use crate::routes::accounts::{UserView, check_email, hash_off_thread};
 use crate::state::AppState;
 
 /// The operator (or the appliance), proven by the operator token.
@@ -135,6 +137,66 @@ pub async fn upsert_tenant(
     .await?;
     tx.commit().await?;
     Ok(ok(record))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct AdminPassword {
+    pub password: String,
+}
+
+/// Creates the tenant's administrator, or gives an existing user of this tenant the
+/// administrator role and this password. It is how the appliance bootstraps a tenant
+/// whose API has self-registration closed, and how a lost admin password is reset. An
+/// address that belongs to another tenant is refused, never moved.
+#[utoipa::path(put, path = "/internal/tenants/{slug}/admins/{email}", tag = "internal",
+    request_body = AdminPassword,
+    responses((status = 200, description = "the administrator"), (status = 404, description = "no such tenant"),
+              (status = 409, description = "the address belongs to another tenant"), (status = 422, description = "invalid field")),
+    security(("operator_token" = [])))]
+pub async fn upsert_admin(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiPath((slug, email)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<AdminPassword>,
+) -> ApiResult<Json<Envelope<UserView>>> {
+    let tenant = tenant_id(&state, &slug).await?;
+    let email = check_email(&email)?;
+    auth::check_password_strength(&body.password)?;
+    let password_hash = hash_off_thread(body.password).await?;
+    let mut tx = tenant_tx(&state.db, tenant).await?;
+    // Row-level security shows only this tenant's users: another tenant's address is
+    // not found here, and its INSERT below fails on the unique index (409).
+    let existing: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
+            .bind(&email)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let user: UserView = match existing {
+        Some(id) => {
+            sqlx::query_as(
+                "UPDATE users SET password_hash = $2, role = 'tenant_admin', updated_at = now() WHERE id = $1
+                 RETURNING id, tenant_id, email, role, created_at",
+            )
+            .bind(id)
+            .bind(&password_hash)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "INSERT INTO users (tenant_id, email, password_hash, role) VALUES ($1, $2, $3, 'tenant_admin')
+                 RETURNING id, tenant_id, email, role, created_at",
+            )
+            .bind(tenant)
+            .bind(&email)
+            .bind(&password_hash)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(%tenant, user = %user.id, "tenant administrator set through the internal API");
+    Ok(ok(user))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
