@@ -159,6 +159,9 @@ fn image_of(container: &str) -> String {
 /// still there. A corrupt bundle changes nothing that runs.
 #[test]
 fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
+    let release = format!("iafactory-test/upgrade-{}:2", random_suffix());
+    // Declared first so that it drops last, once the containers using it are gone.
+    let _cleanup = Untag(vec![release.clone()]);
     let box_ = TestAppliance::new();
     let tenant = format!("u{}", random_suffix());
     let output = box_.iafactory(&[
@@ -178,8 +181,6 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
     ]);
     assert!(written.status.success(), "{}", stderr(&written));
 
-    let release = format!("iafactory-test/upgrade-{}:2", random_suffix());
-    let _cleanup = Untag(vec![release.clone()]);
     next_release(&release);
     let bundle = box_.dir.path().join("release-2.tar");
     let output = box_.iafactory(&[
