@@ -93,6 +93,12 @@ pub struct ApiSettings {
     pub embedding_model_dir: Option<String>,
     pub default_llm_model: String,
     pub default_embedding: crate::knowledgebase::EmbeddingSpec,
+    /// Whether anyone reaching a tenant's API may sign up (`/api/auth/register`).
+    /// Closed by default: each tenant has a stack of its own, so a sign-up there
+    /// would only add strangers to it. The first administrator is set through the
+    /// internal API (`iafactory admin` on an appliance).
+    #[serde(default)]
+    pub self_registration: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1077,6 +1077,10 @@ fn api(
         from_secret("IAF_JWT_SECRET", SECRET_JWT, "secret"),
         from_secret("IAF_OPERATOR_TOKEN", SECRET_OPERATOR_TOKEN, "token"),
         literal(
+            "IAF_ALLOW_REGISTRATION",
+            config.api.self_registration.to_string(),
+        ),
+        literal(
             "IAF_VECTOR_STORE",
             if qdrant { "qdrant" } else { "pgvector" },
         ),
