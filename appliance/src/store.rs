@@ -449,3 +449,83 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Stor
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knowledge_base(tenant: &str, name: &str, description: &str) -> KnowledgeBase {
+        let text = format!(
+            "apiVersion: iafactory.dz/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: {name}, namespace: iaf-{tenant}}}\nspec: {{description: {description:?}}}\n"
+        );
+        match manifest::parse("test", &text).unwrap().remove(0).manifest {
+            Manifest::KnowledgeBase(kb) => *kb,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn names(registrations: &Registrations) -> Vec<String> {
+        registrations
+            .knowledge_bases
+            .iter()
+            .filter_map(|kb| kb.metadata.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn registrations_are_idempotent_and_deletions_are_remembered_until_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.registrations("acme").unwrap().is_empty());
+
+        let v1 = knowledge_base("acme", "docs", "v1");
+        assert!(store.put_knowledge_base("acme", &v1).unwrap());
+        assert!(!store.put_knowledge_base("acme", &v1).unwrap(), "same text");
+        assert!(
+            store
+                .put_knowledge_base("acme", &knowledge_base("acme", "docs", "v2"))
+                .unwrap()
+        );
+        let stored = store.registrations("acme").unwrap();
+        assert_eq!(names(&stored), ["docs"]);
+        assert_eq!(
+            stored.knowledge_bases[0].spec.description.as_deref(),
+            Some("v2")
+        );
+        // Beside the Tenant's file, not mistaken for a Tenant.
+        assert!(store.tenants().unwrap().is_empty());
+
+        assert!(
+            store
+                .remove_registration("acme", RegisteredKind::KnowledgeBase, "docs")
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remove_registration("acme", RegisteredKind::KnowledgeBase, "docs")
+                .unwrap()
+        );
+        let stored = store.registrations("acme").unwrap();
+        assert!(stored.knowledge_bases.is_empty());
+        assert_eq!(
+            stored.deleted,
+            [(RegisteredKind::KnowledgeBase, "docs".to_owned())]
+        );
+
+        // Applied again before the API forgot it: wanted again, nothing owed.
+        assert!(store.put_knowledge_base("acme", &v1).unwrap());
+        assert!(store.registrations("acme").unwrap().deleted.is_empty());
+
+        store
+            .remove_registration("acme", RegisteredKind::KnowledgeBase, "docs")
+            .unwrap();
+        store
+            .forget_deletion("acme", RegisteredKind::KnowledgeBase, "docs")
+            .unwrap();
+        assert!(store.registrations("acme").unwrap().is_empty());
+
+        store.put_knowledge_base("acme", &v1).unwrap();
+        store.remove_registrations("acme").unwrap();
+        assert!(store.registrations("acme").unwrap().is_empty());
+    }
+}
