@@ -72,9 +72,12 @@ enum Command {
     /// Remove a tenant (`delete TENANT`; its data goes too only under `retention:
     /// Delete`), or one of its knowledge bases or workflows, as kubectl would:
     /// `delete knowledgebase NAME -n TENANT`, `delete workflow NAME -n TENANT`.
+    #[command(
+        override_usage = "iafactory delete TENANT\n       iafactory delete KIND NAME -n TENANT"
+    )]
     Delete {
         /// TENANT, or KIND NAME (KIND: tenant, knowledgebase/kb, workflow/wf).
-        #[arg(num_args = 1..=2, required = true, value_names = ["KIND", "NAME"])]
+        #[arg(num_args = 1..=2, required = true, value_name = "WHAT")]
         what: Vec<String>,
         /// The tenant of a knowledge base or workflow (`acme` or its namespace `iaf-acme`).
         #[arg(short = 'n', long = "namespace", alias = "tenant")]
@@ -300,8 +303,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Delete { what, namespace } => {
+            let target = cli::delete::target(&what, namespace.as_deref())?;
             let app = App::open(config).await?;
-            match cli::delete::target(&what, namespace.as_deref())? {
+            match target {
                 cli::delete::Target::Tenant(tenant) => delete_tenant(&app, &tenant).await?,
                 cli::delete::Target::Registration { tenant, kind, name } => {
                     let stored = app.delete_registration(&tenant, kind, &name)?;
