@@ -1,19 +1,21 @@
 //! What the commands do, over the data directory and the Docker Engine: the CLI,
 //! `serve` and the tests call these.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use iafactory_crds::Tenant;
 use iafactory_crds::manifest::{self, Manifest, ManifestError};
-use iafactory_crds::plan::{PlanError, TenantPlan, plan};
+use iafactory_crds::plan::{PlanError, TenantPlan, plan, plan_knowledge_base, plan_workflow};
 use iafactory_crds::tenant::Retention;
+use iafactory_crds::{KnowledgeBase, Tenant, Workflow, admission};
 use serde::Serialize;
 
 use crate::engine::converge::{ConvergeError, Converger, Report, health_word};
 use crate::engine::desired::{DesiredError, RenderSettings, TenantState, tenant_state};
 use crate::engine::docker::{DockerError, Engine};
+use crate::registrations::RegistrationStatus;
 use crate::settings::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{RegisteredKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -28,12 +30,36 @@ pub enum AppError {
     #[error("{}\nnothing was applied; fix the manifests and run `iafactory apply` again", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Manifests(Vec<ManifestError>),
     #[error(
-        "{at}: {kind} {name:?}: the appliance stores only Tenants for now (knowledge bases and workflows go to the tenant's API); nothing was applied"
+        "{at}: {kind} {name:?} is in namespace {namespace:?}, which is no tenant's: use iafactory-style namespaces, iaf-<tenant>; nothing was applied"
     )]
-    Unsupported {
+    NotATenantNamespace {
         at: String,
         kind: &'static str,
         name: String,
+        namespace: String,
+    },
+    #[error("{at}: {kind} {name:?} belongs to tenant {tenant:?} (namespace iaf-{tenant}), which is not on this appliance (known: {}); apply the Tenant first, or in the same files; nothing was applied", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    NoSuchTenant {
+        at: String,
+        kind: &'static str,
+        name: String,
+        tenant: String,
+        known: Vec<String>,
+    },
+    #[error("{at}: {kind} {name:?} of tenant {tenant:?} is invalid: {reason}; nothing was applied")]
+    InvalidRegistration {
+        at: String,
+        kind: &'static str,
+        name: String,
+        tenant: String,
+        reason: String,
+    },
+    #[error("tenant {tenant:?} has no {} {name:?} (it has: {}); `iafactory status` lists them", .kind.word(), if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownRegistration {
+        tenant: String,
+        kind: RegisteredKind,
+        name: String,
+        known: Vec<String>,
     },
     #[error("{at}: cannot plan tenant {tenant:?}: {error}; nothing was applied")]
     Plan {
@@ -75,6 +101,19 @@ pub struct TenantStatus {
     pub tenant: String,
     pub healthy: bool,
     pub components: Vec<ComponentStatus>,
+    /// Its KnowledgeBases and Workflows, with the tenant API's record of each.
+    pub registrations: Vec<RegistrationStatus>,
+}
+
+/// One object `apply` stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// `tenant`, `knowledgebase` or `workflow`.
+    pub kind: &'static str,
+    pub tenant: String,
+    pub name: String,
+    /// False when the same manifest was stored already.
+    pub changed: bool,
 }
 
 impl App {
@@ -104,7 +143,7 @@ impl App {
         }
     }
 
-    fn plan_stored(&self, tenant: &Tenant) -> Result<TenantPlan, AppError> {
+    pub(crate) fn plan_stored(&self, tenant: &Tenant) -> Result<TenantPlan, AppError> {
         plan(tenant, &self.config.platform).map_err(|error| AppError::StoredPlan {
             tenant: tenant.metadata.name.clone().unwrap_or_default(),
             error: Box::new(error),
@@ -125,9 +164,11 @@ impl App {
             .collect()
     }
 
-    /// Validates and plans every manifest in `files`, then stores the Tenants:
-    /// all or nothing. Returns the names stored and whether each changed.
-    pub fn apply(&self, files: &[PathBuf]) -> Result<Vec<(String, bool)>, AppError> {
+    /// Validates and plans every manifest in `files`, then stores them: all or
+    /// nothing. KnowledgeBases and Workflows belong to the tenant of their namespace
+    /// (`iaf-<tenant>`, as under the operator), stored already or applied with them,
+    /// and must agree with it (providers, vector store, knowledge base references).
+    pub fn apply(&self, files: &[PathBuf]) -> Result<Vec<Applied>, AppError> {
         if files.is_empty() {
             return Err(AppError::NothingToApply);
         }
@@ -135,34 +176,164 @@ impl App {
         if loaded.is_empty() {
             return Err(AppError::NothingToApply);
         }
-        let mut tenants = Vec::new();
+        let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+        let mut knowledge_bases = Vec::new();
+        let mut workflows = Vec::new();
         for l in loaded {
+            let at = l.at.to_string();
             match l.manifest {
                 Manifest::Tenant(tenant) => {
                     let name = tenant.metadata.name.clone().unwrap_or_default();
                     plan(&tenant, &self.config.platform).map_err(|error| AppError::Plan {
-                        at: l.at.to_string(),
-                        tenant: name,
+                        at,
+                        tenant: name.clone(),
                         error: Box::new(error),
                     })?;
-                    tenants.push(*tenant);
+                    tenants.insert(name, *tenant);
                 }
-                other => {
-                    return Err(AppError::Unsupported {
-                        at: l.at.to_string(),
-                        kind: other.kind(),
-                        name: other.name().to_owned(),
-                    });
-                }
+                Manifest::KnowledgeBase(kb) => knowledge_bases.push((at, *kb)),
+                Manifest::Workflow(workflow) => workflows.push((at, *workflow)),
             }
         }
-        tenants
-            .iter()
-            .map(|t| {
-                let changed = self.store.put_tenant(t)?;
-                Ok((t.metadata.name.clone().unwrap_or_default(), changed))
-            })
-            .collect()
+        // The tenant a KnowledgeBase or Workflow names: applied now, or stored.
+        let tenant_of = |at: &str, kind, name: &str, namespace: Option<&str>| {
+            let namespace = namespace.unwrap_or_default();
+            let tenant = namespace
+                .strip_prefix(iafactory_crds::plan::NAMESPACE_PREFIX)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| AppError::NotATenantNamespace {
+                    at: at.to_owned(),
+                    kind,
+                    name: name.to_owned(),
+                    namespace: namespace.to_owned(),
+                })?;
+            match tenants.get(tenant) {
+                Some(tenant) => Ok(tenant.clone()),
+                None => self
+                    .store
+                    .tenant(tenant)?
+                    .ok_or_else(|| AppError::NoSuchTenant {
+                        at: at.to_owned(),
+                        kind,
+                        name: name.to_owned(),
+                        tenant: tenant.to_owned(),
+                        known: self.known_tenants(),
+                    }),
+            }
+        };
+        let invalid = |at: &str, kind, name: &str, tenant: &Tenant, reason: String| {
+            AppError::InvalidRegistration {
+                at: at.to_owned(),
+                kind,
+                name: name.to_owned(),
+                tenant: tenant.metadata.name.clone().unwrap_or_default(),
+                reason,
+            }
+        };
+        let mut checked_kbs: Vec<(String, &KnowledgeBase)> = Vec::new();
+        // Per tenant: the knowledge bases its workflows may name.
+        let mut kb_names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (at, kb) in &knowledge_bases {
+            let (kind, name) = (
+                "KnowledgeBase",
+                kb.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let tenant = tenant_of(at, kind, name, kb.metadata.namespace.as_deref())?;
+            plan_knowledge_base(kb, &self.config.platform)
+                .map_err(|e| invalid(at, kind, name, &tenant, e.to_string()))?;
+            admission::check_knowledge_base(kb, &tenant)
+                .map_err(|reason| invalid(at, kind, name, &tenant, reason))?;
+            let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
+            kb_names
+                .entry(tenant_name.clone())
+                .or_default()
+                .insert(name.to_owned());
+            checked_kbs.push((tenant_name, kb));
+        }
+        let mut checked_workflows: Vec<(String, &Workflow)> = Vec::new();
+        for (at, workflow) in &workflows {
+            let (kind, name) = (
+                "Workflow",
+                workflow.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let tenant = tenant_of(at, kind, name, workflow.metadata.namespace.as_deref())?;
+            let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
+            plan_workflow(workflow, &self.config.platform)
+                .map_err(|e| invalid(at, kind, name, &tenant, e.to_string()))?;
+            let mut known = kb_names.get(&tenant_name).cloned().unwrap_or_default();
+            known.extend(
+                self.store
+                    .registrations(&tenant_name)?
+                    .knowledge_bases
+                    .iter()
+                    .filter_map(|kb| kb.metadata.name.clone()),
+            );
+            admission::check_workflow(workflow, &tenant, &known)
+                .map_err(|reason| invalid(at, kind, name, &tenant, reason))?;
+            checked_workflows.push((tenant_name, workflow));
+        }
+        let mut applied = Vec::new();
+        for (name, tenant) in &tenants {
+            let changed = self.store.put_tenant(tenant)?;
+            applied.push(Applied {
+                kind: "tenant",
+                tenant: name.clone(),
+                name: name.clone(),
+                changed,
+            });
+        }
+        for (tenant, kb) in checked_kbs {
+            let changed = self.store.put_knowledge_base(&tenant, kb)?;
+            applied.push(Applied {
+                kind: RegisteredKind::KnowledgeBase.word(),
+                name: kb.metadata.name.clone().unwrap_or_default(),
+                tenant,
+                changed,
+            });
+        }
+        for (tenant, workflow) in checked_workflows {
+            let changed = self.store.put_workflow(&tenant, workflow)?;
+            applied.push(Applied {
+                kind: RegisteredKind::Workflow.word(),
+                name: workflow.metadata.name.clone().unwrap_or_default(),
+                tenant,
+                changed,
+            });
+        }
+        Ok(applied)
+    }
+
+    /// Deletes a stored KnowledgeBase or Workflow; the tenant's API forgets it at the
+    /// next registration (at once when it is healthy: see [`App::register_tenant`]).
+    pub fn delete_registration(
+        &self,
+        tenant: &str,
+        kind: RegisteredKind,
+        name: &str,
+    ) -> Result<Tenant, AppError> {
+        let stored = self.require_tenant(tenant)?;
+        if !self.store.remove_registration(tenant, kind, name)? {
+            let registrations = self.store.registrations(tenant)?;
+            let known = match kind {
+                RegisteredKind::KnowledgeBase => registrations
+                    .knowledge_bases
+                    .iter()
+                    .filter_map(|kb| kb.metadata.name.clone())
+                    .collect(),
+                RegisteredKind::Workflow => registrations
+                    .workflows
+                    .iter()
+                    .filter_map(|wf| wf.metadata.name.clone())
+                    .collect(),
+            };
+            return Err(AppError::UnknownRegistration {
+                tenant: tenant.to_owned(),
+                kind,
+                name: name.to_owned(),
+                known,
+            });
+        }
+        Ok(stored)
     }
 
     /// Converges the engine to every stored tenant.
@@ -233,6 +404,8 @@ impl App {
                 .remove_tenant(name, delete_data, &mut report)
                 .await?;
             if delete_data {
+                // The tenant's database, where they were registered, is gone too.
+                self.store.remove_registrations(name)?;
                 self.store.remove_secrets(name)?;
             }
             Ok(retention)
@@ -275,6 +448,7 @@ impl App {
             ))
             .await?;
         let mut statuses = Vec::new();
+        let tenants = self.store.tenants()?;
         for state in self.desired()? {
             let mut components: Vec<ComponentStatus> = Vec::new();
             for spec in &state.containers {
@@ -301,7 +475,15 @@ impl App {
                     }),
                 }
             }
+            let registrations = match tenants
+                .iter()
+                .find(|t| t.metadata.name.as_deref() == Some(&state.tenant))
+            {
+                Some(tenant) => self.registration_status(tenant).await?,
+                None => Vec::new(),
+            };
             statuses.push(TenantStatus {
+                registrations,
                 healthy: components
                     .iter()
                     .all(|c| matches!(c.health, "healthy" | "running") && c.up_to_date),

@@ -42,11 +42,12 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: OutputFormat,
     },
-    /// Store these Tenant manifests as the desired state, then converge them.
+    /// Store these manifests (Tenants, KnowledgeBases, Workflows) as the desired state,
+    /// then converge the tenants and register the rest with their tenant's API.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        /// Only store them; `up` or `serve` converges later.
+        /// Only store them; `up` or `serve` converges and registers later.
         #[arg(long)]
         no_up: bool,
     },
@@ -68,8 +69,20 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: StatusFormat,
     },
-    /// Remove a tenant; its data goes too only under `retention: Delete`.
-    Delete { tenant: String },
+    /// Remove a tenant (`delete TENANT`; its data goes too only under `retention:
+    /// Delete`), or one of its knowledge bases or workflows, as kubectl would:
+    /// `delete knowledgebase NAME -n TENANT`, `delete workflow NAME -n TENANT`.
+    #[command(
+        override_usage = "iafactory delete TENANT\n       iafactory delete KIND NAME -n TENANT"
+    )]
+    Delete {
+        /// TENANT, or KIND NAME (KIND: tenant, knowledgebase/kb, workflow/wf).
+        #[arg(num_args = 1..=2, required = true, value_name = "WHAT")]
+        what: Vec<String>,
+        /// The tenant of a knowledge base or workflow (`acme` or its namespace `iaf-acme`).
+        #[arg(short = 'n', long = "namespace", alias = "tenant")]
+        namespace: Option<String>,
+    },
     /// Back a tenant up: a PostgreSQL dump, its manifest and secrets, into DIR/TENANT.
     Backup {
         tenant: String,
@@ -197,13 +210,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apply { files, no_up } => {
             let app = App::open(config).await?;
-            for (name, changed) in app.apply(&files)? {
-                println!(
-                    "tenant/{name} {}",
-                    if changed { "stored" } else { "unchanged" }
-                );
+            let applied = app.apply(&files)?;
+            for a in &applied {
+                let state = if a.changed { "stored" } else { "unchanged" };
+                if a.kind == "tenant" {
+                    println!("tenant/{} {state}", a.name);
+                } else {
+                    println!("{}/{} (tenant {}) {state}", a.kind, a.name, a.tenant);
+                }
             }
-            if !no_up {
+            if no_up {
+                if applied.iter().any(|a| a.kind != "tenant") {
+                    println!(
+                        "not registered yet: `iafactory up` or `iafactory serve` registers them with the tenant's API"
+                    );
+                }
+            } else {
                 up(&app).await?;
             }
         }
@@ -258,24 +280,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             )?;
                         }
                     }
+                    if statuses.iter().any(|t| !t.registrations.is_empty()) {
+                        writeln!(out)?;
+                        writeln!(
+                            out,
+                            "{:<24} {:<30} TENANT API",
+                            "TENANT", "KNOWLEDGE BASE / WORKFLOW"
+                        )?;
+                        for tenant in &statuses {
+                            for r in &tenant.registrations {
+                                writeln!(
+                                    out,
+                                    "{:<24} {:<30} {}",
+                                    tenant.tenant,
+                                    format!("{}/{}", r.kind.word(), r.name),
+                                    r.summary()
+                                )?;
+                            }
+                        }
+                    }
                 }
             }
         }
-        Command::Delete { tenant } => {
+        Command::Delete { what, namespace } => {
+            let target = cli::delete::target(&what, namespace.as_deref())?;
             let app = App::open(config).await?;
-            let progress = Progress::start(&format!("deleting tenant {tenant}"));
-            let step = |line: &str| progress.step(line);
-            let (report, result) = app.delete(&tenant, &step).await;
-            let retention = conclude(&progress, &report, result, "deleted")?;
-            println!(
-                "retention {retention:?}: {}",
-                match retention {
-                    iafactory_crds::tenant::Retention::Delete =>
-                        "its volumes and secrets were deleted",
-                    iafactory_crds::tenant::Retention::Retain =>
-                        "its volumes and secrets were kept; re-apply the tenant to get it back",
+            match target {
+                cli::delete::Target::Tenant(tenant) => delete_tenant(&app, &tenant).await?,
+                cli::delete::Target::Registration { tenant, kind, name } => {
+                    let stored = app.delete_registration(&tenant, kind, &name)?;
+                    println!("{}/{name} (tenant {tenant}) deleted", kind.word());
+                    report_registrations(&app.register_tenant(&stored).await?)?;
                 }
-            );
+            }
         }
         Command::Images { command } => images(config, command).await?,
         Command::Backup { tenant, to } => {
@@ -351,11 +388,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Converges every tenant, then registers their KnowledgeBases and Workflows.
 async fn up(app: &App) -> anyhow::Result<()> {
     let progress = Progress::start("converging every tenant");
     let step = |line: &str| progress.step(line);
     let (report, result) = app.up(&step).await;
     conclude(&progress, &report, result, "up")?;
+    report_registrations(&app.register_all().await?)
+}
+
+/// One line per KnowledgeBase or Workflow; a tenant API that is not healthy yet is no
+/// failure (the next reconcile registers them), a refusal is.
+fn report_registrations(
+    registrations: &[iafactory_appliance::registrations::Registration],
+) -> anyhow::Result<()> {
+    use iafactory_appliance::registrations::Outcome;
+    for registration in registrations {
+        println!("{registration}");
+    }
+    let rejected = registrations
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Rejected { .. }))
+        .count();
+    if rejected > 0 {
+        anyhow::bail!(
+            "the tenant's API rejected {rejected} object(s), see above; fix their manifests and apply them again"
+        );
+    }
+    Ok(())
+}
+
+async fn delete_tenant(app: &App, tenant: &str) -> anyhow::Result<()> {
+    let progress = Progress::start(&format!("deleting tenant {tenant}"));
+    let step = |line: &str| progress.step(line);
+    let (report, result) = app.delete(tenant, &step).await;
+    let retention = conclude(&progress, &report, result, "deleted")?;
+    println!(
+        "retention {retention:?}: {}",
+        match retention {
+            iafactory_crds::tenant::Retention::Delete =>
+                "its volumes, secrets, knowledge bases and workflows were deleted",
+            iafactory_crds::tenant::Retention::Retain =>
+                "its volumes, secrets, knowledge bases and workflows were kept; re-apply the tenant to get it back",
+        }
+    );
     Ok(())
 }
 

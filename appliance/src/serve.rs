@@ -331,6 +331,7 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
                 Ok(()) => tracing::info!(changes = report.actions.len(), "converged"),
                 Err(error) => tracing::error!("{error}"),
             }
+            crate::registrations::log_outcomes(app.register_all().await);
             match app.desired() {
                 Ok(desired) => {
                     write_scrape_config(app, listen, &desired);

@@ -6,7 +6,11 @@
 //! - [`plan`]: the pure function from a Tenant and the platform configuration to every
 //!   deployment decision, rendered by both the operator and the appliance.
 //! - [`manifest`]: multi-document manifests as users write them, with precise errors.
+//! - [`admission`]: what a KnowledgeBase or Workflow must agree on with its Tenant.
+//! - `tenant_api` (feature `tenant-api`): the client of the tenant API's internal
+//!   endpoints, through which the operator and the appliance register them.
 
+pub mod admission;
 pub mod common;
 pub mod config;
 pub mod crdgen;
@@ -16,6 +20,8 @@ pub mod manifest;
 pub mod plan;
 pub mod quantity;
 pub mod tenant;
+#[cfg(feature = "tenant-api")]
+pub mod tenant_api;
 pub mod validation;
 pub mod workflow;
 

@@ -1,6 +1,7 @@
 //! The operator's one error type: every failure names what it was doing.
 
 use iafactory_crds::PlanError;
+use iafactory_crds::tenant_api::TenantApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,14 +14,8 @@ pub enum Error {
     },
     #[error("the spec cannot be planned: {0}")]
     Plan(#[from] PlanError),
-    #[error("the tenant's API at {url}: {message}")]
-    TenantApi { url: String, message: String },
-    #[error("the tenant's API refused the {kind} ({status}): {message}")]
-    Rejected {
-        kind: &'static str,
-        status: u16,
-        message: String,
-    },
+    #[error(transparent)]
+    TenantApi(#[from] TenantApiError),
     #[error("{0}")]
     Dependency(String),
     #[error("running the tenant finalizer: {0}")]
@@ -41,8 +36,8 @@ impl Error {
         match self {
             Error::Kube { .. } => "kube",
             Error::Plan(_) => "plan",
-            Error::TenantApi { .. } => "tenant_api",
-            Error::Rejected { .. } => "rejected",
+            Error::TenantApi(TenantApiError::Rejected { .. }) => "rejected",
+            Error::TenantApi(TenantApiError::Unavailable { .. }) => "tenant_api",
             Error::Dependency(_) => "dependency",
             Error::Finalizer(_) => "finalizer",
         }

@@ -5,7 +5,6 @@
 //! `iafactory-crds` to typed objects and conditions; the I/O edges ([`apply`],
 //! [`tenant_api`]) and the wiring ([`controller`], [`run`]) stay thin.
 
-pub mod admission;
 pub mod apply;
 pub mod build;
 pub mod controller;
@@ -15,4 +14,6 @@ pub mod metrics;
 pub mod rbac;
 pub mod run;
 pub mod status;
-pub mod tenant_api;
+
+// Shared with the appliance, so they live in iafactory-crds; the paths stay.
+pub use iafactory_crds::{admission, tenant_api};

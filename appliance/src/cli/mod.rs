@@ -1,5 +1,6 @@
 //! The commands of `iafactory`, one module each.
 
+pub mod delete;
 pub mod plan;
 pub mod progress;
 

@@ -92,6 +92,33 @@ pub fn postgres_image() -> &'static str {
     })
 }
 
+/// `iafactory/api:<version>`, the real platform API, built by images/build.sh (a musl
+/// compile, incremental in target/, with the test embedding model inside as
+/// scripts/checks/30-images.sh puts it). IAF_TEST_API_IMAGE names an image to use
+/// instead, already built.
+pub fn api_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        if let Ok(image) = std::env::var("IAF_TEST_API_IMAGE") {
+            return image;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build.sh");
+        let mut command = Command::new(&script);
+        command.arg("api");
+        if let Ok(model) = std::env::var("IAF_TEST_EMBEDDING_MODEL_DIR") {
+            command.env("IAF_IMAGE_EMBEDDING_MODEL_DIR", model);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        format!("iafactory/api:{}", env!("CARGO_PKG_VERSION"))
+    })
+}
+
 pub fn random_suffix() -> String {
     let mut bytes = [0u8; 4];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -118,6 +145,14 @@ impl TestAppliance {
         appliance
     }
 
+    /// With the real PostgreSQL image and the real platform API ([`api_image`]); the
+    /// model server is the stand-in (an HTTP server on Ollama's port).
+    pub fn with_real_api() -> Self {
+        let appliance = Self::with_extra("");
+        appliance.write_config_images("", true, true);
+        appliance
+    }
+
     pub fn with_extra(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let instance = format!("test-{}", random_suffix());
@@ -141,7 +176,21 @@ impl TestAppliance {
     }
 
     pub fn write_config_with(&self, extra: &str, real_database: bool) {
+        self.write_config_images(extra, real_database, false)
+    }
+
+    fn write_config_images(&self, extra: &str, real_database: bool, real_api: bool) {
         let image = standin_image();
+        let api = if real_api {
+            format!(
+                "image = \"{}\"\nuid = 65532\nhealthcheck = [\"/usr/local/bin/iafactory-api\", \"healthcheck\"]\n\n[images.ollama]\nimage = \"{image}\"\nuid = 1000\nargs = [\"httpd\", \"-f\", \"-p\", \"11434\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:11434/\"]\n\n[ollama]\npull_models = false",
+                api_image()
+            )
+        } else {
+            format!(
+                "image = \"{image}\"\nuid = 65532\nargs = [\"httpd\", \"-f\", \"-p\", \"8180\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8180/\"]"
+            )
+        };
         let postgres = if real_database {
             format!(
                 "image = \"{}\"\nuid = 999\nhealthcheck = [\"pg_isready\", \"-h\", \"127.0.0.1\", \"-U\", \"iafactory\", \"-d\", \"iafactory\"]",
@@ -169,10 +218,7 @@ http_listen = "127.0.0.1:0"
 {postgres_env}
 
 [images.api]
-image = "{image}"
-uid = 65532
-args = ["httpd", "-f", "-p", "8180", "-h", "/www"]
-healthcheck = ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8180/"]
+{api}
 {api_env}
 "#,
             data = self.data_dir().display(),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use iafactory_crds::tenant_api::TenantApiError;
 use iafactory_crds::{KnowledgeBase, KnowledgeBaseStatus, Tenant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -15,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::{
     Context, RETRY, announce, measured, now, operator_token, patch_status, tenant_of_namespace,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
 
 pub const CONTROLLER: &str = "knowledgebase";
@@ -141,7 +142,7 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     .await;
     let record = match registered {
         Ok(record) => record,
-        Err(Error::Rejected { message, .. }) => {
+        Err(TenantApiError::Rejected { message, .. }) => {
             let message = format!("the tenant's API rejected it: {message}");
             return wait(
                 ctx,

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iafactory_crds::tenant_api::TenantApiError;
 use iafactory_crds::workflow::LastExecution;
 use iafactory_crds::{Workflow, WorkflowStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -15,7 +16,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::knowledge_base::{FINALIZER, owning_tenant};
 use super::{Context, RETRY, announce, measured, now, operator_token, patch_status};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
 
 pub const CONTROLLER: &str = "workflow";
@@ -162,7 +163,7 @@ async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
     .await;
     let record = match registered {
         Ok(record) => record,
-        Err(Error::Rejected { message, .. }) => {
+        Err(TenantApiError::Rejected { message, .. }) => {
             let message = format!("the tenant's API rejected it: {message}");
             let conditions = invalid_conditions(
                 "Rejected",

@@ -1,11 +1,12 @@
 //! What a KnowledgeBase or Workflow must agree on with its Tenant. Pure: the
-//! controllers act on the answer, the tests check it directly.
+//! operator's controllers and the appliance's `apply` act on the answer, the tests
+//! check it directly.
 
 use std::collections::BTreeSet;
 
-use iafactory_crds::knowledgebase::KnowledgeBaseVectorStore;
-use iafactory_crds::tenant::{Sovereignty, VectorStoreKind};
-use iafactory_crds::{KnowledgeBase, Tenant, Workflow};
+use crate::knowledgebase::KnowledgeBaseVectorStore;
+use crate::tenant::{Sovereignty, VectorStoreKind};
+use crate::{KnowledgeBase, Tenant, Workflow};
 
 /// A provider the tenant may call: its own model server, or under `sovereignty:
 /// open`, one of its listed `llmProviders`.

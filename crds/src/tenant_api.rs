@@ -1,13 +1,31 @@
 //! The tenant's platform API, on its internal endpoints: how KnowledgeBases and
-//! Workflows are registered. Authenticated by the per-tenant operator token.
+//! Workflows are registered, by the operator and by the appliance alike.
+//! Authenticated by the per-tenant operator token. Behind the `tenant-api` feature,
+//! so the crates that only need the resources do not build an HTTP client.
 
 use std::time::Duration;
 
-use iafactory_crds::{KnowledgeBaseSpec, TenantSpec, WorkflowSpec};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{KnowledgeBaseSpec, TenantSpec, WorkflowSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantApiError {
+    /// Not reached, or an answer that is not the API's (a 5xx, an unexpected body).
+    #[error("the tenant's API at {url}: {message}")]
+    Unavailable { url: String, message: String },
+    /// The API answered and refused: the spec or the request is wrong, retrying will
+    /// not help.
+    #[error("the tenant's API refused the {kind} ({status}): {message}")]
+    Rejected {
+        kind: &'static str,
+        status: u16,
+        message: String,
+    },
+}
+
+type Result<T, E = TenantApiError> = std::result::Result<T, E>;
 
 /// Where each tenant's API answers. `{tenant}` and `{namespace}` are replaced.
 #[derive(Clone, Debug)]
@@ -21,7 +39,7 @@ struct Envelope<T> {
     data: T,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 /// Timestamps stay RFC 3339 text, which is what `metav1.Time` parses.
 pub struct KnowledgeBaseRecord {
     pub id: String,
@@ -30,7 +48,7 @@ pub struct KnowledgeBaseRecord {
     pub last_ingestion: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct WorkflowRecord {
     pub id: String,
     pub valid_dag: bool,
@@ -38,7 +56,7 @@ pub struct WorkflowRecord {
     pub last_execution: Option<ExecutionRecord>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ExecutionRecord {
     pub id: String,
     pub status: String,
@@ -63,7 +81,7 @@ impl TenantApi {
             .replace("{tenant}", tenant)
             .replace(
                 "{namespace}",
-                &format!("{}{tenant}", iafactory_crds::plan::NAMESPACE_PREFIX),
+                &format!("{}{tenant}", crate::plan::NAMESPACE_PREFIX),
             )
             .trim_end_matches('/')
             .to_owned()
@@ -76,22 +94,26 @@ impl TenantApi {
         url: &str,
         token: &str,
     ) -> Result<Option<T>> {
-        let response = request
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| Error::TenantApi {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+        let response =
+            request
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| TenantApiError::Unavailable {
+                    url: url.to_owned(),
+                    message: e.to_string(),
+                })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let body = response.bytes().await.map_err(|e| Error::TenantApi {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| TenantApiError::Unavailable {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
         if status.is_client_error() {
             // The API explains itself in `error.message`; keep the whole body otherwise.
             let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -102,14 +124,14 @@ impl TenantApi {
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(Error::Rejected {
+            return Err(TenantApiError::Rejected {
                 kind,
                 status: status.as_u16(),
                 message,
             });
         }
         if !status.is_success() {
-            return Err(Error::TenantApi {
+            return Err(TenantApiError::Unavailable {
                 url: url.to_owned(),
                 message: format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
             });
@@ -118,7 +140,7 @@ impl TenantApi {
             return Ok(None);
         }
         let envelope: Envelope<T> =
-            serde_json::from_slice(&body).map_err(|e| Error::TenantApi {
+            serde_json::from_slice(&body).map_err(|e| TenantApiError::Unavailable {
                 url: url.to_owned(),
                 message: format!("an unexpected answer: {e}"),
             })?;
@@ -155,7 +177,7 @@ impl TenantApi {
             token,
         )
         .await?
-        .ok_or_else(|| Error::TenantApi {
+        .ok_or_else(|| TenantApiError::Unavailable {
             url,
             message: "the tenant is not registered".into(),
         })
@@ -174,10 +196,41 @@ impl TenantApi {
         );
         self.send("workflow", self.http.put(&url).json(spec), &url, token)
             .await?
-            .ok_or_else(|| Error::TenantApi {
+            .ok_or_else(|| TenantApiError::Unavailable {
                 url,
                 message: "the tenant is not registered".into(),
             })
+    }
+
+    /// A registered knowledge base's record, or None when it is not registered (or the
+    /// tenant is not).
+    pub async fn knowledge_base(
+        &self,
+        tenant: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<Option<KnowledgeBaseRecord>> {
+        let url = format!(
+            "{}/internal/tenants/{tenant}/knowledge-bases/{name}",
+            self.base_url(tenant)
+        );
+        self.send("knowledge base", self.http.get(&url), &url, token)
+            .await
+    }
+
+    /// A registered workflow's record, or None when it is not registered.
+    pub async fn workflow(
+        &self,
+        tenant: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<Option<WorkflowRecord>> {
+        let url = format!(
+            "{}/internal/tenants/{tenant}/workflows/{name}",
+            self.base_url(tenant)
+        );
+        self.send("workflow", self.http.get(&url), &url, token)
+            .await
     }
 
     /// Deletes a registration; one that is already gone is fine.

@@ -1,0 +1,397 @@
+//! KnowledgeBases and Workflows: the appliance stores them and registers them with the
+//! tenant's API through its internal endpoints (the operator's client, shared through
+//! `iafactory_crds::tenant_api`), with the tenant's operator token. The API alone owns
+//! their data; the appliance never writes to a tenant's database.
+//!
+//! A tenant whose API is not healthy yet is not an error: its objects wait for the
+//! next reconcile, and each outcome says so.
+
+use std::time::Duration;
+
+use iafactory_crds::Tenant;
+use iafactory_crds::plan::{ComponentKind, SECRET_OPERATOR_TOKEN};
+use iafactory_crds::tenant_api::{KnowledgeBaseRecord, TenantApi, TenantApiError, WorkflowRecord};
+use serde::Serialize;
+
+use crate::app::{App, AppError};
+use crate::engine::docker::Target;
+use crate::store::{RegisteredKind, Registrations};
+
+/// How long one call to a tenant's API may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What happened to one KnowledgeBase or Workflow in a reconcile.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    Registered,
+    /// Deleted from the tenant's API.
+    Unregistered,
+    /// The tenant's API cannot be reached now; the next reconcile registers it.
+    Pending {
+        reason: String,
+    },
+    /// Deleted here; the tenant's API cannot be reached now, the next reconcile
+    /// deletes it there.
+    DeletionPending {
+        reason: String,
+    },
+    /// The tenant's API refused it: the manifest must change.
+    Rejected {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Registration {
+    pub tenant: String,
+    pub kind: RegisteredKind,
+    pub name: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl std::fmt::Display for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let object = format!(
+            "{}/{} (tenant {})",
+            self.kind.word(),
+            self.name,
+            self.tenant
+        );
+        match &self.outcome {
+            Outcome::Registered => write!(f, "{object} registered with the tenant's API"),
+            Outcome::Unregistered => write!(f, "{object} deleted from the tenant's API"),
+            Outcome::Pending { reason } => {
+                write!(f, "{object} registered on next reconcile: {reason}")
+            }
+            Outcome::DeletionPending { reason } => write!(
+                f,
+                "{object} deleted from the tenant's API on next reconcile: {reason}"
+            ),
+            Outcome::Rejected { reason } => write!(
+                f,
+                "{object} rejected: {reason}; fix the manifest and apply it again"
+            ),
+        }
+    }
+}
+
+/// A registered object as the tenant's API knows it, for `status`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Recorded {
+    KnowledgeBase(KnowledgeBaseRecord),
+    Workflow(WorkflowRecord),
+    /// Stored, but the tenant's API does not know it yet.
+    NotRegistered,
+    /// Deleted, but the tenant's API still has to forget it.
+    DeletionPending,
+    /// The tenant's API could not be asked.
+    Unknown {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RegistrationStatus {
+    pub kind: RegisteredKind,
+    pub name: String,
+    pub api: Recorded,
+}
+
+impl RegistrationStatus {
+    /// One line for the `status` table.
+    pub fn summary(&self) -> String {
+        match &self.api {
+            Recorded::KnowledgeBase(kb) => format!(
+                "registered: {} documents, {} chunks, last ingestion {}",
+                kb.documents,
+                kb.chunks,
+                kb.last_ingestion.as_deref().unwrap_or("never")
+            ),
+            Recorded::Workflow(wf) => format!(
+                "registered: {} agents, {}, last execution {}",
+                wf.agents,
+                if wf.valid_dag {
+                    "valid DAG"
+                } else {
+                    "INVALID DAG"
+                },
+                wf.last_execution
+                    .as_ref()
+                    .map(|e| format!(
+                        "{} ({})",
+                        e.status,
+                        e.finished_at
+                            .as_deref()
+                            .or(e.started_at.as_deref())
+                            .unwrap_or("not started")
+                    ))
+                    .unwrap_or_else(|| "none".into())
+            ),
+            Recorded::NotRegistered => "not registered yet: registered on next reconcile".into(),
+            Recorded::DeletionPending => "deleted: unregistered on next reconcile".into(),
+            Recorded::Unknown { reason } => format!("unknown: {reason}"),
+        }
+    }
+}
+
+/// A client of one tenant's API, with its operator token.
+struct Connection {
+    api: TenantApi,
+    token: String,
+}
+
+impl App {
+    /// The tenant's API, reachable and healthy, at its address on the tenant's internal
+    /// network (as the gateway reaches it); Err says why not, for the outcomes.
+    async fn tenant_api(&self, tenant: &Tenant) -> Result<Connection, String> {
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        let plan = self.plan_stored(tenant).map_err(|e| e.to_string())?;
+        let secrets = self.store.secrets(&plan).map_err(|e| e.to_string())?;
+        let token = secrets
+            .get(SECRET_OPERATOR_TOKEN)
+            .and_then(|s| s.get("token"))
+            .cloned()
+            .ok_or_else(|| format!("tenant {name:?} has no operator token yet"))?;
+        let state = crate::engine::desired::tenant_state(&plan, &secrets, &self.render_settings())
+            .map_err(|e| e.to_string())?;
+        let api = ComponentKind::Api.name();
+        let target = Target::component(&name, api);
+        let port = self.config.platform.api.port;
+        for spec in state.containers.iter().filter(|c| c.component == api) {
+            let Some(inspected) = self
+                .engine
+                .inspect(&target, &spec.name)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let state = inspected.state.as_ref();
+            let running = state.and_then(|s| s.running).unwrap_or(false);
+            let health = state
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| h.status)
+                .map(|s| s.to_string());
+            let healthy = running && matches!(health.as_deref(), None | Some("healthy" | ""));
+            let address = inspected
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|networks| networks.get(&spec.network).cloned())
+                .and_then(|endpoint| endpoint.ip_address)
+                .filter(|ip| !ip.is_empty());
+            if let (true, Some(ip)) = (healthy, address) {
+                return Ok(Connection {
+                    api: TenantApi::new(format!("http://{ip}:{port}"), API_TIMEOUT),
+                    token,
+                });
+            }
+        }
+        Err(format!(
+            "the API of tenant {name:?} is not healthy yet (`iafactory status`)"
+        ))
+    }
+
+    /// Registers every stored KnowledgeBase and Workflow of every stored tenant with
+    /// its API, and deletes from it those that were deleted here. Never fails as a
+    /// whole: each object's outcome says what happened.
+    pub async fn register_all(&self) -> Result<Vec<Registration>, AppError> {
+        let mut outcomes = Vec::new();
+        for tenant in self.store.tenants()? {
+            outcomes.extend(self.register_tenant(&tenant).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// The same, for one tenant. A tenant with nothing to register costs nothing (not
+    /// even a Docker call).
+    pub async fn register_tenant(&self, tenant: &Tenant) -> Result<Vec<Registration>, AppError> {
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        let stored = self.store.registrations(&name)?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcome_of = |kind, object: &str, outcome| Registration {
+            tenant: name.clone(),
+            kind,
+            name: object.to_owned(),
+            outcome,
+        };
+        let everything = |reason: String| -> Vec<Registration> {
+            objects(&stored)
+                .map(|(kind, object)| {
+                    let deleted = stored
+                        .deleted
+                        .iter()
+                        .any(|(k, n)| *k == kind && n == object);
+                    let outcome = if deleted {
+                        Outcome::DeletionPending {
+                            reason: reason.clone(),
+                        }
+                    } else {
+                        Outcome::Pending {
+                            reason: reason.clone(),
+                        }
+                    };
+                    outcome_of(kind, object, outcome)
+                })
+                .collect()
+        };
+        let connection = match self.tenant_api(tenant).await {
+            Ok(connection) => connection,
+            Err(reason) => return Ok(everything(reason)),
+        };
+        let Connection { api, token } = &connection;
+        // The API keeps registrations per tenant: the tenant comes first, as the
+        // operator does it.
+        if let Err(error) = api.upsert_tenant(&name, &tenant.spec, token).await {
+            // Rejected or not, none of its objects can be registered before it is.
+            return Ok(everything(error.to_string()));
+        }
+        let mut outcomes = Vec::new();
+        for (kind, object) in &stored.deleted {
+            let outcome = match api.delete(&name, kind.collection(), object, token).await {
+                Ok(()) => {
+                    self.store.forget_deletion(&name, *kind, object)?;
+                    Outcome::Unregistered
+                }
+                Err(error @ TenantApiError::Rejected { .. }) => failure(error),
+                Err(error) => Outcome::DeletionPending {
+                    reason: error.to_string(),
+                },
+            };
+            outcomes.push(outcome_of(*kind, object, outcome));
+        }
+        // Knowledge bases before the workflows whose agents search them.
+        for kb in &stored.knowledge_bases {
+            let object = kb.metadata.name.as_deref().unwrap_or_default();
+            let outcome = match api
+                .upsert_knowledge_base(&name, object, &kb.spec, token)
+                .await
+            {
+                Ok(_) => Outcome::Registered,
+                Err(error) => failure(error),
+            };
+            outcomes.push(outcome_of(RegisteredKind::KnowledgeBase, object, outcome));
+        }
+        for workflow in &stored.workflows {
+            let object = workflow.metadata.name.as_deref().unwrap_or_default();
+            let outcome = match api
+                .upsert_workflow(&name, object, &workflow.spec, token)
+                .await
+            {
+                Ok(_) => Outcome::Registered,
+                Err(error) => failure(error),
+            };
+            outcomes.push(outcome_of(RegisteredKind::Workflow, object, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// Each stored KnowledgeBase and Workflow of the tenant, with the API's record.
+    pub async fn registration_status(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<RegistrationStatus>, AppError> {
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        let stored = self.store.registrations(&name)?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let connection = self.tenant_api(tenant).await;
+        let mut statuses = Vec::new();
+        for (kind, object) in objects(&stored) {
+            let api = if stored
+                .deleted
+                .iter()
+                .any(|(k, n)| *k == kind && n == object)
+            {
+                Recorded::DeletionPending
+            } else {
+                match &connection {
+                    Err(reason) => Recorded::Unknown {
+                        reason: reason.clone(),
+                    },
+                    Ok(Connection { api, token }) => {
+                        let recorded = match kind {
+                            RegisteredKind::KnowledgeBase => api
+                                .knowledge_base(&name, object, token)
+                                .await
+                                .map(|r| r.map(Recorded::KnowledgeBase)),
+                            RegisteredKind::Workflow => api
+                                .workflow(&name, object, token)
+                                .await
+                                .map(|r| r.map(Recorded::Workflow)),
+                        };
+                        match recorded {
+                            Ok(Some(recorded)) => recorded,
+                            Ok(None) => Recorded::NotRegistered,
+                            Err(error) => Recorded::Unknown {
+                                reason: error.to_string(),
+                            },
+                        }
+                    }
+                }
+            };
+            statuses.push(RegistrationStatus {
+                kind,
+                name: object.to_owned(),
+                api,
+            });
+        }
+        Ok(statuses)
+    }
+}
+
+fn failure(error: TenantApiError) -> Outcome {
+    match error {
+        TenantApiError::Rejected { .. } => Outcome::Rejected {
+            reason: error.to_string(),
+        },
+        TenantApiError::Unavailable { .. } => Outcome::Pending {
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// Every object of the tenant, stored or deleted, in registration order.
+fn objects(stored: &Registrations) -> impl Iterator<Item = (RegisteredKind, &str)> {
+    stored
+        .deleted
+        .iter()
+        .map(|(kind, name)| (*kind, name.as_str()))
+        .chain(stored.knowledge_bases.iter().map(|kb| {
+            (
+                RegisteredKind::KnowledgeBase,
+                kb.metadata.name.as_deref().unwrap_or_default(),
+            )
+        }))
+        .chain(stored.workflows.iter().map(|wf| {
+            (
+                RegisteredKind::Workflow,
+                wf.metadata.name.as_deref().unwrap_or_default(),
+            )
+        }))
+}
+
+/// For the daemon: a refusal is an error, a tenant API not up yet is news.
+pub fn log_outcomes(outcomes: Result<Vec<Registration>, AppError>) {
+    match outcomes {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                match outcome.outcome {
+                    Outcome::Rejected { .. } => tracing::error!("{outcome}"),
+                    Outcome::Pending { .. } | Outcome::DeletionPending { .. } => {
+                        tracing::info!("{outcome}")
+                    }
+                    // Registering again what is registered is the steady state.
+                    Outcome::Registered => tracing::debug!("{outcome}"),
+                    Outcome::Unregistered => tracing::info!("{outcome}"),
+                }
+            }
+        }
+        Err(error) => tracing::error!("registering knowledge bases and workflows: {error}"),
+    }
+}
