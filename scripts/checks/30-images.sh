@@ -7,13 +7,14 @@
 # The musl build is the slow part: every dependency compiles again for the musl target.
 # Measured on 2 busy cores, cold: the operator about 4 minutes, the API and the appliance
 # about 10 more; warm, seconds. So that CI (CI=true, a fresh clone: a cold target
-# directory) stays within a few minutes, it builds and checks the operator image only
-# unless told otherwise; elsewhere all three. IAF_CHECK_IMAGES="api operator appliance"
-# (any of them) chooses; IAF_CHECK_IMAGES=none skips this check.
+# directory) stays within a few minutes, it checks the operator image and the API image
+# (which scripts/test has already built for the appliance's tests) unless told
+# otherwise; elsewhere all three. IAF_CHECK_IMAGES="api operator appliance" (any of
+# them) chooses; IAF_CHECK_IMAGES=none skips this check.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 source "$IAF_ENV_FILE"
 
-if [ "${CI:-}" = true ]; then default_images=operator; else default_images="api operator appliance"; fi
+if [ "${CI:-}" = true ]; then default_images="api operator"; else default_images="api operator appliance"; fi
 read -r -a components <<<"${IAF_CHECK_IMAGES:-$default_images}"
 note "images checked: ${components[*]} (IAF_CHECK_IMAGES chooses)"
 if [ "${components[*]}" = none ]; then
