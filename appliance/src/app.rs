@@ -78,6 +78,14 @@ pub enum AppError {
     UnknownTenant { tenant: String, known: Vec<String> },
     #[error("no manifest given: use -f FILE (a file, a directory, or - for stdin)")]
     NothingToApply,
+    #[error("tenant {tenant:?}: {reason}; run `iafactory up`, then try again")]
+    TenantApiUnreachable { tenant: String, reason: String },
+    #[error("tenant {tenant:?}: the administrator {email:?} was not set: {error}")]
+    Administrator {
+        tenant: String,
+        email: String,
+        error: iafactory_crds::tenant_api::TenantApiError,
+    },
 }
 
 pub struct App {

@@ -53,6 +53,17 @@ enum Command {
     },
     /// Converge Docker to every stored tenant.
     Up,
+    /// Set a tenant's administrator (its first user, or a lost password's reset)
+    /// through its API; tenant APIs do not let strangers sign up.
+    Admin {
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        /// Read the password from stdin's first line; otherwise one is generated and
+        /// printed once.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Upgrade: import a bundle's images (if given), then converge: each changed
     /// component is replaced (stateless ones new-before-old), data volumes are kept.
     /// Point the configuration's image tags at the new versions first.
@@ -132,6 +143,16 @@ enum ImagesCommand {
         #[arg(long)]
         release: bool,
     },
+}
+
+/// 20 characters from a 56-letter alphabet without look-alikes (about 116 bits), to be
+/// read off a screen and typed.
+fn generated_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| ALPHABET[rand::Rng::random_range(&mut rng, 0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -251,6 +272,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let step = |line: &str| progress.step(line);
             let (report, result) = app.down(&step).await;
             conclude(&progress, &report, result, "down")?;
+        }
+        Command::Admin {
+            tenant,
+            email,
+            password_stdin,
+        } => {
+            let (password, generated) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+            } else {
+                (generated_password(), true)
+            };
+            let app = App::open(config).await?;
+            let admin = app.set_administrator(&tenant, &email, &password).await?;
+            println!(
+                "tenant/{tenant}: {} is an administrator ({})",
+                admin.email, admin.role
+            );
+            if generated {
+                println!("password (shown once, keep it safe): {password}");
+            }
         }
         Command::Status { output } => {
             let app = App::open(config).await?;

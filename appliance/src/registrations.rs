@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use iafactory_crds::Tenant;
 use iafactory_crds::plan::{ComponentKind, SECRET_OPERATOR_TOKEN};
-use iafactory_crds::tenant_api::{KnowledgeBaseRecord, TenantApi, TenantApiError, WorkflowRecord};
+use iafactory_crds::tenant_api::{
+    AdministratorRecord, KnowledgeBaseRecord, TenantApi, TenantApiError, WorkflowRecord,
+};
 use serde::Serialize;
 
 use crate::app::{App, AppError};
@@ -192,6 +194,40 @@ impl App {
         Err(format!(
             "the API of tenant {name:?} is not healthy yet (`iafactory status`)"
         ))
+    }
+
+    /// Sets the stored tenant's administrator through its API (the tenant itself is
+    /// registered first, as for its knowledge bases), so that a tenant whose API has
+    /// self-registration closed gets its first user; it also resets a lost password.
+    pub async fn set_administrator(
+        &self,
+        tenant: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<AdministratorRecord, AppError> {
+        let stored = self.require_tenant(tenant)?;
+        let connection =
+            self.tenant_api(&stored)
+                .await
+                .map_err(|reason| AppError::TenantApiUnreachable {
+                    tenant: tenant.to_owned(),
+                    reason,
+                })?;
+        let refused = |error| AppError::Administrator {
+            tenant: tenant.to_owned(),
+            email: email.to_owned(),
+            error,
+        };
+        connection
+            .api
+            .upsert_tenant(tenant, &stored.spec, &connection.token)
+            .await
+            .map_err(refused)?;
+        connection
+            .api
+            .upsert_administrator(tenant, email, password, &connection.token)
+            .await
+            .map_err(refused)
     }
 
     /// Registers every stored KnowledgeBase and Workflow of every stored tenant with

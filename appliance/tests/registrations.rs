@@ -504,3 +504,118 @@ async fn serve_registers_a_knowledge_base_stored_while_it_runs() {
         "knowledge_base"
     );
 }
+
+/// `iafactory admin`, with `input` on its stdin.
+fn admin(box_: &TestAppliance, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iafactory"))
+        .args(["--config", box_.config_file.to_str().unwrap(), "admin"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The tenant's public API, as a user reaches it (the API container's address).
+async fn public_post(api: &TenantApi, path: &str, body: Value) -> reqwest::StatusCode {
+    api.http
+        .post(format!("{}{path}", api.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_tenant_gets_its_administrator_from_iafactory_admin_and_strangers_cannot_sign_up() {
+    let box_ = TestAppliance::with_real_api();
+    let tenant = format!("a{}", random_suffix());
+    let file = write(box_.dir.path(), "tenant.yaml", &tenant_yaml(&tenant));
+    succeeds(&box_.iafactory(&["apply", "-f", file.to_str().unwrap()]));
+    let api = TenantApi::of(&box_, &tenant);
+    let login = |email: &'static str, password: &'static str| {
+        public_post(
+            &api,
+            "/api/auth/login",
+            serde_json::json!({"email": email, "password": password}),
+        )
+    };
+
+    // Self-registration is closed on the appliance's tenant APIs.
+    let signup = public_post(
+        &api,
+        "/api/auth/register",
+        serde_json::json!({"tenant_name": "Intrus", "tenant_slug": "intrus", "email": "x@intrus.dz", "password": "a long enough password"}),
+    )
+    .await;
+    assert_eq!(signup, reqwest::StatusCode::FORBIDDEN);
+
+    // Bad input: an unknown tenant, a password the API refuses. Nobody can log in.
+    let unknown = fails(&admin(
+        &box_,
+        &["nobody", "--email", "dsi@x.dz", "--password-stdin"],
+        "a long enough password\n",
+    ));
+    assert!(unknown.contains("no tenant \"nobody\""), "{unknown}");
+    let weak = fails(&admin(
+        &box_,
+        &[&tenant, "--email", "dsi@univ.dz", "--password-stdin"],
+        "short\n",
+    ));
+    assert!(weak.contains("was not set"), "{weak}");
+    assert!(weak.contains("password"), "{weak}");
+    assert_eq!(
+        login("dsi@univ.dz", "short").await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+
+    let out = succeeds(&admin(
+        &box_,
+        &[&tenant, "--email", "dsi@univ.dz", "--password-stdin"],
+        "a long enough password\n",
+    ));
+    assert!(
+        out.contains("dsi@univ.dz is an administrator (tenant_admin)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("password"),
+        "a given password is not echoed: {out}"
+    );
+    assert_eq!(
+        login("dsi@univ.dz", "a long enough password").await,
+        reqwest::StatusCode::OK
+    );
+
+    // A lost password: `admin` again, with none given, generates and shows a new one.
+    let out = succeeds(&admin(&box_, &[&tenant, "--email", "dsi@univ.dz"], ""));
+    let generated = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown once, keep it safe): "))
+        .unwrap_or_else(|| panic!("no generated password in {out}"))
+        .to_owned();
+    assert_eq!(generated.len(), 20);
+    assert_eq!(
+        login("dsi@univ.dz", "a long enough password").await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    let status = api
+        .http
+        .post(format!("{}/api/auth/login", api.base))
+        .json(&serde_json::json!({"email": "dsi@univ.dz", "password": generated}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::OK);
+}

@@ -65,6 +65,14 @@ pub struct ExecutionRecord {
     pub failed_agent: Option<String>,
 }
 
+/// A tenant administrator, as the internal endpoint returns it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct AdministratorRecord {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+}
+
 impl TenantApi {
     pub fn new(url_template: impl Into<String>, timeout: Duration) -> Self {
         TenantApi {
@@ -231,6 +239,44 @@ impl TenantApi {
         );
         self.send("workflow", self.http.get(&url), &url, token)
             .await
+    }
+
+    /// Sets the tenant's administrator: created, or an existing user of this tenant
+    /// given the role and this password. The tenant must be registered first.
+    pub async fn upsert_administrator(
+        &self,
+        tenant: &str,
+        email: &str,
+        password: &str,
+        token: &str,
+    ) -> Result<AdministratorRecord> {
+        // The address goes into the path: encoded as a path segment, whatever it holds.
+        let base = self.base_url(tenant);
+        let mut url = reqwest::Url::parse(&base).map_err(|e| TenantApiError::Unavailable {
+            url: base.clone(),
+            message: e.to_string(),
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| TenantApiError::Unavailable {
+                url: base.clone(),
+                message: "not a URL with a path".into(),
+            })?
+            .pop_if_empty()
+            .extend(["internal", "tenants", tenant, "admins", email]);
+        let url = url.to_string();
+        let body = serde_json::json!({ "password": password });
+        self.send(
+            "administrator",
+            self.http.put(&url).json(&body),
+            &url,
+            token,
+        )
+        .await?
+        .ok_or_else(|| TenantApiError::Rejected {
+            kind: "administrator",
+            status: 404,
+            message: "the tenant is not registered".into(),
+        })
     }
 
     /// Deletes a registration; one that is already gone is fine.
