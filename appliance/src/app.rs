@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::engine::converge::{ConvergeError, Converger, Report, health_word};
 use crate::engine::desired::{DesiredError, RenderSettings, TenantState, tenant_state};
 use crate::engine::docker::{DockerError, Engine};
+use crate::monitoring::{self, MonitoringError};
 use crate::settings::Config;
 use crate::store::{Store, StoreError};
 
@@ -25,6 +26,8 @@ pub enum AppError {
     Converge(#[from] ConvergeError),
     #[error(transparent)]
     Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Monitoring(#[from] MonitoringError),
     #[error("{}\nnothing was applied; fix the manifests and run `iafactory apply` again", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Manifests(Vec<ManifestError>),
     #[error(
@@ -180,7 +183,16 @@ impl App {
                 .map_err(AppError::from),
             Err(e) => Err(e),
         };
-        (report, result)
+        // The shared monitoring stack, whatever became of the tenants.
+        let stack = match self.prepare_monitoring() {
+            Ok(stack) => self
+                .converger(progress)
+                .converge_stack(monitoring::STACK, stack.as_ref(), &mut report)
+                .await
+                .map_err(AppError::from),
+            Err(e) => Err(e.into()),
+        };
+        (report, result.and(stack))
     }
 
     pub async fn down(&self, progress: &(dyn Fn(&str) + Sync)) -> (Report, Result<(), AppError>) {
@@ -255,6 +267,8 @@ impl App {
             &configured.postgres.image,
             &configured.qdrant.image,
             &configured.ollama.image,
+            &self.config.appliance.monitoring.prometheus.image,
+            &self.config.appliance.monitoring.grafana.image,
         ] {
             let image = self.config.platform.resolve_image(image);
             if self.engine.docker().inspect_image(&image).await.is_ok() {
