@@ -114,7 +114,7 @@ enum ImagesCommand {
         /// The IAFactory source tree (default: the current directory).
         #[arg(long, env = "IAF_SOURCE_DIR")]
         source: Option<PathBuf>,
-        /// Which images (api, operator, appliance); default all.
+        /// Which images (api, operator, appliance, prometheus); default all.
         components: Vec<String>,
         #[arg(long)]
         release: bool,
@@ -245,7 +245,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{:<24} {:<10} {:<10} {:<9} IMAGE",
                         "TENANT", "COMPONENT", "HEALTH", "CURRENT"
                     )?;
-                    for tenant in &statuses {
+                    // The shared stack is no tenant: shown in the table only, so
+                    // the JSON stays one entry per tenant.
+                    let stack = app.monitoring_status().await?.map(|mut stack| {
+                        stack.tenant = format!("({})", stack.tenant);
+                        stack
+                    });
+                    for tenant in statuses.iter().chain(&stack) {
                         for c in &tenant.components {
                             writeln!(
                                 out,

@@ -24,7 +24,8 @@ use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
+use crate::app::{App, AppError, ComponentStatus, TenantStatus};
+use crate::engine::converge::health_word;
 use crate::engine::desired::{
     ContainerSpec, HOST_NETWORK, HealthcheckSpec, LABEL_STACK, LABEL_VOLUME, NetworkSpec,
     RenderSettings, TenantState, VolumeSpec, instance_labels, spec_hash,
@@ -600,6 +601,46 @@ impl App {
             }
         }
         Ok(Some(plan.state))
+    }
+
+    /// The stack, component by component, as the engine runs it now (None: switched
+    /// off). Reads only: nothing is generated or written.
+    pub async fn monitoring_status(&self) -> Result<Option<TenantStatus>, AppError> {
+        let config = &self.config.appliance.monitoring;
+        if !config.enabled {
+            return Ok(None);
+        }
+        let dir = self.monitoring_dir();
+        // Never brought up: no password yet, and no container to compare with either.
+        let password = std::fs::read_to_string(dir.join("grafana-admin-password"))
+            .map(|p| p.trim().to_owned())
+            .unwrap_or_default();
+        let settings = self.render_settings();
+        let state = plan(config, &settings, &dir, &password)?.state;
+        let mut labels = instance_labels(&settings);
+        labels.insert(LABEL_STACK.into(), STACK.into());
+        let observed = self.engine.containers(&labels).await?;
+        let components: Vec<ComponentStatus> = state
+            .containers
+            .iter()
+            .map(|spec| {
+                let current = observed.iter().find(|o| o.name == spec.name);
+                ComponentStatus {
+                    component: spec.component.clone(),
+                    image: spec.image.clone(),
+                    containers: vec![spec.name.clone()],
+                    health: health_word(current.map(|o| o.health)),
+                    up_to_date: current.is_some_and(|o| o.spec_hash == spec.spec_hash),
+                }
+            })
+            .collect();
+        Ok(Some(TenantStatus {
+            tenant: STACK.into(),
+            healthy: components
+                .iter()
+                .all(|c| matches!(c.health, "healthy" | "running") && c.up_to_date),
+            components,
+        }))
     }
 
     /// Rewrites the file_sd targets: the appliance at `serve_listen`, and each

@@ -269,6 +269,23 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
     assert_eq!(report.actions, Vec::<String>::new());
     assert_eq!(app.engine.mutations(), 0);
 
+    // `status` shows the stack apart from the tenants; its JSON stays one per tenant.
+    let status = box_.iafactory(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let table = support::stdout(&status);
+    let row = |component: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("(monitoring)") && l.contains(component))
+            .unwrap_or_else(|| panic!("no {component} row in:\n{table}"))
+            .to_owned()
+    };
+    assert!(row("prometheus").contains("healthy"), "{table}");
+    assert!(row("grafana").contains("healthy"), "{table}");
+    let json = box_.iafactory(&["status", "-o", "json"]);
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), tenants.len(), "{json}");
+
     // A deleted tenant's target goes away, without restarting Prometheus.
     let started = docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", &prometheus]);
     let output = box_.iafactory(&["delete", &tenants[1]]);
