@@ -318,10 +318,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => {
             let app = App::open(config).await?;
-            app.require_tenant(&tenant)?;
+            // `logs monitoring [prometheus|grafana]`: the shared stack, unless a
+            // tenant took that name.
+            let shared = tenant == iafactory_appliance::monitoring::STACK
+                && app.store.tenant(&tenant)?.is_none();
+            if !shared {
+                app.require_tenant(&tenant)?;
+            }
             let mut labels =
                 iafactory_appliance::engine::desired::instance_labels(&app.render_settings());
-            labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            if shared {
+                labels.insert(
+                    iafactory_appliance::engine::desired::LABEL_STACK.into(),
+                    tenant.clone(),
+                );
+            } else {
+                labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            }
             if let Some(component) = &component {
                 labels.insert(
                     iafactory_crds::plan::LABEL_COMPONENT.into(),

@@ -286,6 +286,15 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json.as_array().unwrap().len(), tenants.len(), "{json}");
 
+    // The stack's logs, as a tenant's are read.
+    let logs = box_.iafactory(&["logs", "monitoring", "prometheus"]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let logs = support::stdout(&logs);
+    assert!(
+        logs.contains("prometheus: ") && logs.contains("Server is ready to receive web requests"),
+        "{logs}"
+    );
+
     // A deleted tenant's target goes away, without restarting Prometheus.
     let started = docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", &prometheus]);
     let output = box_.iafactory(&["delete", &tenants[1]]);
