@@ -580,8 +580,11 @@ impl App {
         for file in &plan.files {
             write_if_changed(&dir.join(&file.path), &file.contents)?;
         }
-        for empty in ["prometheus/targets", "grafana/provisioning/plugins"] {
-            let path = dir.join(empty);
+        let mut empty = vec!["prometheus/targets"];
+        if config.grafana.enabled {
+            empty.push("grafana/provisioning/plugins");
+        }
+        for path in empty.into_iter().map(|e| dir.join(e)) {
             std::fs::create_dir_all(&path)
                 .map_err(|source| MonitoringError::Io { path, source })?;
         }

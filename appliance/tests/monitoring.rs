@@ -363,3 +363,45 @@ async fn a_missing_grafana_image_says_import_a_bundle_and_the_tenants_still_conv
     assert!(!names.contains(&stack(&box_, "grafana")), "{names:?}");
     assert!(!names.contains(&stack(&box_, "prometheus")), "{names:?}");
 }
+
+#[tokio::test]
+async fn switching_monitoring_off_removes_the_stack_and_keeps_its_data() {
+    let box_ = TestAppliance::new();
+    let ports = Ports {
+        serve: free_port(),
+        prometheus: free_port(),
+        grafana: free_port(),
+    };
+    enable_monitoring(&box_, &ports);
+    let config = std::fs::read_to_string(&box_.config_file).unwrap();
+    let prometheus_only = config.replace(
+        "[appliance.monitoring.grafana]\n",
+        "[appliance.monitoring.grafana]\nenabled = false\n",
+    );
+    std::fs::write(&box_.config_file, &prometheus_only).unwrap();
+    let output = box_.iafactory(&["up"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let prometheus = stack(&box_, "prometheus");
+    assert_eq!(box_.containers(), vec![prometheus.clone()]);
+    assert_eq!(health(&prometheus), "healthy");
+    // No Grafana: nothing of it is generated either.
+    assert!(!box_.data_dir().join("monitoring/grafana").exists());
+
+    let off = prometheus_only.replace(
+        "[appliance.monitoring]\nenabled = true\n",
+        "[appliance.monitoring]\nenabled = false\n",
+    );
+    assert_ne!(off, prometheus_only);
+    std::fs::write(&box_.config_file, off).unwrap();
+    let output = box_.iafactory(&["up"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        support::stdout(&output).contains(&format!("removed {prometheus}"))
+            || stderr(&output).contains(&format!("removed {prometheus}")),
+        "{}{}",
+        support::stdout(&output),
+        stderr(&output)
+    );
+    assert_eq!(box_.containers(), Vec::<String>::new());
+    assert!(box_.volumes().contains(&format!("{prometheus}-data")));
+}
