@@ -181,6 +181,9 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
             "{api}"
         );
     }
+    // Its web UI is in the image.
+    let page = get(ports.prometheus, "/classic/targets").await.unwrap();
+    assert!(page.contains("iafactory-api"), "{page}");
     // The alert rules are loaded.
     let rules = get(ports.prometheus, "/api/v1/rules").await.unwrap();
     assert!(
