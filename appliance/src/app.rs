@@ -262,14 +262,16 @@ impl App {
             .flat_map(|s| s.containers.iter().map(|c| c.image.clone()))
             .collect();
         let configured = &self.config.platform.images;
+        let monitoring = self.monitoring_images();
         for image in [
             &configured.api.image,
             &configured.postgres.image,
             &configured.qdrant.image,
             &configured.ollama.image,
-            &self.config.appliance.monitoring.prometheus.image,
-            &self.config.appliance.monitoring.grafana.image,
-        ] {
+        ]
+        .into_iter()
+        .chain(&monitoring)
+        {
             let image = self.config.platform.resolve_image(image);
             if self.engine.docker().inspect_image(&image).await.is_ok() {
                 images.push(image);

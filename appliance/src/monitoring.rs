@@ -562,11 +562,34 @@ impl App {
         self.config.appliance.data_dir.join(STACK)
     }
 
+    /// The stack's settings, its images through the registry mirror (`registry`) as
+    /// the tenants' are.
+    fn monitoring_config(&self) -> MonitoringConfig {
+        let mut config = self.config.appliance.monitoring.clone();
+        let platform = &self.config.platform;
+        config.prometheus.image = platform.resolve_image(&config.prometheus.image);
+        config.grafana.image = platform.resolve_image(&config.grafana.image);
+        config
+    }
+
+    /// The images the stack runs (none when it is switched off).
+    pub fn monitoring_images(&self) -> Vec<String> {
+        let config = self.monitoring_config();
+        let mut images = Vec::new();
+        if config.enabled {
+            images.push(config.prometheus.image);
+            if config.grafana.enabled {
+                images.push(config.grafana.image);
+            }
+        }
+        images
+    }
+
     /// The stack's desired state (None: switched off), its generated files written
     /// first (only those that changed) so that a container is never created before
     /// what it mounts.
     pub fn prepare_monitoring(&self) -> Result<Option<TenantState>, MonitoringError> {
-        let config = &self.config.appliance.monitoring;
+        let config = &self.monitoring_config();
         if !config.enabled {
             return Ok(None);
         }
@@ -609,7 +632,7 @@ impl App {
     /// The stack, component by component, as the engine runs it now (None: switched
     /// off). Reads only: nothing is generated or written.
     pub async fn monitoring_status(&self) -> Result<Option<TenantStatus>, AppError> {
-        let config = &self.config.appliance.monitoring;
+        let config = &self.monitoring_config();
         if !config.enabled {
             return Ok(None);
         }
