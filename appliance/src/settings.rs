@@ -437,6 +437,10 @@ mod tests {
             jail.set_env("IAF_APPLIANCE__INSTANCE", "b");
             jail.set_env("IAF_TEST_SOMETHING", "ignored");
             jail.set_env("IAF_APPLIANCE__GATEWAY__HTTPS_LISTEN", "127.0.0.1:8443");
+            jail.set_env(
+                "IAF_APPLIANCE__MONITORING__GRAFANA__IMAGE",
+                "registry.univ.dz/grafana-oss:11",
+            );
             let config = Config::load(Some(Path::new("site.toml"))).unwrap();
             assert_eq!(config.platform.domain, "univ.dz");
             assert_eq!(config.platform.timezone, "Africa/Algiers");
@@ -448,6 +452,12 @@ mod tests {
             );
             assert_eq!(config.appliance.gateway.http_listen.port(), 80);
             assert_eq!(config.appliance.cert_dir(), PathBuf::from("/srv/iaf/certs"));
+            // Monitoring is on by default, on localhost, and every key can be set.
+            let monitoring = &config.appliance.monitoring;
+            assert!(monitoring.enabled);
+            assert_eq!(monitoring.prometheus.listen.to_string(), "127.0.0.1:9090");
+            assert_eq!(monitoring.grafana.listen.to_string(), "127.0.0.1:3000");
+            assert_eq!(monitoring.grafana.image, "registry.univ.dz/grafana-oss:11");
             Ok(())
         });
     }
@@ -461,6 +471,14 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("data_dri"), "{error}");
+            jail.create_file(
+                "site.toml",
+                "[appliance.monitoring.grafana]\nimgae = \"grafana/grafana-oss:11.3.0\"\n",
+            )?;
+            let error = Config::load(Some(Path::new("site.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("imgae"), "{error}");
             Ok(())
         });
     }
