@@ -184,7 +184,7 @@ impl App {
             Err(e) => Err(e),
         };
         // The shared monitoring stack, whatever became of the tenants.
-        let stack = match self.prepare_monitoring() {
+        let stack = match self.monitoring_to_converge(progress).await {
             Ok(stack) => self
                 .converger(progress)
                 .converge_stack(monitoring::STACK, stack.as_ref(), &mut report)

@@ -629,6 +629,39 @@ impl App {
         Ok(Some(plan.state))
     }
 
+    /// What `up` converges the stack to: [`App::prepare_monitoring`], less the
+    /// components whose image is not on this box. Monitoring is an aid, not the
+    /// platform: an offline site that has not imported Grafana yet still gets its
+    /// tenants and Prometheus, and `progress` is told what is left out and why.
+    pub async fn monitoring_to_converge(
+        &self,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Option<TenantState>, MonitoringError> {
+        let Some(mut state) = self.prepare_monitoring()? else {
+            return Ok(None);
+        };
+        let mut kept = Vec::new();
+        for spec in std::mem::take(&mut state.containers) {
+            let target = Target::component(STACK, &spec.component);
+            match self.engine.require_image(&target, &spec.image).await {
+                Ok(()) => kept.push(spec),
+                Err(error) => {
+                    tracing::warn!("{error}");
+                    progress(&format!(
+                        "monitoring: {} is left out until its image is here: {error}",
+                        spec.component
+                    ));
+                }
+            }
+        }
+        let components: Vec<&str> = kept.iter().map(|c| c.component.as_str()).collect();
+        state
+            .volumes
+            .retain(|v| components.contains(&v.component.as_str()));
+        state.containers = kept;
+        Ok(Some(state))
+    }
+
     /// The stack, component by component, as the engine runs it now (None: switched
     /// off). Reads only: nothing is generated or written.
     pub async fn monitoring_status(&self) -> Result<Option<TenantStatus>, AppError> {
