@@ -3,7 +3,10 @@
 # binary is compiled static (musl), stripped, and copied with a CA bundle into the
 # `local` target of its images/<name>/Dockerfile (FROM scratch).
 #
-#   images/build.sh [--release] [api] [operator] [appliance]    (default: all three)
+#   images/build.sh [--release] [api] [operator] [appliance] [prometheus]    (default: all)
+#
+# `prometheus` is the appliance's monitoring image, from the Debian package
+# (images/prometheus/build.sh), not from this workspace.
 #
 # Tags iafactory/<name>:<workspace version>. The debug profile (the default) compiles
 # faster; --release is what you ship. IAF_IMAGE_EMBEDDING_MODEL_DIR, when set, is put
@@ -18,10 +21,18 @@ for arg in "$@"; do
     case "$arg" in
         --release) profile=release ;;
         api | operator | appliance) components+=("$arg") ;;
-        *) die "unknown argument $arg (expected --release, api, operator or appliance)" ;;
+        prometheus) with_prometheus=1 ;;
+        *) die "unknown argument $arg (expected --release, api, operator, appliance or prometheus)" ;;
     esac
 done
-[ ${#components[@]} -gt 0 ] || components=(api operator appliance)
+if [ ${#components[@]} -eq 0 ] && [ -z "${with_prometheus:-}" ]; then
+    components=(api operator appliance)
+    with_prometheus=1
+fi
+if [ -n "${with_prometheus:-}" ]; then
+    "$IAF_ROOT/images/prometheus/build.sh"
+fi
+[ ${#components[@]} -gt 0 ] || exit 0
 
 target=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$target" \

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::engine::converge::{ConvergeError, Converger, Report, health_word};
 use crate::engine::desired::{DesiredError, RenderSettings, TenantState, tenant_state};
 use crate::engine::docker::{DockerError, Engine};
+use crate::monitoring::{self, MonitoringError};
 use crate::registrations::RegistrationStatus;
 use crate::settings::Config;
 use crate::store::{RegisteredKind, Store, StoreError};
@@ -27,6 +28,8 @@ pub enum AppError {
     Converge(#[from] ConvergeError),
     #[error(transparent)]
     Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Monitoring(#[from] MonitoringError),
     #[error("{}\nnothing was applied; fix the manifests and run `iafactory apply` again", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Manifests(Vec<ManifestError>),
     #[error(
@@ -359,7 +362,16 @@ impl App {
                 .map_err(AppError::from),
             Err(e) => Err(e),
         };
-        (report, result)
+        // The shared monitoring stack, whatever became of the tenants.
+        let stack = match self.monitoring_to_converge(progress).await {
+            Ok(stack) => self
+                .converger(progress)
+                .converge_stack(monitoring::STACK, stack.as_ref(), &mut report)
+                .await
+                .map_err(AppError::from),
+            Err(e) => Err(e.into()),
+        };
+        (report, result.and(stack))
     }
 
     pub async fn down(&self, progress: &(dyn Fn(&str) + Sync)) -> (Report, Result<(), AppError>) {
@@ -431,12 +443,16 @@ impl App {
             .flat_map(|s| s.containers.iter().map(|c| c.image.clone()))
             .collect();
         let configured = &self.config.platform.images;
+        let monitoring = self.monitoring_images();
         for image in [
             &configured.api.image,
             &configured.postgres.image,
             &configured.qdrant.image,
             &configured.ollama.image,
-        ] {
+        ]
+        .into_iter()
+        .chain(&monitoring)
+        {
             let image = self.config.platform.resolve_image(image);
             if self.engine.docker().inspect_image(&image).await.is_ok() {
                 images.push(image);

@@ -138,7 +138,7 @@ enum ImagesCommand {
         /// The IAFactory source tree (default: the current directory).
         #[arg(long, env = "IAF_SOURCE_DIR")]
         source: Option<PathBuf>,
-        /// Which images (api, operator, appliance); default all.
+        /// Which images (api, operator, appliance, prometheus); default all.
         components: Vec<String>,
         #[arg(long)]
         release: bool,
@@ -310,7 +310,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{:<24} {:<10} {:<10} {:<9} IMAGE",
                         "TENANT", "COMPONENT", "HEALTH", "CURRENT"
                     )?;
-                    for tenant in &statuses {
+                    // The shared stack is no tenant: shown in the table only, so
+                    // the JSON stays one entry per tenant.
+                    let stack = app.monitoring_status().await?.map(|mut stack| {
+                        stack.tenant = format!("({})", stack.tenant);
+                        stack
+                    });
+                    for tenant in statuses.iter().chain(&stack) {
                         for c in &tenant.components {
                             writeln!(
                                 out,
@@ -392,10 +398,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => {
             let app = App::open(config).await?;
-            app.require_tenant(&tenant)?;
+            // `logs monitoring [prometheus|grafana]`: the shared stack, unless a
+            // tenant took that name.
+            let shared = tenant == iafactory_appliance::monitoring::STACK
+                && app.store.tenant(&tenant)?.is_none();
+            if !shared {
+                app.require_tenant(&tenant)?;
+            }
             let mut labels =
                 iafactory_appliance::engine::desired::instance_labels(&app.render_settings());
-            labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            if shared {
+                labels.insert(
+                    iafactory_appliance::engine::desired::LABEL_STACK.into(),
+                    tenant.clone(),
+                );
+            } else {
+                labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.clone());
+            }
             if let Some(component) = &component {
                 labels.insert(
                     iafactory_crds::plan::LABEL_COMPONENT.into(),

@@ -1,10 +1,9 @@
 //! `iafactory serve`: the daemon. It reconciles on a timer and whenever a stored
-//! manifest changes, rewrites the Prometheus scrape configuration, runs the TLS gateway
+//! manifest changes, rewrites the monitoring stack's Prometheus targets, runs the TLS gateway
 //! (`<tenant>.<domain>` → that tenant's API container, certificates kept fresh), and
 //! serves /metrics, /status and /healthz on localhost. SIGTERM or ctrl-c stops it
 //! gracefully: open gateway requests get the gateway's grace period.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,9 +25,8 @@ use crate::certs::{
 use crate::engine::desired::TenantState;
 use crate::engine::docker::Target;
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, RouteTable, SharedRoutes, Upstream};
-use crate::metrics::{Snapshot, scrape_config};
+use crate::metrics::Snapshot;
 use crate::settings::{CertificateChoice, SettingsError};
-use crate::store::write_atomically;
 
 /// How often the manifests directory is looked at for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -334,7 +332,7 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
             crate::registrations::log_outcomes(app.register_all().await);
             match app.desired() {
                 Ok(desired) => {
-                    write_scrape_config(app, listen, &desired);
+                    write_monitoring_targets(app, listen, &desired).await;
                     refresh.after_reconcile(app, &desired).await;
                 }
                 Err(error) => tracing::error!("{error}"),
@@ -344,31 +342,15 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
     }
 }
 
-fn write_scrape_config(app: &App, listen: SocketAddr, desired: &[TenantState]) {
-    let port = app.config.platform.api.port;
-    let apis: BTreeMap<String, Vec<String>> = desired
-        .iter()
-        .map(|state| {
-            let targets = state
-                .containers
-                .iter()
-                .filter(|c| c.component == ComponentKind::Api.name())
-                .map(|c| format!("{}:{port}", c.name))
-                .collect();
-            (state.tenant.clone(), targets)
-        })
-        .collect();
-    let dir = app.config.appliance.data_dir.join("prometheus");
-    let text = scrape_config(&listen.to_string(), &apis);
-    let path = dir.join("scrape.yml");
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+/// Keeps Prometheus's file_sd targets current: this daemon, and every tenant's API.
+async fn write_monitoring_targets(app: &App, listen: SocketAddr, desired: &[TenantState]) {
+    if !app.config.appliance.monitoring.enabled {
         return;
     }
-    if let Err(error) = std::fs::create_dir_all(&dir)
-        .map_err(|e| e.to_string())
-        .and_then(|()| write_atomically(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string()))
-    {
-        tracing::error!("cannot write {}: {error}", path.display());
+    match app.write_monitoring_targets(listen, desired).await {
+        Ok(true) => tracing::info!("the monitoring targets changed"),
+        Ok(false) => {}
+        Err(error) => tracing::error!("{error}"),
     }
 }
 

@@ -99,6 +99,87 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The shared monitoring stack `up` converges beside the tenants: one Prometheus
+/// scraping the appliance and every tenant's API, and one Grafana showing them. Both
+/// run in the host's network namespace, listening on localhost by default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Off: the stack's containers are removed at the next `up`; its volumes stay.
+    pub enabled: bool,
+    /// How often Prometheus scrapes, and evaluates the alert rules.
+    pub scrape_interval_seconds: u64,
+    /// How long Prometheus keeps samples (Prometheus duration: `15d`, `12h`).
+    pub retention: String,
+    pub prometheus: PrometheusConfig,
+    pub grafana: GrafanaConfig,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scrape_interval_seconds: 15,
+            retention: "15d".into(),
+            prometheus: PrometheusConfig::default(),
+            grafana: GrafanaConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Built here by `images/prometheus/build.sh` (Debian's Prometheus, FROM scratch).
+    pub image: String,
+    /// Its web UI and API, in the host's network namespace.
+    pub listen: SocketAddr,
+    pub cpus: f64,
+    pub memory_mb: u64,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            image: "iafactory/prometheus:2.42.0".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            cpus: 1.0,
+            memory_mb: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrafanaConfig {
+    pub enabled: bool,
+    /// An official Grafana image (Alpine-based: the healthcheck uses its wget); a site
+    /// with no internet imports it with a bundle.
+    pub image: String,
+    /// Its web UI, in the host's network namespace.
+    pub listen: SocketAddr,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    /// Replaces the image's command (empty: the image's own).
+    pub args: Vec<String>,
+    /// Replaces the healthcheck (empty: wget of /api/health on `listen`).
+    pub healthcheck: Vec<String>,
+}
+
+impl Default for GrafanaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            image: "grafana/grafana-oss:11.3.0".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            cpus: 1.0,
+            memory_mb: 512,
+            args: Vec::new(),
+            healthcheck: Vec::new(),
+        }
+    }
+}
+
 /// The certificate source once defaults are resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertificateChoice {
@@ -138,6 +219,8 @@ pub struct ApplianceSettings {
     pub listen: SocketAddr,
     /// The TLS gateway `serve` runs.
     pub gateway: GatewayConfig,
+    /// The shared Prometheus and Grafana.
+    pub monitoring: MonitoringConfig,
 }
 
 impl Default for ApplianceSettings {
@@ -153,6 +236,7 @@ impl Default for ApplianceSettings {
             reconcile_interval_seconds: 30,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             gateway: GatewayConfig::default(),
+            monitoring: MonitoringConfig::default(),
         }
     }
 }
@@ -306,6 +390,33 @@ data_dir = "{}"
 # cert_dir = "/var/lib/iafactory/certs"
 # How often certificates are checked for renewal (renewed with 30 days or less left).
 # renewal_check_seconds = 3600
+
+[appliance.monitoring]
+# The shared Prometheus (scraping this appliance and every tenant's API) and Grafana
+# (the IAFactory dashboards provisioned), converged by `up` beside the tenants. Both
+# listen on localhost: reach them through an SSH tunnel, or change `listen`.
+# Grafana's admin password is generated once in <data_dir>/monitoring/grafana-admin-password.
+# enabled = true
+# scrape_interval_seconds = 15
+# How long samples are kept.
+# retention = "15d"
+
+[appliance.monitoring.prometheus]
+# Built on this box by `iafactory images build` (images/prometheus/build.sh), or
+# imported with a bundle.
+# image = "iafactory/prometheus:2.42.0"
+# listen = "127.0.0.1:9090"
+# cpus = 1.0
+# memory_mb = 1024
+
+[appliance.monitoring.grafana]
+# enabled = true
+# The official image; a site with no internet imports it with a bundle
+# (`iafactory images export --to B.tar grafana/grafana-oss:11.3.0` on a connected box).
+# image = "grafana/grafana-oss:11.3.0"
+# listen = "127.0.0.1:3000"
+# cpus = 1.0
+# memory_mb = 512
 "#,
         data_dir.display()
     )
@@ -326,6 +437,10 @@ mod tests {
             jail.set_env("IAF_APPLIANCE__INSTANCE", "b");
             jail.set_env("IAF_TEST_SOMETHING", "ignored");
             jail.set_env("IAF_APPLIANCE__GATEWAY__HTTPS_LISTEN", "127.0.0.1:8443");
+            jail.set_env(
+                "IAF_APPLIANCE__MONITORING__GRAFANA__IMAGE",
+                "registry.univ.dz/grafana-oss:11",
+            );
             let config = Config::load(Some(Path::new("site.toml"))).unwrap();
             assert_eq!(config.platform.domain, "univ.dz");
             assert_eq!(config.platform.timezone, "Africa/Algiers");
@@ -337,6 +452,12 @@ mod tests {
             );
             assert_eq!(config.appliance.gateway.http_listen.port(), 80);
             assert_eq!(config.appliance.cert_dir(), PathBuf::from("/srv/iaf/certs"));
+            // Monitoring is on by default, on localhost, and every key can be set.
+            let monitoring = &config.appliance.monitoring;
+            assert!(monitoring.enabled);
+            assert_eq!(monitoring.prometheus.listen.to_string(), "127.0.0.1:9090");
+            assert_eq!(monitoring.grafana.listen.to_string(), "127.0.0.1:3000");
+            assert_eq!(monitoring.grafana.image, "registry.univ.dz/grafana-oss:11");
             Ok(())
         });
     }
@@ -350,6 +471,14 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("data_dri"), "{error}");
+            jail.create_file(
+                "site.toml",
+                "[appliance.monitoring.grafana]\nimgae = \"grafana/grafana-oss:11.3.0\"\n",
+            )?;
+            let error = Config::load(Some(Path::new("site.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("imgae"), "{error}");
             Ok(())
         });
     }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use iafactory_crds::plan::LABEL_TENANT;
 
-use super::desired::{ContainerSpec, RenderSettings, TenantState, instance_labels};
+use super::desired::{
+    ContainerSpec, HOST_NETWORK, LABEL_STACK, RenderSettings, TenantState, instance_labels,
+};
 use super::docker::{DockerError, Engine, Health, Observed, Target};
 
 /// Grace given to a stopping container (PostgreSQL flushes on SIGTERM).
@@ -85,7 +87,13 @@ impl Converger<'_> {
         desired: &[TenantState],
         report: &mut Report,
     ) -> Result<(), ConvergeError> {
-        let observed = self.observe().await?;
+        // The shared stack's containers are no tenant's: `converge_stack` keeps them.
+        let observed: Vec<Observed> = self
+            .observe()
+            .await?
+            .into_iter()
+            .filter(|o| !o.labels.contains_key(LABEL_STACK))
+            .collect();
         let labels = instance_labels(&self.settings);
         let networks = self.engine.networks(&labels).await?;
         let volumes: BTreeSet<String> = self
@@ -409,12 +417,56 @@ impl Converger<'_> {
         Ok(())
     }
 
-    /// Stops and removes every container and network of this appliance; volumes stay.
-    pub async fn down(&self, report: &mut Report) -> Result<(), ConvergeError> {
-        let tenants: BTreeSet<String> = self
-            .observe()
+    /// Converges a shared stack (`stack` is its label value): to `desired`, or, when
+    /// it is `None` (switched off), removes its containers. Its volumes stay.
+    pub async fn converge_stack(
+        &self,
+        stack: &str,
+        desired: Option<&TenantState>,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let mut labels = instance_labels(&self.settings);
+        labels.insert(LABEL_STACK.into(), stack.to_owned());
+        let observed = self.engine.containers(&labels).await?;
+        let Some(state) = desired else {
+            for container in observed {
+                let target = Target::component(stack, &container.component);
+                self.engine
+                    .stop_container(&target, &container.name, STOP_GRACE_SECONDS)
+                    .await?;
+                self.engine
+                    .remove_container(&target, &container.name)
+                    .await?;
+                self.did(report, format!("{target}: removed {}", container.name));
+            }
+            return Ok(());
+        };
+        let volumes: BTreeSet<String> = self
+            .engine
+            .volumes(&labels)
             .await?
             .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        // The stack runs in the host's network namespace, which always exists.
+        let networks = BTreeSet::from([HOST_NETWORK.to_owned()]);
+        self.converge_tenant(state, &observed, &networks, &volumes, report)
+            .await
+    }
+
+    /// Stops and removes every container and network of this appliance; volumes stay.
+    pub async fn down(&self, report: &mut Report) -> Result<(), ConvergeError> {
+        let observed = self.observe().await?;
+        let stacks: BTreeSet<String> = observed
+            .iter()
+            .filter_map(|o| o.labels.get(LABEL_STACK).cloned())
+            .collect();
+        for stack in stacks {
+            self.converge_stack(&stack, None, report).await?;
+        }
+        let tenants: BTreeSet<String> = observed
+            .into_iter()
+            .filter(|o| !o.labels.contains_key(LABEL_STACK))
             .map(|o| o.tenant)
             .collect();
         let networks = self

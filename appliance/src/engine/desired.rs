@@ -19,6 +19,11 @@ pub const MANAGED_BY: &str = "iafactory-appliance";
 pub const LABEL_INSTANCE: &str = "iafactory.dz/appliance";
 /// The plan's name for a named volume (`data`, `storage`, ...).
 pub const LABEL_VOLUME: &str = "iafactory.dz/volume";
+/// Marks an object shared by every tenant (value: the stack, `monitoring`). Such an
+/// object carries no tenant label: it is never a tenant's orphan.
+pub const LABEL_STACK: &str = "iafactory.dz/stack";
+/// Docker's network of the host's own namespace: always there, never created.
+pub const HOST_NETWORK: &str = "host";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DesiredError {
@@ -83,6 +88,10 @@ pub struct ContainerSpec {
     pub tmpfs: BTreeMap<String, String>,
     /// Named volume → mount path.
     pub mounts: Vec<(String, String)>,
+    /// Host directories, as Docker binds (`/host/dir:/container/dir:ro`). Left out of
+    /// the hash when empty, so tenants' hashes do not depend on this field existing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
     pub healthcheck: Option<HealthcheckSpec>,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
@@ -219,6 +228,7 @@ fn component_containers(
         read_only: component.security.read_only_root_filesystem,
         tmpfs,
         mounts,
+        binds: Vec::new(),
         healthcheck,
         nano_cpus: (component.resources.limits.cpu.value() * 1e9) as i64,
         memory_bytes: component.resources.limits.memory.bytes() as i64,
@@ -290,7 +300,7 @@ fn environment(
         .collect())
 }
 
-fn spec_hash(spec: &ContainerSpec) -> String {
+pub(crate) fn spec_hash(spec: &ContainerSpec) -> String {
     let bytes = serde_json::to_vec(spec).expect("a container spec serializes");
     hex::encode(&Sha256::digest(&bytes)[..10])
 }

@@ -475,6 +475,7 @@ impl Engine {
                     spec.mounts
                         .iter()
                         .map(|(volume, path)| format!("{volume}:{path}"))
+                        .chain(spec.binds.iter().cloned())
                         .collect(),
                 ),
                 tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
@@ -493,7 +494,8 @@ impl Engine {
                 init: Some(true),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
+            // Aliases exist only on user-defined networks (not on the host's).
+            networking_config: (!spec.aliases.is_empty()).then(|| NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     spec.network.clone(),
                     EndpointSettings {

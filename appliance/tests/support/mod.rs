@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www/ /www/\nCOPY --chown=999:999 pgdata/ /var/lib/postgresql/data/\nENTRYPOINT [\"/bin/busybox\"]\n";
 
+const STANDIN_METRICS: &str = "# TYPE standin_up gauge\nstandin_up 1\n";
+
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
@@ -41,6 +43,7 @@ pub fn standin_image() -> &'static str {
         let mut hash = Sha256::new();
         hash.update(&binary);
         hash.update(DOCKERFILE);
+        hash.update(STANDIN_METRICS);
         let tag = format!(
             "iafactory-test/standin:{}",
             &hex::encode(hash.finalize())[..12]
@@ -53,6 +56,8 @@ pub fn standin_image() -> &'static str {
         std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).unwrap();
         std::fs::create_dir_all(context.path().join("www")).unwrap();
         std::fs::write(context.path().join("www/index.html"), "ok\n").unwrap();
+        // What Prometheus scrapes from a stand-in API (tests/monitoring.rs).
+        std::fs::write(context.path().join("www/metrics"), STANDIN_METRICS).unwrap();
         std::fs::create_dir_all(context.path().join("pgdata")).unwrap();
         std::fs::write(context.path().join("pgdata/.keep"), "").unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -207,6 +212,11 @@ data_dir = "{data}"
 instance = "{instance}"
 health_timeout_seconds = 90
 healthcheck_interval_ms = 500
+
+# Off in tests, so that they do not pay for Prometheus and Grafana (and never clash
+# on their ports); tests/monitoring.rs turns it on.
+[appliance.monitoring]
+enabled = false
 
 [appliance.gateway]
 # Any free port: tests never need 443/80, and parallel daemons never clash.
