@@ -430,7 +430,7 @@ async fn copy_vector_store(
         .and_then(|inspected| inspected.state)
         .and_then(|state| state.running)
         .unwrap_or(false);
-    let stopped_at = Instant::now();
+    let stopping = Instant::now();
     if running {
         progress("stopping the vector store for a consistent copy of its data");
         app.engine
@@ -438,8 +438,10 @@ async fn copy_vector_store(
             .await
             .map_err(AppError::from)?;
     }
+    let copying = Instant::now();
     let copied = download_to_file(app, &target, &spec.name, &data, &out.join(VECTORS)).await;
     if running {
+        let starting = Instant::now();
         app.engine
             .start_container(&target, &spec.name)
             .await
@@ -448,12 +450,20 @@ async fn copy_vector_store(
             .wait_healthy(&target, &spec.name)
             .await
             .map_err(AppError::from)?;
+        let seconds = |from: Instant, to: Instant| (to - from).as_secs_f64();
+        let healthy = Instant::now();
         progress(&format!(
-            "the vector store was down for {:.1} s (stop, copy, start, healthy)",
-            stopped_at.elapsed().as_secs_f64()
+            "the vector store was down for {:.1} s (stop {:.1} s, copy {:.1} s, start until healthy {:.1} s)",
+            seconds(stopping, healthy),
+            seconds(stopping, copying),
+            seconds(copying, starting),
+            seconds(starting, healthy),
         ));
     }
-    let (sha256, bytes) = copied?;
+    // Hashed once Qdrant is back: the checksum costs no downtime.
+    let bytes = copied?;
+    let archive = out.join(VECTORS);
+    let sha256 = sha256_file(&archive).map_err(io(&archive))?;
     progress(&format!(
         "copied the vector store's data ({} KB)",
         bytes / 1000
@@ -462,14 +472,14 @@ async fn copy_vector_store(
 }
 
 /// Streams the contents of `data` in the container into `file` (0600, written aside
-/// and renamed); returns its SHA-256 and size.
+/// and renamed); returns its size.
 async fn download_to_file(
     app: &App,
     target: &Target,
     container: &str,
     data: &str,
     file: &Path,
-) -> Result<(String, u64), BackupError> {
+) -> Result<u64, BackupError> {
     let partial = file.with_extension("tar.partial");
     let mut output = tokio::fs::OpenOptions::new()
         .write(true)
@@ -479,20 +489,18 @@ async fn download_to_file(
         .open(&partial)
         .await
         .map_err(io(&partial))?;
-    let mut hash = Sha256::new();
     let mut bytes = 0u64;
     // `DIR/.`: the directory's contents, so the archive extracts into any data directory.
     let contents = format!("{}/.", data.trim_end_matches('/'));
     let mut archive = std::pin::pin!(app.engine.download_archive(target, container, &contents));
     while let Some(chunk) = archive.next().await {
         let chunk = chunk.map_err(AppError::from)?;
-        hash.update(&chunk);
         bytes += chunk.len() as u64;
         output.write_all(&chunk).await.map_err(io(&partial))?;
     }
     output.sync_all().await.map_err(io(&partial))?;
     tokio::fs::rename(&partial, file).await.map_err(io(file))?;
-    Ok((hex::encode(hash.finalize()), bytes))
+    Ok(bytes)
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {

@@ -272,6 +272,8 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
         printed.contains("the vector store was down for"),
         "{printed}"
     );
+    // The backup's own account of Qdrant's downtime (`-- --nocapture` shows it).
+    println!("{printed}");
     let dir = backups.path().join(&tenant);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("backup.json")).unwrap()).unwrap();
@@ -332,4 +334,39 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
     );
     assert!(other.containers().is_empty(), "nothing was restored");
     assert!(other.volumes().is_empty(), "nothing was restored");
+
+    // A Qdrant tenant's backup without its vector store's data is no backup of it.
+    std::fs::write(&archive, &bytes).unwrap();
+    let mut stripped = index.clone();
+    stripped["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove("qdrant-storage.tar");
+    std::fs::write(
+        dir.join("backup.json"),
+        serde_json::to_vec_pretty(&stripped).unwrap(),
+    )
+    .unwrap();
+    let output = other.iafactory(&[
+        "restore",
+        &tenant,
+        "--from",
+        backups.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output)
+            .contains("the tenant uses Qdrant but the backup holds no qdrant-storage.tar"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(other.containers().is_empty(), "nothing was restored");
+    assert!(
+        !other
+            .data_dir()
+            .join("manifests/tenants")
+            .join(format!("{tenant}.yaml"))
+            .exists(),
+        "nothing was stored"
+    );
 }
