@@ -313,6 +313,34 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json[0]["healthy"], true, "{json}");
 
+    // Deleted under retention: Retain, its volumes stay: a restore does not write over
+    // them, and says so.
+    let retained = fresh.tenant_file(
+        &tenant,
+        "    vectorStore: {kind: qdrant}\n  retention: Retain\n",
+    );
+    let output = fresh.iafactory(&["apply", "--no-up", "-f", retained.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = fresh.iafactory(&["delete", &tenant]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let kept = fresh.volumes();
+    assert!(!kept.is_empty());
+    let output = fresh.iafactory(&[
+        "restore",
+        &tenant,
+        "--from",
+        backups.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("already exists on this box")
+            && stderr(&output).contains("docker volume rm"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(fresh.containers().is_empty(), "nothing was restored");
+    assert_eq!(fresh.volumes(), kept);
+
     // A vector-store archive that does not match its checksum is refused before
     // anything is created.
     let other = with_qdrant();
