@@ -21,7 +21,7 @@ use support::{Daemon, TestAppliance, free_port, get, random_suffix, stderr, wait
 
 /// How long past serve's 30-day renewal window Pebble's certificates last: each one is
 /// kept this long, then renewed.
-const VALIDITY_MARGIN: Duration = Duration::from_secs(45);
+const VALIDITY_MARGIN: Duration = Duration::from_secs(20);
 
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
