@@ -1,20 +1,35 @@
 //! `backup TENANT --to DIR` and `restore TENANT --from DIR`: a consistent PostgreSQL
-//! dump (pg_dump runs in one snapshot, inside the database container), the tenant's
-//! manifest and its secrets, with a checksum of each file. A restore onto a fresh box
-//! stores the manifest and secrets, starts the database alone, loads the dump, then
-//! starts the rest (so the API never migrates an empty schema first).
+//! dump (pg_dump runs in one snapshot, inside the database container), for a Qdrant
+//! tenant the vector store's storage directory, the tenant's manifest and its secrets,
+//! with a checksum of each file. A restore onto a fresh box stores the manifest and
+//! secrets, starts the database alone, loads the dump, puts the vector store's data
+//! into its fresh volume before Qdrant first starts, then starts the rest (so the API
+//! never migrates an empty schema first).
+//!
+//! Qdrant's data is copied with Qdrant stopped (a clean shutdown flushes it; nothing is
+//! mid-write while the copy runs), through Docker's archive API, so it needs nothing in
+//! the image and works with any Qdrant version the box runs. Qdrant is down for the
+//! copy: its duration is reported. The dump is taken first, so every document the dump
+//! knows has its vectors in the copy (a document ingested in between may leave points
+//! the restored database does not list, never the reverse). The appliance's lock is
+//! held from the stop to the restart, so `serve` does not restart Qdrant mid-copy.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 use iafactory_crds::manifest::{self, Manifest};
-use iafactory_crds::plan::{ComponentKind, DATABASE_NAME, DATABASE_USER, plan};
+use iafactory_crds::plan::{ComponentKind, DATABASE_NAME, DATABASE_USER, LABEL_TENANT, plan};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{App, AppError};
 use crate::engine::converge::Report;
-use crate::engine::desired::{TenantState, instance_labels, tenant_state};
+use crate::engine::desired::{ContainerSpec, TenantState, instance_labels, tenant_state};
 use crate::engine::docker::{ExecOutput, Target};
 use crate::store::{Secrets, write_atomically};
 
@@ -23,6 +38,10 @@ const DUMP: &str = "postgres.sql";
 const MANIFEST: &str = "tenant.yaml";
 const SECRETS: &str = "secrets.json";
 const SOCKET: &str = "/var/run/postgresql";
+/// The contents of Qdrant's storage directory, entries relative to it.
+const VECTORS: &str = "qdrant-storage.tar";
+/// How long Qdrant gets to flush and exit before Docker kills it.
+const VECTOR_STORE_STOP_GRACE_SECONDS: i32 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -34,9 +53,21 @@ pub enum BackupError {
         source: std::io::Error,
     },
     #[error(
-        "tenant {tenant:?} uses the Qdrant vector store; backing it up (a Qdrant snapshot) is not implemented yet: back up its volume with the box stopped"
+        "the vector store of tenant {tenant:?} has no data volume in its plan; nothing to copy"
     )]
-    QdrantNotImplemented { tenant: String },
+    NoVectorVolume { tenant: String },
+    #[error(
+        "copying the vector store's data of tenant {tenant:?} failed: {source}; the backup in {dir} is incomplete: back up again"
+    )]
+    VectorCopy {
+        tenant: String,
+        dir: PathBuf,
+        source: Box<BackupError>,
+    },
+    #[error(
+        "volume {volume} of tenant {tenant:?} already exists on this box (kept by an earlier delete?); restore onto a fresh box, or remove it (`docker volume rm {volume}`) first; nothing was restored"
+    )]
+    VolumeExists { tenant: String, volume: String },
     #[error(
         "the database of tenant {tenant:?} is not running; `iafactory up` starts it, then back up again"
     )]
@@ -86,17 +117,29 @@ fn database_container(state: &TenantState) -> Option<String> {
         .map(|c| c.name.clone())
 }
 
+fn vector_store_container(state: &TenantState) -> Option<&ContainerSpec> {
+    state
+        .containers
+        .iter()
+        .find(|c| c.component == ComponentKind::VectorStore.name())
+}
+
+/// The vector store's data directory: the mount of its (single) persistent volume.
+fn vector_store_data(tenant: &str, spec: &ContainerSpec) -> Result<String, BackupError> {
+    spec.mounts
+        .first()
+        .map(|(_, path)| path.clone())
+        .ok_or_else(|| BackupError::NoVectorVolume {
+            tenant: tenant.to_owned(),
+        })
+}
+
 fn desired_state(app: &App, tenant: &str) -> Result<TenantState, BackupError> {
     let stored = app.require_tenant(tenant)?;
     let planned = plan(&stored, &app.config.platform).map_err(|error| AppError::StoredPlan {
         tenant: tenant.to_owned(),
         error: Box::new(error),
     })?;
-    if planned.component(ComponentKind::VectorStore).is_some() {
-        return Err(BackupError::QdrantNotImplemented {
-            tenant: tenant.to_owned(),
-        });
-    }
     let secrets = app.store.secrets(&planned).map_err(AppError::from)?;
     Ok(tenant_state(&planned, &secrets, &app.render_settings()).map_err(AppError::from)?)
 }
@@ -113,7 +156,7 @@ pub async fn backup(
         tenant: tenant.to_owned(),
     })?;
     let mut labels = instance_labels(&app.render_settings());
-    labels.insert(iafactory_crds::plan::LABEL_TENANT.into(), tenant.to_owned());
+    labels.insert(LABEL_TENANT.into(), tenant.to_owned());
     let running = app
         .engine
         .containers(&labels)
@@ -170,6 +213,16 @@ pub async fn backup(
             .files
             .insert(file.to_owned(), hex::encode(Sha256::digest(bytes)));
     }
+    if let Some(spec) = vector_store_container(&state) {
+        let sha256 = copy_vector_store(app, tenant, spec, &out, progress)
+            .await
+            .map_err(|source| BackupError::VectorCopy {
+                tenant: tenant.to_owned(),
+                dir: out.clone(),
+                source: Box::new(source),
+            })?;
+        index.files.insert(VECTORS.to_owned(), sha256);
+    }
     let text = serde_json::to_vec_pretty(&index).expect("an index serializes");
     write_atomically(&out.join(INDEX), &text, 0o644).map_err(AppError::from)?;
     progress(&format!("wrote {}", out.display()));
@@ -212,9 +265,38 @@ pub async fn restore(
         }
         files.insert(file, bytes);
     }
+    let vectors = match index.files.get(VECTORS) {
+        Some(expected) => {
+            let path = dir.join(VECTORS);
+            if &sha256_file(&path).map_err(|e| not_a_backup(format!("{VECTORS}: {e}")))? != expected
+            {
+                return Err(BackupError::Corrupt {
+                    dir: dir.clone(),
+                    file: VECTORS.to_owned(),
+                });
+            }
+            Some(path)
+        }
+        None => None,
+    };
     if app.store.tenant(tenant).map_err(AppError::from)?.is_some() {
         return Err(BackupError::Exists {
             tenant: tenant.to_owned(),
+        });
+    }
+    let mut tenant_labels = instance_labels(&app.render_settings());
+    tenant_labels.insert(LABEL_TENANT.into(), tenant.to_owned());
+    if let Some((volume, _)) = app
+        .engine
+        .volumes(&tenant_labels)
+        .await
+        .map_err(AppError::from)?
+        .into_iter()
+        .next()
+    {
+        return Err(BackupError::VolumeExists {
+            tenant: tenant.to_owned(),
+            volume,
         });
     }
     let text = String::from_utf8_lossy(&files[MANIFEST]).into_owned();
@@ -227,6 +309,15 @@ pub async fn restore(
         Some(Manifest::Tenant(t)) if t.metadata.name.as_deref() == Some(tenant) => *t,
         _ => return Err(not_a_backup(format!("{MANIFEST} is not Tenant {tenant:?}"))),
     };
+    let uses_qdrant = plan(&stored, &app.config.platform)
+        .map_err(|e| not_a_backup(format!("{MANIFEST} cannot be planned here: {e}")))?
+        .component(ComponentKind::VectorStore)
+        .is_some();
+    if uses_qdrant && vectors.is_none() {
+        return Err(not_a_backup(format!(
+            "the tenant uses Qdrant but the backup holds no {VECTORS}"
+        )));
+    }
     serde_json::from_slice::<Secrets>(&files[SECRETS])
         .map_err(|e| not_a_backup(format!("{SECRETS}: {e}")))?;
     // Held until the dump is loaded: `serve` must not start the API (which would
@@ -290,11 +381,139 @@ pub async fn restore(
     )
     .await?;
     progress("loaded the database dump");
+    if let (Some(spec), Some(archive)) = (vector_store_container(&state), &vectors) {
+        // Into the fresh volume before Qdrant first starts: `up` below starts the
+        // container as created here.
+        let data = vector_store_data(tenant, spec)?;
+        let target = Target::component(tenant, ComponentKind::VectorStore.name());
+        app.engine
+            .create_container(&target, spec)
+            .await
+            .map_err(AppError::from)?;
+        let file = tokio::fs::File::open(archive).await.map_err(io(archive))?;
+        app.engine
+            .upload_archive(
+                &target,
+                &spec.name,
+                &data,
+                tokio_util::io::ReaderStream::new(file),
+            )
+            .await
+            .map_err(AppError::from)?;
+        progress("restored the vector store's data");
+    }
     drop(lock);
     let (more, result) = app.up(progress).await;
     report.actions.extend(more.actions);
     result?;
     Ok(report)
+}
+
+/// Stops the vector store (when running), copies its data directory into
+/// `out/qdrant-storage.tar`, starts it again and waits until it is healthy; returns the
+/// archive's SHA-256. A failed restart is the error reported first.
+async fn copy_vector_store(
+    app: &App,
+    tenant: &str,
+    spec: &ContainerSpec,
+    out: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String, BackupError> {
+    let data = vector_store_data(tenant, spec)?;
+    let target = Target::component(tenant, ComponentKind::VectorStore.name());
+    let _lock = app.store.lock().map_err(AppError::from)?;
+    let running = app
+        .engine
+        .inspect(&target, &spec.name)
+        .await
+        .map_err(AppError::from)?
+        .and_then(|inspected| inspected.state)
+        .and_then(|state| state.running)
+        .unwrap_or(false);
+    let stopping = Instant::now();
+    if running {
+        progress("stopping the vector store for a consistent copy of its data");
+        app.engine
+            .stop_container(&target, &spec.name, VECTOR_STORE_STOP_GRACE_SECONDS)
+            .await
+            .map_err(AppError::from)?;
+    }
+    let copying = Instant::now();
+    let copied = download_to_file(app, &target, &spec.name, &data, &out.join(VECTORS)).await;
+    if running {
+        let starting = Instant::now();
+        app.engine
+            .start_container(&target, &spec.name)
+            .await
+            .map_err(AppError::from)?;
+        app.converger(progress)
+            .wait_healthy(&target, &spec.name)
+            .await
+            .map_err(AppError::from)?;
+        let seconds = |from: Instant, to: Instant| (to - from).as_secs_f64();
+        let healthy = Instant::now();
+        progress(&format!(
+            "the vector store was down for {:.1} s (stop {:.1} s, copy {:.1} s, start until healthy {:.1} s)",
+            seconds(stopping, healthy),
+            seconds(stopping, copying),
+            seconds(copying, starting),
+            seconds(starting, healthy),
+        ));
+    }
+    // Hashed once Qdrant is back: the checksum costs no downtime.
+    let bytes = copied?;
+    let archive = out.join(VECTORS);
+    let sha256 = sha256_file(&archive).map_err(io(&archive))?;
+    progress(&format!(
+        "copied the vector store's data ({} KB)",
+        bytes / 1000
+    ));
+    Ok(sha256)
+}
+
+/// Streams the contents of `data` in the container into `file` (0600, written aside
+/// and renamed); returns its size.
+async fn download_to_file(
+    app: &App,
+    target: &Target,
+    container: &str,
+    data: &str,
+    file: &Path,
+) -> Result<u64, BackupError> {
+    let partial = file.with_extension("tar.partial");
+    let mut output = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .await
+        .map_err(io(&partial))?;
+    let mut bytes = 0u64;
+    // `DIR/.`: the directory's contents, so the archive extracts into any data directory.
+    let contents = format!("{}/.", data.trim_end_matches('/'));
+    let mut archive = std::pin::pin!(app.engine.download_archive(target, container, &contents));
+    while let Some(chunk) = archive.next().await {
+        let chunk = chunk.map_err(AppError::from)?;
+        bytes += chunk.len() as u64;
+        output.write_all(&chunk).await.map_err(io(&partial))?;
+    }
+    output.sync_all().await.map_err(io(&partial))?;
+    tokio::fs::rename(&partial, file).await.map_err(io(file))?;
+    Ok(bytes)
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(hex::encode(hash.finalize()));
+        }
+        hash.update(&buffer[..read]);
+    }
 }
 
 /// Runs `command` in the tenant's database container; a non-zero exit is an error

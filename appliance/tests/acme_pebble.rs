@@ -4,195 +4,21 @@
 //! Each test runs its own Pebble and challtestsrv on free ports.
 
 mod gateway_support;
+mod pebble_support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gateway_support::*;
 use iafactory_appliance::certs::{
-    AcmeSettings, CertError, CertManager, CertOutcome, CertResolver, CertSettings, CertSource,
-    ChallengeStore, LocalCa,
+    CertError, CertManager, CertOutcome, CertResolver, CertSettings, CertSource, ChallengeStore,
+    LocalCa,
 };
 use iafactory_appliance::gateway::{Gateway, RouteTable, SharedRoutes};
+use pebble_support::Pebble;
 use prometheus_client::registry::Registry;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-
-fn engine(variable: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| {
-        panic!("{variable} is not set: run scripts/test, or scripts/engines.sh up pebble && source /tmp/iafactory-engines/env")
-    })
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port free for both UDP and TCP (the DNS server listens on both).
-fn free_dns_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-struct Pebble {
-    dir: tempfile::TempDir,
-    directory_url: String,
-    management: SocketAddr,
-    challtestsrv: SocketAddr,
-    /// Trusts Pebble's own HTTPS listeners (not the certificates it issues).
-    api_client: reqwest::Client,
-    _processes: Vec<Child>,
-}
-
-impl Pebble {
-    /// Starts challtestsrv (DNS only, no default address: a name resolves only once a
-    /// test adds it) and Pebble, validating HTTP-01 on `http01_port`.
-    async fn start(http01_port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let api_cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.path().join("api.pem"), api_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("api-key.pem"), key.serialize_pem()).unwrap();
-
-        let (listen, management) = (free_tcp_port(), free_tcp_port());
-        let (dns, challtestsrv) = (free_dns_port(), free_tcp_port());
-        let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{management}"),
-            "certificate": dir.path().join("api.pem"),
-            "privateKey": dir.path().join("api-key.pem"),
-            "httpPort": http01_port,
-            "tlsPort": free_tcp_port(),
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }});
-        let config_path = dir.path().join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
-        let challtestsrv_process = Command::new(engine("IAF_TEST_PEBBLE_CHALLTESTSRV"))
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv4", "", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-management", &format!("127.0.0.1:{challtestsrv}")])
-            .stdout(log("challtestsrv.log"))
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pebble_process = Command::new(engine("IAF_TEST_PEBBLE"))
-            .arg("-config")
-            .arg(&config_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-            // No random sleeps before validating, no rejected nonces: faster, same protocol.
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(log("pebble.log"))
-            .stderr(log("pebble.stderr.log"))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-
-        let api_client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(api_cert.pem().as_bytes()).unwrap(),
-            )
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let pebble = Self {
-            directory_url: format!("https://127.0.0.1:{listen}/dir"),
-            management: format!("127.0.0.1:{management}").parse().unwrap(),
-            challtestsrv: format!("127.0.0.1:{challtestsrv}").parse().unwrap(),
-            api_client,
-            dir,
-            _processes: vec![challtestsrv_process, pebble_process],
-        };
-        let client = pebble.api_client.clone();
-        let url = pebble.directory_url.clone();
-        wait_for(Duration::from_secs(60), "Pebble's directory", || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await;
-        pebble
-    }
-
-    /// Makes `host` resolve to 127.0.0.1 in the DNS Pebble uses.
-    async fn add_a(&self, host: &str) {
-        let url = format!("http://{}/add-a", self.challtestsrv);
-        let body = serde_json::json!({"host": host, "addresses": ["127.0.0.1"]});
-        wait_for(
-            Duration::from_secs(60),
-            "challtestsrv's management API",
-            || {
-                let (url, body) = (url.clone(), body.clone());
-                async move {
-                    reqwest::Client::new()
-                        .post(url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            },
-        )
-        .await;
-    }
-
-    /// The root Pebble signs its certificates with (it changes at every start).
-    async fn root_pem(&self) -> String {
-        let response = self
-            .api_client
-            .get(format!("https://{}/roots/0", self.management))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        response.text().await.unwrap()
-    }
-
-    fn settings(&self) -> AcmeSettings {
-        AcmeSettings {
-            directory_url: self.directory_url.clone(),
-            contact_email: Some("ops@example.test".to_owned()),
-            server_root_pem: Some(self.dir.path().join("api.pem")),
-            order_timeout: Duration::from_secs(60),
-        }
-    }
-
-    fn logs(&self) -> String {
-        ["pebble.log", "pebble.stderr.log", "challtestsrv.log"]
-            .iter()
-            .map(|name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 /// A gateway whose certificates come from Pebble, and the Pebble validating against it.
 struct AcmeSite {

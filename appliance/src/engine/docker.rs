@@ -14,8 +14,9 @@ use bollard::models::{
     VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions,
+    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use futures::{Stream, StreamExt};
 
@@ -136,6 +137,20 @@ pub enum DockerError {
     RemoveContainer {
         target: Target,
         name: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot copy {path} out of {name} ({target}): {source}")]
+    DownloadArchive {
+        target: Target,
+        name: String,
+        path: String,
+        source: Box<BollardError>,
+    },
+    #[error("cannot copy an archive into {path} of {name} ({target}): {source}")]
+    UploadArchive {
+        target: Target,
+        name: String,
+        path: String,
         source: Box<BollardError>,
     },
     #[error("cannot read the logs of {name} ({target}): {source}")]
@@ -584,6 +599,61 @@ impl Engine {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// A tar stream of `path` in the container (running or not, volumes included).
+    /// `DIR/.` gives the directory's contents, entries relative to it.
+    pub fn download_archive(
+        &self,
+        target: &Target,
+        name: &str,
+        path: &str,
+    ) -> impl Stream<Item = Result<bytes::Bytes, DockerError>> + '_ {
+        let (target, owned, owned_path) = (target.clone(), name.to_owned(), path.to_owned());
+        self.docker
+            .download_from_container(
+                name,
+                Some(DownloadFromContainerOptions {
+                    path: path.to_owned(),
+                }),
+            )
+            .map(move |chunk| {
+                chunk.map_err(|source| DockerError::DownloadArchive {
+                    target: target.clone(),
+                    name: owned.clone(),
+                    path: owned_path.clone(),
+                    source: Box::new(source),
+                })
+            })
+    }
+
+    /// Extracts the tar stream `archive` into `path` of the container, which need not
+    /// be running (a path inside a volume is allowed with a read-only root); owners
+    /// and modes come from the archive.
+    pub async fn upload_archive(
+        &self,
+        target: &Target,
+        name: &str,
+        path: &str,
+        archive: impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<(), DockerError> {
+        self.mutated();
+        self.docker
+            .upload_to_container(
+                name,
+                Some(UploadToContainerOptions {
+                    path: path.to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(archive),
+            )
+            .await
+            .map_err(|source| DockerError::UploadArchive {
+                target: target.clone(),
+                name: name.to_owned(),
+                path: path.to_owned(),
+                source: Box::new(source),
+            })
     }
 
     /// The container's output, as lines; `follow` keeps the stream open.

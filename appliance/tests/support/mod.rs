@@ -124,6 +124,79 @@ pub fn api_image() -> &'static str {
     })
 }
 
+const QDRANT_DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=1000:1000 storage/ /qdrant/storage/\nENTRYPOINT [\"/qdrant-testserver\", \"--listen\", \"0.0.0.0:6334\", \"--storage\", \"/qdrant/storage\"]\n";
+
+/// `iafactory-test/qdrant:<hash>`: tests/qdrant-testserver (Qdrant's gRPC API over
+/// Qdrant's own engine; no Qdrant image can be built here) FROM scratch, with the
+/// libraries it links (from `ldd`) and busybox for the healthcheck; its storage
+/// directory is owned by uid 1000, so the appliance's fresh volume is too. Built once per
+/// content.
+pub fn qdrant_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let server = std::env::var("IAF_TEST_QDRANT_SERVER").unwrap_or_else(|_| {
+            panic!("IAF_TEST_QDRANT_SERVER is not set: run scripts/engines.sh up qdrant")
+        });
+        let busybox = std::env::var("IAF_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+        let ldd = Command::new("ldd").arg(&server).output().unwrap();
+        assert!(ldd.status.success(), "ldd {server}: {}", stderr(&ldd));
+        let libraries: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|word| word.starts_with('/'))
+            .map(PathBuf::from)
+            .collect();
+        let mut hash = Sha256::new();
+        hash.update(QDRANT_DOCKERFILE);
+        for file in std::iter::once(&PathBuf::from(&server))
+            .chain(std::iter::once(&PathBuf::from(&busybox)))
+            .chain(&libraries)
+        {
+            hash.update(file.as_os_str().as_encoded_bytes());
+            hash.update(std::fs::read(file).unwrap());
+        }
+        let tag = format!(
+            "iafactory-test/qdrant:{}",
+            &hex::encode(hash.finalize())[..12]
+        );
+        if docker(&["image", "inspect", &tag]).status.success() {
+            return tag;
+        }
+        let context = tempfile::tempdir().unwrap();
+        let rootfs = context.path().join("rootfs");
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, to).unwrap();
+        };
+        copy(Path::new(&server), &rootfs.join("qdrant-testserver"));
+        copy(Path::new(&busybox), &rootfs.join("bin/busybox"));
+        for library in &libraries {
+            copy(library, &rootfs.join(library.strip_prefix("/").unwrap()));
+        }
+        std::fs::create_dir_all(context.path().join("storage")).unwrap();
+        std::fs::write(context.path().join("Dockerfile"), QDRANT_DOCKERFILE).unwrap();
+        let output = Command::new("docker")
+            .args(["build", "-q", "-t", &tag, context.path().to_str().unwrap()])
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "building the Qdrant test image: {}",
+            stderr(&output)
+        );
+        tag
+    })
+}
+
+/// The `[images.qdrant]` table for [`qdrant_image`]: healthy once it accepts
+/// connections on its gRPC port.
+pub fn qdrant_config() -> String {
+    format!(
+        "\n[images.qdrant]\nimage = \"{}\"\nuid = 1000\nhealthcheck = [\"/bin/busybox\", \"sh\", \"-c\", \"echo | /bin/busybox nc 127.0.0.1 6334\"]\n",
+        qdrant_image()
+    )
+}
+
 pub fn random_suffix() -> String {
     let mut bytes = [0u8; 4];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
