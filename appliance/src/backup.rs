@@ -1,6 +1,7 @@
 //! `backup TENANT --to DIR` and `restore TENANT --from DIR`: a consistent PostgreSQL
 //! dump (pg_dump runs in one snapshot, inside the database container), for a Qdrant
-//! tenant the vector store's storage directory, the tenant's manifest and its secrets,
+//! tenant the vector store's storage directory, the tenant's manifests (its own, its
+//! knowledge bases' and workflows') and its secrets,
 //! with a checksum of each file. A restore onto a fresh box stores the manifest and
 //! secrets, starts the database alone, loads the dump, puts the vector store's data
 //! into its fresh volume before Qdrant first starts, then starts the rest (so the API
@@ -23,7 +24,9 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use iafactory_crds::manifest::{self, Manifest};
-use iafactory_crds::plan::{ComponentKind, DATABASE_NAME, DATABASE_USER, LABEL_TENANT, plan};
+use iafactory_crds::plan::{
+    ComponentKind, DATABASE_NAME, DATABASE_USER, LABEL_TENANT, NAMESPACE_PREFIX, plan,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -31,11 +34,17 @@ use crate::app::{App, AppError};
 use crate::engine::converge::Report;
 use crate::engine::desired::{ContainerSpec, TenantState, instance_labels, tenant_state};
 use crate::engine::docker::{ExecOutput, Target};
-use crate::store::{Secrets, write_atomically};
+use crate::store::{Registrations, Secrets, write_atomically};
 
 const INDEX: &str = "backup.json";
 const DUMP: &str = "postgres.sql";
 const MANIFEST: &str = "tenant.yaml";
+/// The tenant's KnowledgeBases and Workflows, one multi-document YAML (absent from
+/// backups made before they could be applied).
+const REGISTRATIONS: &str = "registrations.yaml";
+/// The cluster's roles and memberships (pg_dumpall --roles-only, no passwords): the
+/// dump's grants name the API's request role, which a fresh database lacks.
+const ROLES: &str = "roles.sql";
 const SECRETS: &str = "secrets.json";
 const SOCKET: &str = "/var/run/postgresql";
 /// The contents of Qdrant's storage directory, entries relative to it.
@@ -189,14 +198,33 @@ pub async fn backup(
         None,
     )
     .await?;
+    let roles = exec_in_database(
+        app,
+        tenant,
+        &database,
+        "pg_dumpall --roles-only",
+        &[
+            "pg_dumpall",
+            "--roles-only",
+            "--no-role-passwords",
+            "-h",
+            SOCKET,
+            "-U",
+            DATABASE_USER,
+        ],
+        None,
+    )
+    .await?;
     progress(&format!(
-        "dumped the database ({} KB)",
+        "dumped the database ({} KB) and its roles",
         dump.stdout.len() / 1000
     ));
     let manifest_text =
         std::fs::read(app.store.tenant_path(tenant)).map_err(io(&app.store.tenant_path(tenant)))?;
     let secrets_text = std::fs::read(app.store.secrets_file(tenant))
         .map_err(io(&app.store.secrets_file(tenant)))?;
+    let registrations_text =
+        registrations_yaml(&app.store.registrations(tenant).map_err(AppError::from)?);
     let mut index = BackupIndex {
         tenant: tenant.to_owned(),
         created_by: env!("CARGO_PKG_VERSION").to_owned(),
@@ -204,8 +232,10 @@ pub async fn backup(
     };
     for (file, bytes, mode) in [
         (DUMP, dump.stdout.as_slice(), 0o600),
+        (ROLES, roles.stdout.as_slice(), 0o600),
         (MANIFEST, manifest_text.as_slice(), 0o644),
         (SECRETS, secrets_text.as_slice(), 0o600),
+        (REGISTRATIONS, registrations_text.as_bytes(), 0o644),
     ] {
         let path = out.join(file);
         write_atomically(&path, bytes, mode).map_err(AppError::from)?;
@@ -265,6 +295,27 @@ pub async fn restore(
         }
         files.insert(file, bytes);
     }
+    // Files that backups made by earlier versions do not have.
+    let optional = |file: &str| -> Result<Option<Vec<u8>>, BackupError> {
+        let Some(expected) = index.files.get(file) else {
+            return Ok(None);
+        };
+        let bytes =
+            std::fs::read(dir.join(file)).map_err(|e| not_a_backup(format!("{file}: {e}")))?;
+        if &hex::encode(Sha256::digest(&bytes)) != expected {
+            return Err(BackupError::Corrupt {
+                dir: dir.clone(),
+                file: file.to_owned(),
+            });
+        }
+        Ok(Some(bytes))
+    };
+    let roles = optional(ROLES)?;
+    let registrations = match optional(REGISTRATIONS)? {
+        Some(bytes) => restored_registrations(tenant, &String::from_utf8_lossy(&bytes))
+            .map_err(not_a_backup)?,
+        None => Vec::new(),
+    };
     let vectors = match index.files.get(VECTORS) {
         Some(expected) => {
             let path = dir.join(VECTORS);
@@ -326,7 +377,18 @@ pub async fn restore(
     write_atomically(&app.store.secrets_file(tenant), &files[SECRETS], 0o600)
         .map_err(AppError::from)?;
     app.store.put_tenant(&stored).map_err(AppError::from)?;
-    progress("stored the manifest and secrets");
+    for registration in &registrations {
+        match registration {
+            Manifest::KnowledgeBase(kb) => app.store.put_knowledge_base(tenant, kb),
+            Manifest::Workflow(workflow) => app.store.put_workflow(tenant, workflow),
+            Manifest::Tenant(_) => unreachable!("restored_registrations keeps no Tenant"),
+        }
+        .map_err(AppError::from)?;
+    }
+    progress(&format!(
+        "stored the manifest, the secrets and {} knowledge base(s) and workflow(s)",
+        registrations.len()
+    ));
 
     // The database alone first, then the dump, then everything else.
     let state = desired_state(app, tenant)?;
@@ -360,6 +422,28 @@ pub async fn restore(
         .converge_tenant(&database_only, &[], &networks, &volumes, &mut report)
         .await
         .map_err(AppError::from)?;
+    if let Some(roles) = &roles {
+        exec_in_database(
+            app,
+            tenant,
+            &database,
+            "creating the roles with psql",
+            &[
+                "psql",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-h",
+                SOCKET,
+                "-U",
+                DATABASE_USER,
+                "-d",
+                DATABASE_NAME,
+            ],
+            Some(idempotent_roles(&String::from_utf8_lossy(roles)).as_bytes()),
+        )
+        .await?;
+    }
     exec_in_database(
         app,
         tenant,
@@ -406,7 +490,81 @@ pub async fn restore(
     let (more, result) = app.up(progress).await;
     report.actions.extend(more.actions);
     result?;
+    // The dump already holds them; registering settles the API's record with the
+    // manifests, as every reconcile does.
+    for outcome in app.register_tenant(&stored).await? {
+        progress(&outcome.to_string());
+    }
     Ok(report)
+}
+
+/// pg_dumpall's role script, made runnable on a database that already has some of its
+/// roles (the bootstrap superuser, always): each CREATE ROLE tolerates an existing one.
+/// The ALTER ROLE and GRANT lines that follow are idempotent already.
+fn idempotent_roles(script: &str) -> String {
+    script
+        .lines()
+        .map(|line| {
+            match line
+                .strip_prefix("CREATE ROLE ")
+                .and_then(|role| role.strip_suffix(';'))
+            {
+                Some(role) => format!(
+                    "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+                ),
+                None => line.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The stored KnowledgeBases and Workflows as one multi-document YAML (deleted ones,
+/// still to be unregistered, are not part of the tenant any more).
+fn registrations_yaml(stored: &Registrations) -> String {
+    let knowledge_bases = stored.knowledge_bases.iter().map(serde_yaml::to_string);
+    let workflows = stored.workflows.iter().map(serde_yaml::to_string);
+    knowledge_bases
+        .chain(workflows)
+        .map(|document| document.expect("a stored resource serializes"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The backup's KnowledgeBases and Workflows, each checked to belong to `tenant`.
+fn restored_registrations(tenant: &str, text: &str) -> Result<Vec<Manifest>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let namespace = format!("{NAMESPACE_PREFIX}{tenant}");
+    manifest::parse(REGISTRATIONS, text)
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?
+        .into_iter()
+        .map(|located| match located.manifest {
+            Manifest::Tenant(_) => Err(format!("{REGISTRATIONS} holds a Tenant")),
+            registration => {
+                let found = match &registration {
+                    Manifest::KnowledgeBase(kb) => kb.metadata.namespace.clone(),
+                    Manifest::Workflow(workflow) => workflow.metadata.namespace.clone(),
+                    Manifest::Tenant(_) => None,
+                };
+                if found.as_deref() == Some(namespace.as_str()) {
+                    Ok(registration)
+                } else {
+                    Err(format!(
+                        "{REGISTRATIONS}: a {} in namespace {found:?}, not {namespace:?}",
+                        registration.kind()
+                    ))
+                }
+            }
+        })
+        .collect()
 }
 
 /// Stops the vector store (when running), copies its data directory into
@@ -542,4 +700,51 @@ async fn exec_in_database(
         });
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_create_role_tolerates_an_existing_role_and_nothing_else_changes() {
+        let script = "SET client_encoding = 'UTF8';\nCREATE ROLE iafactory;\nALTER ROLE iafactory WITH SUPERUSER LOGIN;\nCREATE ROLE \"Odd Name\";\nGRANT iafactory_app TO iafactory WITH INHERIT TRUE GRANTED BY iafactory;";
+        let fixed = idempotent_roles(script);
+        let lines: Vec<&str> = fixed.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], "SET client_encoding = 'UTF8';");
+        assert_eq!(
+            lines[1],
+            "DO $$ BEGIN CREATE ROLE iafactory; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        );
+        assert_eq!(lines[2], "ALTER ROLE iafactory WITH SUPERUSER LOGIN;");
+        assert!(lines[3].contains("CREATE ROLE \"Odd Name\"; EXCEPTION"));
+        assert_eq!(lines[4], script.lines().last().unwrap());
+    }
+
+    #[test]
+    fn restored_registrations_belong_to_the_tenant_and_are_never_a_tenant() {
+        let kb = |namespace: &str| {
+            format!(
+                "apiVersion: iafactory.dz/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: docs\n  namespace: {namespace}\nspec:\n  languages: [fr]\n"
+            )
+        };
+        assert_eq!(restored_registrations("univ", "").unwrap().len(), 0);
+        assert_eq!(
+            restored_registrations("univ", &kb("iaf-univ"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let foreign = restored_registrations("univ", &kb("iaf-other")).unwrap_err();
+        assert!(foreign.contains("iaf-other"), "{foreign}");
+        let tenant =
+            "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata:\n  name: univ\nspec: {}\n";
+        assert!(
+            restored_registrations("univ", tenant)
+                .unwrap_err()
+                .contains("holds a Tenant")
+        );
+        assert!(restored_registrations("univ", "kind: [").is_err());
+    }
 }

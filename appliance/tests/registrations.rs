@@ -619,3 +619,84 @@ async fn a_tenant_gets_its_administrator_from_iafactory_admin_and_strangers_cann
         .status();
     assert_eq!(status, reqwest::StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_backup_carries_the_knowledge_bases_and_a_restore_registers_them_again() {
+    let first = TestAppliance::with_real_api();
+    let tenant = format!("b{}", random_suffix());
+    let file = write(
+        first.dir.path(),
+        "all.yaml",
+        &[
+            // Deleted with its data below, so the fresh box's restore meets no volume.
+            format!("{}  retention: Delete\n", tenant_yaml(&tenant)),
+            kb_yaml(&tenant, "docs", "Règlements v2", 700),
+        ]
+        .join("---\n"),
+    );
+    succeeds(&first.iafactory(&["apply", "-f", file.to_str().unwrap()]));
+    let backups = tempfile::tempdir().unwrap();
+    succeeds(&first.iafactory(&["backup", &tenant, "--to", backups.path().to_str().unwrap()]));
+    let saved =
+        std::fs::read_to_string(backups.path().join(&tenant).join("registrations.yaml")).unwrap();
+    assert!(
+        saved.contains("kind: KnowledgeBase") && saved.contains("name: docs"),
+        "{saved}"
+    );
+    succeeds(&first.iafactory(&["delete", &tenant]));
+
+    // A damaged copy is refused before anything is stored.
+    let fresh = TestAppliance::with_real_api();
+    let damaged = tempfile::tempdir().unwrap();
+    let copy = damaged.path().join(&tenant);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(backups.path().join(&tenant)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        copy.join("registrations.yaml"),
+        saved.replace("Règlements v2", "Règlements v3"),
+    )
+    .unwrap();
+    let refused = fails(&fresh.iafactory(&[
+        "restore",
+        &tenant,
+        "--from",
+        damaged.path().to_str().unwrap(),
+    ]));
+    assert!(refused.contains("registrations.yaml"), "{refused}");
+    assert!(
+        !fresh
+            .data_dir()
+            .join("manifests/tenants")
+            .join(format!("{tenant}.yaml"))
+            .exists()
+    );
+
+    let out = succeeds(&fresh.iafactory(&[
+        "restore",
+        &tenant,
+        "--from",
+        backups.path().to_str().unwrap(),
+    ]));
+    assert!(out.contains("1 knowledge base(s) and workflow(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "knowledgebase/docs (tenant {tenant}) registered with the tenant's API"
+        )),
+        "{out}"
+    );
+    assert!(
+        fresh
+            .data_dir()
+            .join(format!(
+                "manifests/tenants/{tenant}/knowledgebase-docs.yaml"
+            ))
+            .exists()
+    );
+    assert_eq!(kb_settings(&tenant, "docs"), "Règlements v2|fr,ar|700");
+    let api = TenantApi::of(&fresh, &tenant);
+    assert!(api.get("knowledge-bases", "docs").await.is_some());
+    succeeds(&fresh.iafactory(&["delete", &tenant]));
+}
