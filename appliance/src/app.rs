@@ -151,6 +151,7 @@ impl App {
             settings: self.render_settings(),
             health_timeout: self.config.appliance.health_timeout(),
             progress,
+            image_ids: Default::default(),
         }
     }
 

@@ -129,8 +129,8 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
 }
 
 /// A new release of the stand-in: the same filesystem with one more layer, so its image
-/// ID differs, as a real upgrade's would.
-fn next_release(tag: &str) {
+/// ID differs, as a real upgrade's would; `build_number` tells two builds of one tag apart.
+fn next_release(tag: &str, build_number: u32) {
     let mut build = std::process::Command::new("docker")
         .args(["build", "--quiet", "-t", tag, "-"])
         .env("DOCKER_BUILDKIT", "0")
@@ -141,7 +141,7 @@ fn next_release(tag: &str) {
     use std::io::Write;
     write!(
         build.stdin.take().unwrap(),
-        "FROM {}\nLABEL dz.iafactory.test.release=\"{tag}\"\n",
+        "FROM {}\nLABEL dz.iafactory.test.release=\"{tag}\" dz.iafactory.test.build=\"{build_number}\"\n",
         standin_image()
     )
     .unwrap();
@@ -181,7 +181,7 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
     ]);
     assert!(written.status.success(), "{}", stderr(&written));
 
-    next_release(&release);
+    next_release(&release, 1);
     let bundle = box_.dir.path().join("release-2.tar");
     let output = box_.iafactory(&[
         "images",
@@ -259,5 +259,44 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
         "before-the-upgrade",
         "{}",
         stderr(&marker)
+    );
+
+    // A rebuild under the same tag (a site re-importing a fixed `:18`, say): the tag's
+    // new content is rolled out too, and the data stays.
+    next_release(&release, 2);
+    let rebuilt = docker_ok(&["image", "inspect", &release, "--format", "{{.Id}}"])
+        .trim()
+        .to_owned();
+    let output = box_.iafactory(&["upgrade"]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(stdout(&output).contains("replaced"), "{}", stdout(&output));
+    for name in box_.containers() {
+        let image = docker_ok(&["inspect", &name, "--format", "{{.Image}}"]);
+        assert_eq!(image.trim(), rebuilt, "{name} runs the rebuilt image");
+    }
+    let marker = docker(&[
+        "exec",
+        &database,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "cat $PGDATA/marker",
+    ]);
+    assert_eq!(
+        stdout(&marker).trim(),
+        "before-the-upgrade",
+        "{}",
+        stderr(&marker)
+    );
+    let again = box_.iafactory(&["up"]);
+    assert!(
+        stdout(&again).contains("up: 0 change(s)"),
+        "{}",
+        stdout(&again)
     );
 }

@@ -63,6 +63,8 @@ pub struct Converger<'a> {
     pub health_timeout: Duration,
     /// Told every action as it happens (a progress bar, a log line).
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// What each image reference names on the box now, asked once per run.
+    pub image_ids: tokio::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Converger<'_> {
@@ -237,20 +239,32 @@ impl Converger<'_> {
             }
             let mut touched = Vec::new();
             for spec in &specs {
+                let moved = match by_name.get(spec.name.as_str()) {
+                    Some(current) if current.spec_hash == spec.spec_hash => {
+                        self.image_moved(&target, current, &spec.image).await?
+                    }
+                    _ => false,
+                };
                 match by_name.get(spec.name.as_str()) {
                     None => {
                         self.create_and_start(&target, spec, report, "created")
                             .await?;
                         touched.push(spec.name.as_str());
                     }
-                    Some(current) if current.spec_hash != spec.spec_hash => {
-                        // Only a stateful container keeps its name across specs.
+                    Some(current) if current.spec_hash != spec.spec_hash || moved => {
+                        // Only a stateful container keeps its name across specs. A
+                        // stateless one keeps it when only its image's content moved
+                        // under the same tag (a bundle or a build replaced it): it is
+                        // then replaced in place, one replica at a time.
                         self.engine
                             .stop_container(&target, &current.name, STOP_GRACE_SECONDS)
                             .await?;
                         self.engine.remove_container(&target, &current.name).await?;
                         self.create_and_start(&target, spec, report, "replaced")
                             .await?;
+                        if moved && !spec.stateful {
+                            self.wait_healthy(&target, &spec.name).await?;
+                        }
                         touched.push(spec.name.as_str());
                     }
                     Some(current) if !current.running => {
@@ -298,6 +312,26 @@ impl Converger<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Whether `image` names other content now than `current` was created from.
+    async fn image_moved(
+        &self,
+        target: &Target,
+        current: &Observed,
+        image: &str,
+    ) -> Result<bool, ConvergeError> {
+        let mut known = self.image_ids.lock().await;
+        let id = match known.get(image) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.engine.image_id(target, image).await?;
+                known.insert(image.to_owned(), id.clone());
+                id
+            }
+        };
+        // An image no longer on the box is not a reason to replace what runs.
+        Ok(id.is_some_and(|id| !current.image_id.is_empty() && id != current.image_id))
     }
 
     async fn create_and_start(

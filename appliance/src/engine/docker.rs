@@ -176,6 +176,8 @@ pub struct Observed {
     pub tenant: String,
     pub component: String,
     pub spec_hash: String,
+    /// The ID of the image it was created from (whatever its tag points to now).
+    pub image_id: String,
     pub running: bool,
     pub health: Health,
     pub labels: BTreeMap<String, String>,
@@ -293,6 +295,7 @@ impl Engine {
                     tenant: label(iafactory_crds::plan::LABEL_TENANT),
                     component: label(iafactory_crds::plan::LABEL_COMPONENT),
                     spec_hash: label(iafactory_crds::plan::LABEL_SPEC_HASH),
+                    image_id: c.image_id.unwrap_or_default(),
                     running,
                     health,
                     labels,
@@ -378,6 +381,23 @@ impl Engine {
     }
 
     /// Fails with "import a bundle" when the image is not on the box.
+    /// The ID of the local image `image` names, or None when it is not on the box.
+    pub async fn image_id(
+        &self,
+        target: &Target,
+        image: &str,
+    ) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspected) => Ok(inspected.id),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(source) => Err(DockerError::InspectImage {
+                target: target.clone(),
+                image: image.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     pub async fn require_image(&self, target: &Target, image: &str) -> Result<(), DockerError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
