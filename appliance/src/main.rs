@@ -138,7 +138,8 @@ enum ImagesCommand {
         /// The IAFactory source tree (default: the current directory).
         #[arg(long, env = "IAF_SOURCE_DIR")]
         source: Option<PathBuf>,
-        /// Which images (api, operator, appliance, prometheus); default all.
+        /// Which images: our api, operator and appliance; the third-party postgres and
+        /// prometheus; the llama stand-in for Ollama. Default: all but llama.
         components: Vec<String>,
         #[arg(long)]
         release: bool,

@@ -24,10 +24,16 @@ fi
 docker info >/dev/null 2>&1 || die "Docker does not answer: scripts/engines.sh up docker"
 
 started=$SECONDS
+# Through the appliance's own `images build`, as a site with a source tree runs it, with
+# the third-party images the appliance runs (up to date here: the tests built them).
 # The API image carries the embedding model the tests use (all-MiniLM-L6-v2).
+cargo build -q --locked -p iafactory-appliance --bin iafactory
 IAF_IMAGE_EMBEDDING_MODEL_DIR="${IAF_IMAGE_EMBEDDING_MODEL_DIR:-${IAF_TEST_EMBEDDING_MODEL_DIR:-}}" \
-    "$IAF_ROOT/images/build.sh" "${components[@]}"
-note "built ${components[*]} in $((SECONDS - started))s"
+    "$IAF_ROOT/target/debug/iafactory" images build --source "$IAF_ROOT" "${components[@]}" postgres prometheus
+note "built ${components[*]} postgres prometheus in $((SECONDS - started))s"
+for image in iafactory/postgres-pgvector:18 iafactory/prometheus; do
+    docker image ls -q "$image" | grep -q . || die "iafactory images build did not build $image"
+done
 
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$IAF_ROOT/Cargo.toml")"
 for component in "${components[@]}"; do
