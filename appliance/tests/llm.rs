@@ -7,7 +7,6 @@ mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use support::{TestAppliance, docker, docker_ok, random_suffix};
 
@@ -15,15 +14,7 @@ fn quiet(_: &str) {}
 
 /// Builds the stand-in image, or finds it up to date; returns its tag.
 fn llama_image() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/llama/build.sh");
-    let output = Command::new(&script).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{} (needs scripts/engines.sh up llama busybox): {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    support::run_image_build("llama")
 }
 
 fn ip_of(container: &str) -> String {

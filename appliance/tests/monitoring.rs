@@ -7,13 +7,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use support::{
-    Daemon, TestAppliance, docker, docker_ok, free_port, get, random_suffix, standin_image, stderr,
+    TestAppliance, docker, docker_ok, free_port, get, random_suffix, standin_image, stderr,
     wait_for,
 };
 
@@ -22,14 +20,7 @@ use support::{
 fn prometheus_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/prometheus/build.sh");
-        let output = Command::new(&script).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}: {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        support::run_image_build("prometheus");
         "iafactory/prometheus:2.42.0".to_owned()
     })
 }
@@ -48,19 +39,11 @@ struct Ports {
 /// Turns monitoring on, with the real Prometheus and a stand-in Grafana on free ports.
 fn enable_monitoring(box_: &TestAppliance, ports: &Ports) {
     let standin = standin_image();
-    let config = std::fs::read_to_string(&box_.config_file)
-        .unwrap()
-        .replace(
-            "[appliance]\n",
-            &format!(
-                "[appliance]\nlisten = \"127.0.0.1:{}\"\nreconcile_interval_seconds = 1\n",
-                ports.serve
-            ),
-        )
-        .replace(
-            "[appliance.monitoring]\nenabled = false\n",
-            &format!(
-                r#"[appliance.monitoring]
+    box_.set_serve(ports.serve, 1);
+    let config = std::fs::read_to_string(&box_.config_file).unwrap().replace(
+        "[appliance.monitoring]\nenabled = false\n",
+        &format!(
+            r#"[appliance.monitoring]
 enabled = true
 scrape_interval_seconds = 1
 retention = "1d"
@@ -75,11 +58,11 @@ listen = "127.0.0.1:{grafana_port}"
 args = ["httpd", "-f", "-p", "127.0.0.1:{grafana_port}", "-h", "/www"]
 healthcheck = ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:{grafana_port}/"]
 "#,
-                prometheus = prometheus_image(),
-                prometheus_port = ports.prometheus,
-                grafana_port = ports.grafana,
-            ),
-        );
+            prometheus = prometheus_image(),
+            prometheus_port = ports.prometheus,
+            grafana_port = ports.grafana,
+        ),
+    );
     std::fs::write(&box_.config_file, config).unwrap();
 }
 
@@ -120,19 +103,7 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
         grafana: free_port(),
     };
     enable_monitoring(&box_, &ports);
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_iafactory"))
-            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
-            .env("IAF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("serve answers /healthz", 30, || async {
-        get(ports.serve, "/healthz").await.is_some()
-    })
-    .await;
+    let daemon = box_.serve(ports.serve).await;
 
     let suffix = random_suffix();
     let tenants = [format!("ma{suffix}"), format!("mb{suffix}")];

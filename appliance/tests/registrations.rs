@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::{
-    Daemon, TestAppliance, docker_ok, free_port, get, random_suffix, stderr, stdout, wait_for,
-};
+use support::{TestAppliance, docker_ok, free_port, get, random_suffix, stderr, stdout, wait_for};
 
 fn tenant_yaml(tenant: &str) -> String {
     format!(
@@ -469,24 +467,8 @@ async fn serve_registers_a_knowledge_base_stored_while_it_runs() {
     succeeds(&box_.iafactory(&["apply", "-f", file.to_str().unwrap()]));
 
     let port = free_port();
-    let config = std::fs::read_to_string(&box_.config_file).unwrap().replace(
-        "[appliance]\n",
-        &format!("[appliance]\nlisten = \"127.0.0.1:{port}\"\nreconcile_interval_seconds = 3600\n"),
-    );
-    std::fs::write(&box_.config_file, config).unwrap();
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_iafactory"))
-            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
-            .env("IAF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("serve answers /healthz", 60, || async {
-        get(port, "/healthz").await.is_some()
-    })
-    .await;
+    box_.set_serve(port, 3600);
+    let _daemon = box_.serve(port).await;
 
     let kb = write(dir, "kb.yaml", &kb_yaml(&tenant, "handbook", "Guide", 500));
     let out = succeeds(&box_.iafactory(&["apply", "--no-up", "-f", kb.to_str().unwrap()]));

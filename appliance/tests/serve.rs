@@ -4,32 +4,14 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
-use support::{Daemon, TestAppliance, docker_ok, free_port, get, random_suffix, stderr, wait_for};
+use support::{TestAppliance, docker_ok, free_port, get, random_suffix, stderr, wait_for};
 
 #[tokio::test]
 async fn serve_converges_repairs_and_exports_metrics() {
     let box_ = TestAppliance::new();
     let port = free_port();
-    let config = std::fs::read_to_string(&box_.config_file).unwrap().replace(
-        "[appliance]\n",
-        &format!("[appliance]\nlisten = \"127.0.0.1:{port}\"\nreconcile_interval_seconds = 1\n"),
-    );
-    std::fs::write(&box_.config_file, config).unwrap();
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_iafactory"))
-            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
-            .env("IAF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("serve answers /healthz", 30, || async {
-        get(port, "/healthz").await.is_some()
-    })
-    .await;
+    box_.set_serve(port, 1);
+    let daemon = box_.serve(port).await;
 
     // A manifest stored while serve runs is converged without `up`.
     let tenant = format!("sv{}", random_suffix());

@@ -80,19 +80,25 @@ pub fn standin_image() -> &'static str {
     })
 }
 
-/// `iafactory/postgres-pgvector:18`, built by images/postgres/build.sh (which skips
-/// the build when the image of the same content exists).
+/// Runs `images/<name>/build.sh` (each skips its build when an image of the same
+/// content exists) and returns what it printed on stdout.
+pub fn run_image_build(name: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../images/{name}/build.sh"));
+    let output = Command::new(&script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} (its engines: scripts/engines.sh up ...): {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// `iafactory/postgres-pgvector:18`, built by images/postgres/build.sh.
 pub fn postgres_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/postgres/build.sh");
-        let output = Command::new(&script).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}: {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_image_build("postgres");
         "iafactory/postgres-pgvector:18".to_owned()
     })
 }
@@ -423,6 +429,39 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+impl TestAppliance {
+    /// Points `serve`'s localhost listener (/healthz, /status, /metrics) at `port`, with
+    /// a reconcile every `interval_seconds`.
+    pub fn set_serve(&self, port: u16, interval_seconds: u64) {
+        let config = std::fs::read_to_string(&self.config_file).unwrap().replace(
+            "[appliance]\n",
+            &format!(
+                "[appliance]\nlisten = \"127.0.0.1:{port}\"\nreconcile_interval_seconds = {interval_seconds}\n"
+            ),
+        );
+        std::fs::write(&self.config_file, config).unwrap();
+    }
+
+    /// Starts `iafactory serve` (its output discarded: the tests look at what it does)
+    /// and waits until it answers /healthz on `port`.
+    pub async fn serve(&self, port: u16) -> Daemon {
+        let daemon = Daemon(
+            Command::new(env!("CARGO_BIN_EXE_iafactory"))
+                .args(["--config", self.config_file.to_str().unwrap(), "serve"])
+                .env("IAF_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("serve answers /healthz", 60, || async {
+            get(port, "/healthz").await.is_some()
+        })
+        .await;
+        daemon
+    }
 }
 
 /// A running `iafactory serve`, killed when the test ends, whatever its outcome.
