@@ -718,26 +718,19 @@ impl App {
             let addresses = apis.entry(state.tenant.clone()).or_default();
             for spec in state.containers.iter().filter(|c| c.component == api) {
                 let target = Target::component(&state.tenant, api);
-                let inspected = match self.engine.inspect(&target, &spec.name).await {
-                    Ok(Some(inspected)) => inspected,
+                let attachment = match self
+                    .engine
+                    .attachment(&target, &spec.name, &spec.network)
+                    .await
+                {
+                    Ok(Some(attachment)) => attachment,
                     Ok(None) => continue,
                     Err(error) => {
                         tracing::warn!("{error}");
                         continue;
                     }
                 };
-                let running = inspected
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.running)
-                    .unwrap_or(false);
-                let ip = inspected
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .and_then(|networks| networks.get(&spec.network).cloned())
-                    .and_then(|endpoint| endpoint.ip_address)
-                    .filter(|ip| !ip.is_empty());
-                if let (true, Some(ip)) = (running, ip) {
+                if let (true, Some(ip)) = (attachment.running, attachment.ip) {
                     addresses.push(format!("{ip}:{port}"));
                 }
             }

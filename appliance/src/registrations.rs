@@ -163,28 +163,15 @@ impl App {
         let target = Target::component(&name, api);
         let port = self.config.platform.api.port;
         for spec in state.containers.iter().filter(|c| c.component == api) {
-            let Some(inspected) = self
+            let Some(attachment) = self
                 .engine
-                .inspect(&target, &spec.name)
+                .attachment(&target, &spec.name, &spec.network)
                 .await
                 .map_err(|e| e.to_string())?
             else {
                 continue;
             };
-            let state = inspected.state.as_ref();
-            let running = state.and_then(|s| s.running).unwrap_or(false);
-            let health = state
-                .and_then(|s| s.health.as_ref())
-                .and_then(|h| h.status)
-                .map(|s| s.to_string());
-            let healthy = running && matches!(health.as_deref(), None | Some("healthy" | ""));
-            let address = inspected
-                .network_settings
-                .and_then(|n| n.networks)
-                .and_then(|networks| networks.get(&spec.network).cloned())
-                .and_then(|endpoint| endpoint.ip_address)
-                .filter(|ip| !ip.is_empty());
-            if let (true, Some(ip)) = (healthy, address) {
+            if let (true, Some(ip)) = (attachment.healthy, attachment.ip) {
                 return Ok(Connection {
                     api: TenantApi::new(format!("http://{ip}:{port}"), API_TIMEOUT),
                     token,

@@ -243,26 +243,19 @@ async fn route_table(app: &App, desired: &[TenantState]) -> RouteTable {
             continue;
         };
         let target = Target::component(&state.tenant, api);
-        let inspected = match app.engine.inspect(&target, &spec.name).await {
-            Ok(Some(inspected)) => inspected,
+        let attachment = match app
+            .engine
+            .attachment(&target, &spec.name, &spec.network)
+            .await
+        {
+            Ok(Some(attachment)) => attachment,
             Ok(None) => continue,
             Err(error) => {
                 tracing::error!("{error}");
                 continue;
             }
         };
-        let running = inspected
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
-        let address = inspected
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|networks| networks.get(&spec.network).cloned())
-            .and_then(|endpoint| endpoint.ip_address)
-            .filter(|ip| !ip.is_empty());
-        let (true, Some(ip)) = (running, address) else {
+        let (true, Some(ip)) = (attachment.running, attachment.ip) else {
             continue;
         };
         match Upstream::http(&format!("{ip}:{port}")) {

@@ -168,6 +168,14 @@ pub enum DockerError {
     },
 }
 
+/// A container's state and its address on one network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attachment {
+    pub running: bool,
+    pub healthy: bool,
+    pub ip: Option<String>,
+}
+
 /// A container as listed, with what the appliance reads from its labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
@@ -381,6 +389,39 @@ impl Engine {
     }
 
     /// Fails with "import a bundle" when the image is not on the box.
+    /// Whether the container runs, whether it is healthy, and its address on `network`
+    /// (the host reaches bridge networks directly, internal or not): how the gateway,
+    /// Prometheus' targets and the registrations find a tenant's API. None: no such
+    /// container.
+    pub async fn attachment(
+        &self,
+        target: &Target,
+        name: &str,
+        network: &str,
+    ) -> Result<Option<Attachment>, DockerError> {
+        let Some(inspected) = self.inspect(target, name).await? else {
+            return Ok(None);
+        };
+        let state = inspected.state.as_ref();
+        let running = state.and_then(|s| s.running).unwrap_or(false);
+        let health = state
+            .and_then(|s| s.health.as_ref())
+            .and_then(|h| h.status)
+            .map(|s| s.to_string());
+        let ip = inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|networks| networks.get(network).cloned())
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty());
+        Ok(Some(Attachment {
+            running,
+            // No healthcheck counts as healthy once running, as `wait_healthy` has it.
+            healthy: running && matches!(health.as_deref(), None | Some("healthy" | "" | "none")),
+            ip,
+        }))
+    }
+
     /// The ID of the local image `image` names, or None when it is not on the box.
     pub async fn image_id(
         &self,
