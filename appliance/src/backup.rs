@@ -47,6 +47,19 @@ const REGISTRATIONS: &str = "registrations.yaml";
 const ROLES: &str = "roles.sql";
 const SECRETS: &str = "secrets.json";
 const SOCKET: &str = "/var/run/postgresql";
+/// psql on the tenant's database, stopping at the first error, reading stdin.
+const PSQL: [&str; 10] = [
+    "psql",
+    "-v",
+    "ON_ERROR_STOP=1",
+    "-q",
+    "-h",
+    SOCKET,
+    "-U",
+    DATABASE_USER,
+    "-d",
+    DATABASE_NAME,
+];
 /// The contents of Qdrant's storage directory, entries relative to it.
 const VECTORS: &str = "qdrant-storage.tar";
 /// How long Qdrant gets to flush and exit before Docker kills it.
@@ -428,18 +441,7 @@ pub async fn restore(
             tenant,
             &database,
             "creating the roles with psql",
-            &[
-                "psql",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-h",
-                SOCKET,
-                "-U",
-                DATABASE_USER,
-                "-d",
-                DATABASE_NAME,
-            ],
+            &PSQL,
             Some(idempotent_roles(&String::from_utf8_lossy(roles)).as_bytes()),
         )
         .await?;
@@ -449,18 +451,7 @@ pub async fn restore(
         tenant,
         &database,
         "loading the dump with psql",
-        &[
-            "psql",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-h",
-            SOCKET,
-            "-U",
-            DATABASE_USER,
-            "-d",
-            DATABASE_NAME,
-        ],
+        &PSQL,
         Some(&files[DUMP]),
     )
     .await?;

@@ -148,6 +148,20 @@ fn next_release(tag: &str, build_number: u32) {
     assert!(build.wait().unwrap().success(), "docker build {tag}");
 }
 
+/// The marker file the upgrade test writes into the database volume.
+fn marker(database: &str) -> String {
+    let read = docker(&[
+        "exec",
+        database,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "cat $PGDATA/marker",
+    ]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    stdout(&read).trim().to_owned()
+}
+
 fn image_of(container: &str) -> String {
     docker_ok(&["inspect", container, "--format", "{{.Config.Image}}"])
         .trim()
@@ -246,20 +260,7 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
         "{}",
         stdout(&status)
     );
-    let marker = docker(&[
-        "exec",
-        &database,
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "cat $PGDATA/marker",
-    ]);
-    assert_eq!(
-        stdout(&marker).trim(),
-        "before-the-upgrade",
-        "{}",
-        stderr(&marker)
-    );
+    assert_eq!(marker(&database), "before-the-upgrade");
 
     // A rebuild under the same tag (a site re-importing a fixed `:18`, say): the tag's
     // new content is rolled out too, and the data stays.
@@ -279,20 +280,7 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
         let image = docker_ok(&["inspect", &name, "--format", "{{.Image}}"]);
         assert_eq!(image.trim(), rebuilt, "{name} runs the rebuilt image");
     }
-    let marker = docker(&[
-        "exec",
-        &database,
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "cat $PGDATA/marker",
-    ]);
-    assert_eq!(
-        stdout(&marker).trim(),
-        "before-the-upgrade",
-        "{}",
-        stderr(&marker)
-    );
+    assert_eq!(marker(&database), "before-the-upgrade");
     let again = box_.iafactory(&["up"]);
     assert!(
         stdout(&again).contains("up: 0 change(s)"),

@@ -289,11 +289,8 @@ impl Converger<'_> {
                 .iter()
                 .filter(|o| &o.component == component && !wanted.contains(o.name.as_str()))
             {
-                self.engine
-                    .stop_container(&target, &old.name, STOP_GRACE_SECONDS)
+                self.retire(&target, &old.name, " (replaced)", report)
                     .await?;
-                self.engine.remove_container(&target, &old.name).await?;
-                self.did(report, format!("{target}: removed {} (replaced)", old.name));
             }
         }
         // Components the plan no longer has (Ollama switched off, a suspended tenant).
@@ -302,15 +299,25 @@ impl Converger<'_> {
             .filter(|o| !components.contains(&o.component.as_str()))
         {
             let target = Target::component(tenant, &orphan.component);
-            self.engine
-                .stop_container(&target, &orphan.name, STOP_GRACE_SECONDS)
+            self.retire(&target, &orphan.name, " (not in the plan)", report)
                 .await?;
-            self.engine.remove_container(&target, &orphan.name).await?;
-            self.did(
-                report,
-                format!("{target}: removed {} (not in the plan)", orphan.name),
-            );
         }
+        Ok(())
+    }
+
+    /// Stops a container (with the grace period), removes it, and reports it.
+    async fn retire(
+        &self,
+        target: &Target,
+        name: &str,
+        why: &str,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        self.engine
+            .stop_container(target, name, STOP_GRACE_SECONDS)
+            .await?;
+        self.engine.remove_container(target, name).await?;
+        self.did(report, format!("{target}: removed {name}{why}"));
         Ok(())
     }
 
@@ -426,13 +433,7 @@ impl Converger<'_> {
         labels.insert(LABEL_TENANT.into(), tenant.to_owned());
         for container in self.engine.containers(&labels).await? {
             let target = Target::component(tenant, &container.component);
-            self.engine
-                .stop_container(&target, &container.name, STOP_GRACE_SECONDS)
-                .await?;
-            self.engine
-                .remove_container(&target, &container.name)
-                .await?;
-            self.did(report, format!("{target}: removed {}", container.name));
+            self.retire(&target, &container.name, "", report).await?;
         }
         let target = Target::tenant(tenant);
         for (network, _) in self.engine.networks(&labels).await? {
@@ -465,13 +466,7 @@ impl Converger<'_> {
         let Some(state) = desired else {
             for container in observed {
                 let target = Target::component(stack, &container.component);
-                self.engine
-                    .stop_container(&target, &container.name, STOP_GRACE_SECONDS)
-                    .await?;
-                self.engine
-                    .remove_container(&target, &container.name)
-                    .await?;
-                self.did(report, format!("{target}: removed {}", container.name));
+                self.retire(&target, &container.name, "", report).await?;
             }
             return Ok(());
         };
