@@ -396,6 +396,13 @@ impl App {
             .unwrap_or_default()
     }
 
+    /// The stored tenant's desired Docker objects (its secrets generated if new).
+    pub fn desired_state_of(&self, tenant: &str) -> Result<TenantState, AppError> {
+        let planned = self.plan_stored(&self.require_tenant(tenant)?)?;
+        let secrets = self.store.secrets(&planned)?;
+        Ok(tenant_state(&planned, &secrets, &self.render_settings())?)
+    }
+
     pub fn require_tenant(&self, name: &str) -> Result<Tenant, AppError> {
         self.store
             .tenant(name)?

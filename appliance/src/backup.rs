@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::app::{App, AppError};
 use crate::engine::converge::Report;
-use crate::engine::desired::{ContainerSpec, TenantState, instance_labels, tenant_state};
+use crate::engine::desired::{ContainerSpec, TenantState, instance_labels};
 use crate::engine::docker::{ExecOutput, Target};
 use crate::store::{Registrations, Secrets, write_atomically};
 
@@ -156,16 +156,6 @@ fn vector_store_data(tenant: &str, spec: &ContainerSpec) -> Result<String, Backu
         })
 }
 
-fn desired_state(app: &App, tenant: &str) -> Result<TenantState, BackupError> {
-    let stored = app.require_tenant(tenant)?;
-    let planned = plan(&stored, &app.config.platform).map_err(|error| AppError::StoredPlan {
-        tenant: tenant.to_owned(),
-        error: Box::new(error),
-    })?;
-    let secrets = app.store.secrets(&planned).map_err(AppError::from)?;
-    Ok(tenant_state(&planned, &secrets, &app.render_settings()).map_err(AppError::from)?)
-}
-
 /// Writes the tenant's backup into `dir/<tenant>/`; returns that directory.
 pub async fn backup(
     app: &App,
@@ -173,7 +163,7 @@ pub async fn backup(
     dir: &Path,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PathBuf, BackupError> {
-    let state = desired_state(app, tenant)?;
+    let state = app.desired_state_of(tenant)?;
     let database = database_container(&state).ok_or_else(|| BackupError::DatabaseDown {
         tenant: tenant.to_owned(),
     })?;
@@ -404,7 +394,7 @@ pub async fn restore(
     ));
 
     // The database alone first, then the dump, then everything else.
-    let state = desired_state(app, tenant)?;
+    let state = app.desired_state_of(tenant)?;
     let database = database_container(&state).ok_or_else(|| BackupError::DatabaseDown {
         tenant: tenant.to_owned(),
     })?;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod engine;
 pub mod gateway;
 pub mod metrics;
+pub mod models;
 pub mod monitoring;
 pub mod registrations;
 pub mod serve;

@@ -53,6 +53,11 @@ enum Command {
     },
     /// Converge Docker to every stored tenant.
     Up,
+    /// A tenant's language models, carried in on a disk (no registry to pull from).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Set a tenant's administrator (its first user, or a lost password's reset)
     /// through its API; tenant APIs do not let strangers sign up.
     Admin {
@@ -120,6 +125,13 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Verify an Ollama models directory (manifests/ and blobs/, as `ollama pull` leaves
+    /// ~/.ollama/models), then copy it into the tenant's model volume.
+    Import { tenant: String, dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -273,6 +285,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let step = |line: &str| progress.step(line);
             let (report, result) = app.down(&step).await;
             conclude(&progress, &report, result, "down")?;
+        }
+        Command::Models {
+            command: ModelsCommand::Import { tenant, dir },
+        } => {
+            let app = App::open(config).await?;
+            let progress = Progress::start(&format!(
+                "verifying {} and copying it into tenant {tenant}'s model volume",
+                dir.display()
+            ));
+            match app.import_models(&tenant, &dir).await {
+                Ok(inventory) => progress.finish(&format!(
+                    "imported {} ({} blobs, {} MB) into tenant {tenant}",
+                    inventory.models.join(", "),
+                    inventory.blobs,
+                    inventory.bytes / 1_000_000
+                )),
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e.into());
+                }
+            }
         }
         Command::Admin {
             tenant,
