@@ -10,9 +10,9 @@ use iafactory_crds::tenant::Retention;
 use iafactory_crds::{KnowledgeBase, Tenant, Workflow, admission};
 use serde::Serialize;
 
-use crate::engine::converge::{ConvergeError, Converger, Report, health_word};
+use crate::engine::converge::{ConvergeError, Converger, Report, health_word, is_current};
 use crate::engine::desired::{DesiredError, RenderSettings, TenantState, tenant_state};
-use crate::engine::docker::{DockerError, Engine};
+use crate::engine::docker::{DockerError, Engine, Target};
 use crate::monitoring::{self, MonitoringError};
 use crate::registrations::RegistrationStatus;
 use crate::settings::Config;
@@ -472,6 +472,26 @@ impl App {
     }
 
     /// Every stored tenant, component by component, as the engine runs it now.
+    /// The image ID each image of `states` names on the box (None: not here).
+    pub(crate) async fn local_images(
+        &self,
+        states: &[TenantState],
+    ) -> Result<BTreeMap<String, Option<String>>, AppError> {
+        let mut ids = BTreeMap::new();
+        for state in states {
+            for spec in &state.containers {
+                if !ids.contains_key(&spec.image) {
+                    let target = Target::component(&state.tenant, &spec.component);
+                    ids.insert(
+                        spec.image.clone(),
+                        self.engine.image_id(&target, &spec.image).await?,
+                    );
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     pub async fn status(&self) -> Result<Vec<TenantStatus>, AppError> {
         let observed = self
             .engine
@@ -481,11 +501,14 @@ impl App {
             .await?;
         let mut statuses = Vec::new();
         let tenants = self.store.tenants()?;
-        for state in self.desired()? {
+        let desired = self.desired()?;
+        let local = self.local_images(&desired).await?;
+        for state in desired {
             let mut components: Vec<ComponentStatus> = Vec::new();
             for spec in &state.containers {
                 let current = observed.iter().find(|o| o.name == spec.name);
-                let up_to_date = current.is_some_and(|o| o.spec_hash == spec.spec_hash);
+                let local_image = local.get(&spec.image).and_then(|id| id.as_deref());
+                let up_to_date = current.is_some_and(|o| is_current(o, spec, local_image));
                 let health = health_word(current.map(|o| o.health));
                 match components
                     .iter_mut()

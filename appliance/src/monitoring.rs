@@ -25,7 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::app::{App, AppError, ComponentStatus, TenantStatus};
-use crate::engine::converge::health_word;
+use crate::engine::converge::{health_word, is_current};
 use crate::engine::desired::{
     ContainerSpec, HOST_NETWORK, HealthcheckSpec, LABEL_STACK, LABEL_VOLUME, NetworkSpec,
     RenderSettings, TenantState, VolumeSpec, instance_labels, spec_hash,
@@ -679,17 +679,19 @@ impl App {
         let mut labels = instance_labels(&settings);
         labels.insert(LABEL_STACK.into(), STACK.into());
         let observed = self.engine.containers(&labels).await?;
+        let local = self.local_images(std::slice::from_ref(&state)).await?;
         let components: Vec<ComponentStatus> = state
             .containers
             .iter()
             .map(|spec| {
                 let current = observed.iter().find(|o| o.name == spec.name);
+                let local_image = local.get(&spec.image).and_then(|id| id.as_deref());
                 ComponentStatus {
                     component: spec.component.clone(),
                     image: spec.image.clone(),
                     containers: vec![spec.name.clone()],
                     health: health_word(current.map(|o| o.health)),
-                    up_to_date: current.is_some_and(|o| o.spec_hash == spec.spec_hash),
+                    up_to_date: current.is_some_and(|o| is_current(o, spec, local_image)),
                 }
             })
             .collect();

@@ -268,6 +268,11 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
     let rebuilt = docker_ok(&["image", "inspect", &release, "--format", "{{.Id}}"])
         .trim()
         .to_owned();
+    let status = stdout(&box_.iafactory(&["status", "-o", "json"]));
+    assert!(
+        status.contains("\"up_to_date\": false"),
+        "status says what the next up replaces: {status}"
+    );
     let output = box_.iafactory(&["upgrade"]);
     assert!(
         output.status.success(),

@@ -337,8 +337,7 @@ impl Converger<'_> {
                 id
             }
         };
-        // An image no longer on the box is not a reason to replace what runs.
-        Ok(id.is_some_and(|id| !current.image_id.is_empty() && id != current.image_id))
+        Ok(image_moved(current, id.as_deref()))
     }
 
     async fn create_and_start(
@@ -516,6 +515,19 @@ impl Converger<'_> {
 }
 
 /// Health as a word for status output.
+/// Whether the tag `current` was created from names other content on the box now
+/// (`local_image`: its image ID here). An image no longer on the box is not a reason
+/// to replace what runs.
+pub fn image_moved(current: &Observed, local_image: Option<&str>) -> bool {
+    local_image.is_some_and(|id| !current.image_id.is_empty() && id != current.image_id)
+}
+
+/// Whether `current` runs `spec` as it is now: the same spec, from the content its tag
+/// names on the box.
+pub fn is_current(current: &Observed, spec: &ContainerSpec, local_image: Option<&str>) -> bool {
+    current.spec_hash == spec.spec_hash && !image_moved(current, local_image)
+}
+
 pub fn health_word(health: Option<Health>) -> &'static str {
     match health {
         None => "missing",
