@@ -276,6 +276,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_env("IAF_LOG")
                         .unwrap_or_else(|_| "info".into()),
                 )
+                // Diagnostics go to stderr, as every other command's do (journald
+                // takes both).
+                .with_writer(std::io::stderr)
                 .init();
             iafactory_appliance::serve::serve(App::open(config).await?).await?;
         }

@@ -69,17 +69,15 @@ async fn serve_obtains_its_tenants_certificate_from_pebble_serves_it_and_renews_
         Command::new(env!("CARGO_BIN_EXE_iafactory"))
             .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
             .env("IAF_LOG", "info")
-            // serve logs on stdout; errors before logging is set up go to stderr.
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(box_.dir.path().join("serve.stderr")).unwrap())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let logs = || {
         format!(
-            "--- serve ---\n{}{}\n--- pebble ---\n{}",
+            "--- serve ---\n{}\n--- pebble ---\n{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(box_.dir.path().join("serve.stderr")).unwrap_or_default(),
             pebble.logs()
         )
     };
