@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use iafactory_crds::manifest::{self, Manifest, ManifestError};
-use iafactory_crds::plan::{PlanError, TenantPlan, plan, plan_knowledge_base, plan_workflow};
+use iafactory_crds::plan::{
+    ComponentKind, PlanError, TenantPlan, plan, plan_knowledge_base, plan_workflow,
+};
 use iafactory_crds::tenant::Retention;
 use iafactory_crds::{KnowledgeBase, Tenant, Workflow, admission};
 use serde::Serialize;
@@ -472,6 +474,39 @@ impl App {
     }
 
     /// Every stored tenant, component by component, as the engine runs it now.
+    /// Each tenant's running API replicas, `ip:port` on the tenant's network (the host
+    /// reaches bridge networks directly, internal or not), in the plan's order; a tenant
+    /// with none has an empty list. A container that cannot be read is logged and left
+    /// out: the next reconcile asks again.
+    pub(crate) async fn api_addresses(
+        &self,
+        desired: &[TenantState],
+    ) -> BTreeMap<String, Vec<String>> {
+        let port = self.config.platform.api.port;
+        let api = ComponentKind::Api.name();
+        let mut addresses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for state in desired {
+            let found = addresses.entry(state.tenant.clone()).or_default();
+            for spec in state.containers.iter().filter(|c| c.component == api) {
+                let target = Target::component(&state.tenant, api);
+                match self
+                    .engine
+                    .attachment(&target, &spec.name, &spec.network)
+                    .await
+                {
+                    Ok(Some(attachment)) => {
+                        if let (true, Some(ip)) = (attachment.running, attachment.ip) {
+                            found.push(format!("{ip}:{port}"));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!("{error}"),
+                }
+            }
+        }
+        addresses
+    }
+
     /// The image ID each image of `states` names on the box (None: not here).
     pub(crate) async fn local_images(
         &self,

@@ -713,30 +713,7 @@ impl App {
         serve_listen: SocketAddr,
         desired: &[TenantState],
     ) -> Result<bool, MonitoringError> {
-        let port = self.config.platform.api.port;
-        let api = ComponentKind::Api.name();
-        let mut apis: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for state in desired {
-            let addresses = apis.entry(state.tenant.clone()).or_default();
-            for spec in state.containers.iter().filter(|c| c.component == api) {
-                let target = Target::component(&state.tenant, api);
-                let attachment = match self
-                    .engine
-                    .attachment(&target, &spec.name, &spec.network)
-                    .await
-                {
-                    Ok(Some(attachment)) => attachment,
-                    Ok(None) => continue,
-                    Err(error) => {
-                        tracing::warn!("{error}");
-                        continue;
-                    }
-                };
-                if let (true, Some(ip)) = (attachment.running, attachment.ip) {
-                    addresses.push(format!("{ip}:{port}"));
-                }
-            }
-        }
+        let apis = self.api_addresses(desired).await;
         let dir = self.monitoring_dir().join(PROMETHEUS);
         let appliance = write_if_changed(
             &dir.join(APPLIANCE_TARGETS),

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use iafactory_crds::plan::ComponentKind;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +22,6 @@ use crate::certs::{
     AcmeSettings, CertError, CertManager, CertResolver, CertSettings, CertSource, ChallengeStore,
 };
 use crate::engine::desired::TenantState;
-use crate::engine::docker::Target;
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, RouteTable, SharedRoutes, Upstream};
 use crate::metrics::Snapshot;
 use crate::settings::{CertificateChoice, SettingsError};
@@ -235,32 +233,14 @@ fn tenant_hosts(app: &App) -> Vec<String> {
 /// host reaches bridge networks directly, internal or not). A tenant whose API is not
 /// running is left out: the gateway answers 404 for it until the next reconcile.
 async fn route_table(app: &App, desired: &[TenantState]) -> RouteTable {
-    let port = app.config.platform.api.port;
-    let api = ComponentKind::Api.name();
     let mut table = RouteTable::new(&domain(app));
-    for state in desired {
-        let Some(spec) = state.containers.iter().find(|c| c.component == api) else {
+    for (tenant, addresses) in app.api_addresses(desired).await {
+        let Some(address) = addresses.first() else {
             continue;
         };
-        let target = Target::component(&state.tenant, api);
-        let attachment = match app
-            .engine
-            .attachment(&target, &spec.name, &spec.network)
-            .await
-        {
-            Ok(Some(attachment)) => attachment,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::error!("{error}");
-                continue;
-            }
-        };
-        let (true, Some(ip)) = (attachment.running, attachment.ip) else {
-            continue;
-        };
-        match Upstream::http(&format!("{ip}:{port}")) {
-            Ok(upstream) => table.insert(&state.tenant, upstream),
-            Err(error) => tracing::error!(tenant = state.tenant, "{error}"),
+        match Upstream::http(address) {
+            Ok(upstream) => table.insert(&tenant, upstream),
+            Err(error) => tracing::error!(tenant, "{error}"),
         }
     }
     table
