@@ -403,26 +403,8 @@ pub async fn restore(
         .containers
         .retain(|c| c.component == ComponentKind::Database.name());
     let mut report = Report::default();
-    let converger = app.converger(progress);
-    let labels = instance_labels(&app.render_settings());
-    let networks = app
-        .engine
-        .networks(&labels)
-        .await
-        .map_err(AppError::from)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let volumes = app
-        .engine
-        .volumes(&labels)
-        .await
-        .map_err(AppError::from)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    converger
-        .converge_tenant(&database_only, &[], &networks, &volumes, &mut report)
+    app.converger(progress)
+        .converge_alone(&database_only, &mut report)
         .await
         .map_err(AppError::from)?;
     if let Some(roles) = &roles {

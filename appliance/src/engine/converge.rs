@@ -451,6 +451,30 @@ impl Converger<'_> {
         Ok(())
     }
 
+    /// Converges one tenant alone, with what the engine holds now: no other tenant is
+    /// looked at or removed (a restore brings its database up this way first).
+    pub async fn converge_alone(
+        &self,
+        state: &TenantState,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let labels = instance_labels(&self.settings);
+        let networks = self.engine.networks(&labels).await?;
+        let networks: BTreeSet<String> = networks.into_iter().map(|(name, _)| name).collect();
+        let volumes: BTreeSet<String> = self
+            .engine
+            .volumes(&labels)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let mut tenant_labels = labels;
+        tenant_labels.insert(LABEL_TENANT.into(), state.tenant.clone());
+        let observed = self.engine.containers(&tenant_labels).await?;
+        self.converge_tenant(state, &observed, &networks, &volumes, report)
+            .await
+    }
+
     /// Converges a shared stack (`stack` is its label value): to `desired`, or, when
     /// it is `None` (switched off), removes its containers. Its volumes stay.
     pub async fn converge_stack(
