@@ -737,8 +737,12 @@ mod tests {
     }
 
     fn plan_default() -> MonitoringPlan {
+        plan_with(&MonitoringConfig::default())
+    }
+
+    fn plan_with(config: &MonitoringConfig) -> MonitoringPlan {
         plan(
-            &MonitoringConfig::default(),
+            config,
             &settings(),
             Path::new("/var/lib/iafactory/monitoring"),
             "secret",
@@ -891,14 +895,7 @@ mod tests {
             scrape_interval_seconds: 30,
             ..MonitoringConfig::default()
         };
-        let after = plan(
-            &config,
-            &settings(),
-            Path::new("/var/lib/iafactory/monitoring"),
-            "secret",
-        )
-        .unwrap()
-        .state;
+        let after = plan_with(&config).state;
         // prometheus.yml and the datasource (its timeInterval) both changed.
         assert_ne!(
             before.containers[0].spec_hash,
@@ -910,14 +907,7 @@ mod tests {
         );
         let mut config = MonitoringConfig::default();
         config.grafana.image = "grafana/grafana-oss:11.4.0".into();
-        let after = plan(
-            &config,
-            &settings(),
-            Path::new("/var/lib/iafactory/monitoring"),
-            "secret",
-        )
-        .unwrap()
-        .state;
+        let after = plan_with(&config).state;
         assert_eq!(
             before.containers[0].spec_hash,
             after.containers[0].spec_hash

@@ -63,12 +63,7 @@ fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {
     assert!(first.volumes().is_empty());
 
     let fresh = TestAppliance::with_real_database();
-    let output = fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = fresh.restore(&tenant, backups.path().to_str().unwrap());
     assert!(
         output.status.success(),
         "{}{}",
@@ -95,12 +90,7 @@ fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {
     assert_eq!(json[0]["healthy"], true, "{json}");
 
     // A second restore refuses to overwrite; a corrupt backup is refused.
-    let output = fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = fresh.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("already exists"),
@@ -110,12 +100,7 @@ fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {
     let other = TestAppliance::with_real_database();
     let dump_path = backups.path().join(&tenant).join("postgres.sql");
     std::fs::write(&dump_path, dump.replace("bylaws", "bylawz")).unwrap();
-    let output = other.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = other.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("postgres.sql is corrupt"),
@@ -296,12 +281,7 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
     assert!(first.volumes().is_empty());
 
     let fresh = with_qdrant();
-    let output = fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = fresh.restore(&tenant, backups.path().to_str().unwrap());
     assert!(
         output.status.success(),
         "{}{}",
@@ -325,12 +305,7 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
     assert!(output.status.success(), "{}", stderr(&output));
     let kept = fresh.volumes();
     assert!(!kept.is_empty());
-    let output = fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = fresh.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("already exists on this box")
@@ -348,12 +323,7 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
     let middle = corrupt.len() / 2;
     corrupt[middle] ^= 0xff;
     std::fs::write(&archive, corrupt).unwrap();
-    let output = other.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = other.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("qdrant-storage.tar is corrupt"),
@@ -375,12 +345,7 @@ async fn a_qdrant_tenant_restores_onto_a_fresh_box_with_its_points_and_payloads(
         serde_json::to_vec_pretty(&stripped).unwrap(),
     )
     .unwrap();
-    let output = other.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]);
+    let output = other.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output)

@@ -641,12 +641,7 @@ async fn a_backup_carries_the_knowledge_bases_and_a_restore_registers_them_again
         saved.replace("Règlements v2", "Règlements v3"),
     )
     .unwrap();
-    let refused = fails(&fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        damaged.path().to_str().unwrap(),
-    ]));
+    let refused = fails(&fresh.restore(&tenant, damaged.path().to_str().unwrap()));
     assert!(refused.contains("registrations.yaml"), "{refused}");
     assert!(
         !fresh
@@ -656,12 +651,7 @@ async fn a_backup_carries_the_knowledge_bases_and_a_restore_registers_them_again
             .exists()
     );
 
-    let out = succeeds(&fresh.iafactory(&[
-        "restore",
-        &tenant,
-        "--from",
-        backups.path().to_str().unwrap(),
-    ]));
+    let out = succeeds(&fresh.restore(&tenant, backups.path().to_str().unwrap()));
     assert!(out.contains("1 knowledge base(s) and workflow(s)"), "{out}");
     assert!(
         out.contains(&format!(

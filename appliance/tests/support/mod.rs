@@ -350,45 +350,32 @@ http_listen = "127.0.0.1:0"
             .expect("the iafactory binary runs")
     }
 
+    /// `iafactory restore TENANT --from DIR`.
+    pub fn restore(&self, tenant: &str, from: &str) -> Output {
+        self.iafactory(&["restore", tenant, "--from", from])
+    }
+
     /// Container names of this appliance, sorted.
     pub fn containers(&self) -> Vec<String> {
-        let out = docker_ok(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=iafactory.dz/appliance={}", self.instance),
-            "--format",
-            "{{.Names}}",
-        ]);
-        let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
-        names.sort();
-        names
+        self.listed(&["ps", "-a", "--format", "{{.Names}}"])
     }
 
     pub fn container_ids(&self) -> Vec<String> {
-        let out = docker_ok(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=iafactory.dz/appliance={}", self.instance),
-        ]);
-        let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
-        ids.sort();
-        ids
+        self.listed(&["ps", "-aq", "--no-trunc"])
     }
 
     pub fn volumes(&self) -> Vec<String> {
-        let out = docker_ok(&[
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=iafactory.dz/appliance={}", self.instance),
-        ]);
-        let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
-        names.sort();
-        names
+        self.listed(&["volume", "ls", "-q"])
+    }
+
+    /// The lines of a docker listing (`args`) of this appliance's objects, sorted.
+    fn listed(&self, args: &[&str]) -> Vec<String> {
+        let filter = format!("label=iafactory.dz/appliance={}", self.instance);
+        let mut command = args.to_vec();
+        command.extend(["--filter", &filter]);
+        let mut lines: Vec<String> = docker_ok(&command).lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
     }
 }
 
