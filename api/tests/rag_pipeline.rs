@@ -5,32 +5,9 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use common::corpus::{self, corpus};
 use common::{Auth, TestApp, TestDb};
 use serde_json::{Value, json};
-
-#[derive(serde::Deserialize)]
-struct Corpus {
-    documents: Vec<CorpusDocument>,
-    questions: Vec<Question>,
-}
-
-#[derive(serde::Deserialize)]
-struct CorpusDocument {
-    key: String,
-    language: String,
-    title: String,
-    text: String,
-}
-
-#[derive(serde::Deserialize)]
-struct Question {
-    q: String,
-    expect: String,
-}
-
-fn corpus() -> Corpus {
-    serde_json::from_str(include_str!("fixtures/rag/corpus.json")).unwrap()
-}
 
 async fn knowledge_base(app: &TestApp, token: &str, name: &str) -> String {
     let reply = app
@@ -111,10 +88,7 @@ async fn hybrid_retrieval_finds_the_right_document_in_three_languages() {
             upload_text(&app, &admin.token, &kb, &document.title, &document.text).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let id = body["data"]["id"].as_str().unwrap().to_owned();
-        keys_by_id.insert(
-            id.clone(),
-            (document.key.clone(), document.language.clone()),
-        );
+        keys_by_id.insert(id.clone(), document.key.clone());
         ids.push(id);
     }
     let documents = app.wait_for_documents(&admin.token, &kb, &ids).await;
@@ -128,40 +102,14 @@ async fn hybrid_retrieval_finds_the_right_document_in_three_languages() {
         );
     }
 
-    let mut hits = 0;
-    let mut misses = Vec::new();
-    for question in &corpus.questions {
-        let reply = app
-            .request(
-                Method::POST,
-                "/api/search",
-                Auth::Bearer(&admin.token),
-                Some(json!({"query": question.q, "knowledge_base_ids": [kb], "top_k": 3})),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        let results = reply.body["data"]["results"].as_array().unwrap();
-        let found: Vec<String> = results
-            .iter()
-            .map(|r| keys_by_id[r["document_id"].as_str().unwrap()].0.clone())
-            .collect();
-        if found.contains(&question.expect) {
-            hits += 1;
-        } else {
-            misses.push(format!(
-                "{} -> {:?} (expected {})",
-                question.q, found, question.expect
-            ));
-        }
-        if question.expect.starts_with("ar-") {
-            let first = results.first().expect("an Arabic question finds something");
-            assert_eq!(
-                first["language"], "ar",
-                "{}: the best passage is Arabic",
-                question.q
-            );
-        }
-        for result in results {
+    corpus::assert_top3_hit_rate(
+        &app,
+        &admin.token,
+        &kb,
+        &corpus,
+        &keys_by_id,
+        "pgvector",
+        |result| {
             for field in [
                 "document_id",
                 "title",
@@ -172,20 +120,9 @@ async fn hybrid_retrieval_finds_the_right_document_in_three_languages() {
             ] {
                 assert!(!result[field].is_null(), "{field} in {result}");
             }
-        }
-    }
-    let rate = hits as f64 / corpus.questions.len() as f64;
-    eprintln!(
-        "top-3 hit rate: {hits}/{} = {:.1}%",
-        corpus.questions.len(),
-        rate * 100.0
-    );
-    assert!(
-        rate >= 0.9,
-        "top-3 hit rate {:.1}% < 90%; misses:\n{}",
-        rate * 100.0,
-        misses.join("\n")
-    );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -603,25 +603,6 @@ async fn qdrant_down_mid_ingestion_loses_no_document() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Corpus {
-    documents: Vec<CorpusDocument>,
-    questions: Vec<Question>,
-}
-
-#[derive(serde::Deserialize)]
-struct CorpusDocument {
-    key: String,
-    title: String,
-    text: String,
-}
-
-#[derive(serde::Deserialize)]
-struct Question {
-    q: String,
-    expect: String,
-}
-
 /// #4's acceptance bar on the Qdrant backend: the trilingual corpus, the right
 /// document in the top 3 for at least 90% of the questions.
 #[tokio::test]
@@ -643,7 +624,7 @@ async fn hybrid_retrieval_on_qdrant_finds_the_right_document_in_three_languages(
         .as_str()
         .unwrap()
         .to_owned();
-    let corpus: Corpus = serde_json::from_str(include_str!("fixtures/rag/corpus.json")).unwrap();
+    let corpus = common::corpus::corpus();
     let mut key_of = std::collections::HashMap::new();
     let mut ids = Vec::new();
     for document in &corpus.documents {
@@ -680,51 +661,16 @@ async fn hybrid_retrieval_on_qdrant_finds_the_right_document_in_three_languages(
         "with Qdrant, no vector is kept in PostgreSQL"
     );
 
-    let mut hits = 0;
-    let mut misses = Vec::new();
-    for question in &corpus.questions {
-        let reply = app
-            .request(
-                Method::POST,
-                "/api/search",
-                Auth::Bearer(&admin.token),
-                Some(json!({"query": question.q, "knowledge_base_ids": [kb], "top_k": 3})),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        let results = reply.body["data"]["results"].as_array().unwrap();
-        let found: Vec<&str> = results
-            .iter()
-            .map(|r| key_of[r["document_id"].as_str().unwrap()].as_str())
-            .collect();
-        if found.contains(&question.expect.as_str()) {
-            hits += 1;
-        } else {
-            misses.push(format!(
-                "{} -> {found:?} (expected {})",
-                question.q, question.expect
-            ));
-        }
-        if question.expect.starts_with("ar-") {
-            assert_eq!(
-                results[0]["language"], "ar",
-                "{}: the best passage is Arabic",
-                question.q
-            );
-        }
-    }
-    let rate = hits as f64 / corpus.questions.len() as f64;
-    eprintln!(
-        "qdrant top-3 hit rate: {hits}/{} = {:.1}%",
-        corpus.questions.len(),
-        rate * 100.0
-    );
-    assert!(
-        rate >= 0.9,
-        "top-3 hit rate {:.1}% < 90% on Qdrant; misses:\n{}",
-        rate * 100.0,
-        misses.join("\n")
-    );
+    common::corpus::assert_top3_hit_rate(
+        &app,
+        &admin.token,
+        &kb,
+        &corpus,
+        &key_of,
+        "Qdrant",
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]

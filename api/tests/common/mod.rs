@@ -2,6 +2,8 @@
 //! the router.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::net::SocketAddr;
 
 use axum::Router;
