@@ -3,31 +3,9 @@
 
 mod support;
 
-use support::{TestAppliance, docker, docker_ok, random_suffix};
+use support::{TestAppliance, docker, ip_of, random_suffix, resolve};
 
 fn quiet(_: &str) {}
-
-fn ip_of(container: &str) -> String {
-    docker_ok(&[
-        "inspect",
-        container,
-        "--format",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-    ])
-}
-
-/// The address `name` resolves to inside `from`'s network. (The static busybox's own
-/// resolver: its wget, built on static glibc, cannot resolve names itself.)
-fn resolve(from: &str, name: &str) -> Option<String> {
-    let output = docker(&["exec", from, "/bin/busybox", "nslookup", name, "127.0.0.11"]);
-    let text = String::from_utf8_lossy(&output.stdout);
-    // The first address is the DNS server's own (127.0.0.11:53); answers follow.
-    text.lines()
-        .filter_map(|l| l.strip_prefix("Address:"))
-        .map(str::trim)
-        .find(|a| !a.ends_with(":53"))
-        .map(str::to_owned)
-}
 
 fn reach(from: &str, url: &str) -> bool {
     // (This static busybox's `wget -T` crashes: `timeout` bounds it instead.)

@@ -8,34 +8,13 @@ mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use support::{TestAppliance, docker, docker_ok, random_suffix};
+use support::{TestAppliance, docker, docker_ok, ip_of, random_suffix, resolve};
 
 fn quiet(_: &str) {}
 
 /// Builds the stand-in image, or finds it up to date; returns its tag.
 fn llama_image() -> String {
     support::run_image_build("llama")
-}
-
-fn ip_of(container: &str) -> String {
-    docker_ok(&[
-        "inspect",
-        container,
-        "--format",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-    ])
-}
-
-/// The address `name` resolves to inside `from`'s network (busybox's own resolver: its
-/// wget cannot resolve names itself).
-fn resolve(from: &str, name: &str) -> Option<String> {
-    let output = docker(&["exec", from, "/bin/busybox", "nslookup", name, "127.0.0.11"]);
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("Address:"))
-        .map(str::trim)
-        .find(|a| !a.ends_with(":53"))
-        .map(str::to_owned)
 }
 
 /// `wget` from inside `from`, bounded by `seconds`: the body, or None.

@@ -451,6 +451,29 @@ impl TestAppliance {
     }
 }
 
+/// A container's address on its (single) network.
+pub fn ip_of(container: &str) -> String {
+    docker_ok(&[
+        "inspect",
+        container,
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    ])
+}
+
+/// The address `name` resolves to inside `from`'s network. (The static busybox's own
+/// resolver: its wget, built on static glibc, cannot resolve names itself.)
+pub fn resolve(from: &str, name: &str) -> Option<String> {
+    let output = docker(&["exec", from, "/bin/busybox", "nslookup", name, "127.0.0.11"]);
+    // The first address is the DNS server's own (127.0.0.11:53); answers follow.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(str::trim)
+        .find(|a| !a.ends_with(":53"))
+        .map(str::to_owned)
+}
+
 /// A running `iafactory serve`, killed when the test ends, whatever its outcome.
 pub struct Daemon(pub Child);
 impl Drop for Daemon {
