@@ -98,13 +98,7 @@ impl Converger<'_> {
             .collect();
         let labels = instance_labels(&self.settings);
         let networks = self.engine.networks(&labels).await?;
-        let volumes: BTreeSet<String> = self
-            .engine
-            .volumes(&labels)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let volumes = self.volume_names(&labels).await?;
         let network_names: BTreeSet<String> = networks.iter().map(|(n, _)| n.clone()).collect();
         let mut failures = Vec::new();
         for state in desired {
@@ -305,6 +299,20 @@ impl Converger<'_> {
         Ok(())
     }
 
+    /// The names of the volumes carrying all of `labels`.
+    async fn volume_names(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BTreeSet<String>, ConvergeError> {
+        Ok(self
+            .engine
+            .volumes(labels)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
     /// Stops a container (with the grace period), removes it, and reports it.
     async fn retire(
         &self,
@@ -461,13 +469,7 @@ impl Converger<'_> {
         let labels = instance_labels(&self.settings);
         let networks = self.engine.networks(&labels).await?;
         let networks: BTreeSet<String> = networks.into_iter().map(|(name, _)| name).collect();
-        let volumes: BTreeSet<String> = self
-            .engine
-            .volumes(&labels)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let volumes = self.volume_names(&labels).await?;
         let mut tenant_labels = labels;
         tenant_labels.insert(LABEL_TENANT.into(), state.tenant.clone());
         let observed = self.engine.containers(&tenant_labels).await?;
@@ -493,13 +495,7 @@ impl Converger<'_> {
             }
             return Ok(());
         };
-        let volumes: BTreeSet<String> = self
-            .engine
-            .volumes(&labels)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let volumes = self.volume_names(&labels).await?;
         // The stack runs in the host's network namespace, which always exists.
         let networks = BTreeSet::from([HOST_NETWORK.to_owned()]);
         self.converge_tenant(state, &observed, &networks, &volumes, report)
