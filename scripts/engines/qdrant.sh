@@ -36,6 +36,17 @@ qdrant_install() {
         mkdir -p "$(dirname "$bin")"
         cp "$IAF_CACHE/qdrant-testserver-target/release/qdrant-testserver" "$bin.tmp" && mv "$bin.tmp" "$bin"
     fi
+    # Only the current build is used; older ones are 50 MB each.
+    local old
+    for old in "$IAF_CACHE"/qdrant-testserver-*/; do
+        old="${old%/}"
+        [ "$old" = "$(dirname "$bin")" ] || [ "$old" = "$IAF_CACHE/qdrant-testserver-target" ] || rm -rf "$old"
+    done
+    # CI builds each source once: its 1.6 GB of intermediate artefacts only take disk.
+    if [ "${CI:-}" = true ] && [ -d "$IAF_CACHE/qdrant-testserver-target" ]; then
+        note "CI: removing the test server's build directory (kept elsewhere for fast rebuilds)"
+        rm -rf "$IAF_CACHE/qdrant-testserver-target"
+    fi
 }
 
 qdrant_up() {
