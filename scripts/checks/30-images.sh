@@ -8,8 +8,8 @@
 # Measured on 2 busy cores, cold: the operator about 4 minutes, the API and the appliance
 # about 10 more; warm, seconds. So that CI (CI=true, a fresh clone: a cold target
 # directory) stays within a few minutes, it checks the operator image and the API image
-# (which scripts/test has already built for the appliance's tests) unless told
-# otherwise; elsewhere all three. IAF_CHECK_IMAGES="api operator appliance" (any of
+# (which the appliance's tests run: scripts/test runs this check before them) unless
+# told otherwise; elsewhere all three. IAF_CHECK_IMAGES="api operator appliance" (any of
 # them) chooses; IAF_CHECK_IMAGES=none skips this check.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 source "$IAF_ENV_FILE"
