@@ -47,6 +47,17 @@ const REGISTRATIONS: &str = "registrations.yaml";
 const ROLES: &str = "roles.sql";
 const SECRETS: &str = "secrets.json";
 const SOCKET: &str = "/var/run/postgresql";
+/// pg_dump of the tenant's database, one snapshot, as plain SQL on stdout.
+const PG_DUMP: [&str; 8] = [
+    "pg_dump",
+    "-h",
+    SOCKET,
+    "-U",
+    DATABASE_USER,
+    "-d",
+    DATABASE_NAME,
+    "--no-owner",
+];
 /// psql on the tenant's database, stopping at the first error, reading stdin.
 const PSQL: [&str; 10] = [
     "psql",
@@ -183,24 +194,7 @@ pub async fn backup(
     }
     let out = dir.join(tenant);
     std::fs::create_dir_all(&out).map_err(io(&out))?;
-    let dump = exec_in_database(
-        app,
-        tenant,
-        &database,
-        "pg_dump",
-        &[
-            "pg_dump",
-            "-h",
-            SOCKET,
-            "-U",
-            DATABASE_USER,
-            "-d",
-            DATABASE_NAME,
-            "--no-owner",
-        ],
-        None,
-    )
-    .await?;
+    let (dump_size, dump_sha256) = dump_to_file(app, tenant, &database, &out.join(DUMP)).await?;
     let roles = exec_in_database(
         app,
         tenant,
@@ -220,7 +214,7 @@ pub async fn backup(
     .await?;
     progress(&format!(
         "dumped the database ({} KB) and its roles",
-        dump.stdout.len() / 1000
+        dump_size / 1000
     ));
     let manifest_text =
         std::fs::read(app.store.tenant_path(tenant)).map_err(io(&app.store.tenant_path(tenant)))?;
@@ -231,10 +225,9 @@ pub async fn backup(
     let mut index = BackupIndex {
         tenant: tenant.to_owned(),
         created_by: env!("CARGO_PKG_VERSION").to_owned(),
-        files: BTreeMap::new(),
+        files: BTreeMap::from([(DUMP.to_owned(), dump_sha256)]),
     };
     for (file, bytes, mode) in [
-        (DUMP, dump.stdout.as_slice(), 0o600),
         (ROLES, roles.stdout.as_slice(), 0o600),
         (MANIFEST, manifest_text.as_slice(), 0o644),
         (SECRETS, secrets_text.as_slice(), 0o600),
@@ -286,8 +279,22 @@ pub async fn restore(
     if index.tenant != tenant {
         return Err(not_a_backup(format!("it is tenant {:?}'s", index.tenant)));
     }
+    let dump = dir.join(DUMP);
+    let dump_sha256 = {
+        let path = dump.clone();
+        tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .expect("hashing the dump does not panic")
+            .map_err(|e| not_a_backup(format!("{DUMP}: {e}")))?
+    };
+    if index.files.get(DUMP) != Some(&dump_sha256) {
+        return Err(BackupError::Corrupt {
+            dir: dir.clone(),
+            file: DUMP.to_owned(),
+        });
+    }
     let mut files = BTreeMap::new();
-    for file in [DUMP, MANIFEST, SECRETS] {
+    for file in [MANIFEST, SECRETS] {
         let bytes =
             std::fs::read(dir.join(file)).map_err(|e| not_a_backup(format!("{file}: {e}")))?;
         if index.files.get(file) != Some(&hex::encode(Sha256::digest(&bytes))) {
@@ -418,15 +425,7 @@ pub async fn restore(
         )
         .await?;
     }
-    exec_in_database(
-        app,
-        tenant,
-        &database,
-        "loading the dump with psql",
-        &PSQL,
-        Some(&files[DUMP]),
-    )
-    .await?;
+    load_dump(app, tenant, &database, &dump).await?;
     progress("loaded the database dump");
     if let (Some(spec), Some(archive)) = (vector_store_container(&state), &vectors) {
         // Into the fresh volume before Qdrant first starts: `up` below starts the
@@ -622,6 +621,143 @@ async fn download_to_file(
     output.sync_all().await.map_err(io(&partial))?;
     tokio::fs::rename(&partial, file).await.map_err(io(file))?;
     Ok(bytes)
+}
+
+/// pg_dump of the tenant's database, streamed into `file` (0600, written aside and
+/// renamed) and hashed on the way: a dump is as large as the tenant's documents and
+/// their vectors, so it never sits in memory. Returns its size and SHA-256.
+async fn dump_to_file(
+    app: &App,
+    tenant: &str,
+    database: &str,
+    file: &Path,
+) -> Result<(u64, String), BackupError> {
+    let partial = file.with_extension("sql.partial");
+    let opened = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .await
+        .map_err(io(&partial))?;
+    let mut output = HashingWriter::new(tokio::io::BufWriter::new(opened));
+    let target = Target::component(tenant, ComponentKind::Database.name());
+    let finished = app
+        .engine
+        .exec_streaming(
+            &target,
+            database,
+            &PG_DUMP.map(str::to_owned),
+            None::<&[u8]>,
+            &mut output,
+        )
+        .await;
+    let finished = match finished {
+        Ok(finished) => finished,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(AppError::from(error).into());
+        }
+    };
+    if finished.code != 0 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(BackupError::Database {
+            tenant: tenant.to_owned(),
+            step: "pg_dump",
+            code: finished.code,
+            stderr: String::from_utf8_lossy(&finished.stderr).trim().to_owned(),
+        });
+    }
+    let (size, sha256, buffered) = output.finish();
+    buffered
+        .into_inner()
+        .sync_all()
+        .await
+        .map_err(io(&partial))?;
+    tokio::fs::rename(&partial, file).await.map_err(io(file))?;
+    Ok((size, sha256))
+}
+
+/// Streams the dump in `file` into psql in the tenant's database.
+async fn load_dump(
+    app: &App,
+    tenant: &str,
+    database: &str,
+    file: &Path,
+) -> Result<(), BackupError> {
+    let opened = tokio::fs::File::open(file).await.map_err(io(file))?;
+    let target = Target::component(tenant, ComponentKind::Database.name());
+    let finished = app
+        .engine
+        .exec_streaming(
+            &target,
+            database,
+            &PSQL.map(str::to_owned),
+            Some(tokio::io::BufReader::new(opened)),
+            &mut tokio::io::sink(),
+        )
+        .await
+        .map_err(AppError::from)?;
+    if finished.code != 0 {
+        return Err(BackupError::Database {
+            tenant: tenant.to_owned(),
+            step: "loading the dump with psql",
+            code: finished.code,
+            stderr: String::from_utf8_lossy(&finished.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Counts and hashes what passes through to the writer it wraps.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hash: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    fn finish(self) -> (u64, String, W) {
+        (self.size, hex::encode(self.hash.finalize()), self.inner)
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            self.hash.update(&buf[..n]);
+            self.size += n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {

@@ -265,3 +265,72 @@ async fn an_up_killed_midway_is_finished_by_the_next() {
     assert!(up(&app).await.is_empty());
     assert_eq!(app.engine.mutations(), before);
 }
+
+/// What backup and restore rely on: a dump passes through exec in chunks, both ways,
+/// byte for byte, and a failing command's exit code and the end of its stderr come back.
+#[tokio::test]
+async fn exec_streams_stdin_and_stdout_through_a_container_byte_for_byte() {
+    use iafactory_appliance::engine::Target;
+    use iafactory_appliance::engine::docker::STDERR_KEPT;
+    use rand::RngCore;
+
+    let box_ = TestAppliance::new();
+    let tenant = format!("x{}", random_suffix());
+    let app = box_.app().await;
+    app.apply(&[box_.tenant_file(&tenant, "")]).unwrap();
+    up(&app).await;
+    let container = format!("iaf-{tenant}-postgres");
+    let target = Target::component(&tenant, "postgres");
+    let command = |script: &str| -> Vec<String> {
+        ["/bin/busybox", "sh", "-c", script]
+            .map(str::to_owned)
+            .to_vec()
+    };
+
+    // Larger than any single chunk Docker's stream carries.
+    let mut input = vec![0u8; 24 << 20];
+    rand::rng().fill_bytes(&mut input);
+    let mut output = Vec::new();
+    let finished = app
+        .engine
+        .exec_streaming(
+            &target,
+            &container,
+            &command("/bin/busybox cat"),
+            Some(input.as_slice()),
+            &mut output,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        finished.code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    assert_eq!(output.len(), input.len());
+    assert!(output == input, "cat's output differs from its input");
+
+    // 200 000 bytes of stderr ending in a marker: the end is kept, bounded.
+    let mut output = Vec::new();
+    let finished = app
+        .engine
+        .exec_streaming(
+            &target,
+            &container,
+            &command(
+                "/bin/busybox yes 'noise' | /bin/busybox head -c 200000 >&2; echo 'the real error' >&2; echo out; exit 3",
+            ),
+            None::<&[u8]>,
+            &mut output,
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.code, 3);
+    assert_eq!(output, b"out\n");
+    assert_eq!(finished.stderr.len(), STDERR_KEPT);
+    assert!(
+        String::from_utf8_lossy(&finished.stderr).ends_with("the real error\n"),
+        "the end of stderr was lost"
+    );
+}

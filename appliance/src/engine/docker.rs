@@ -166,6 +166,13 @@ pub enum DockerError {
         command: Vec<String>,
         source: Box<BollardError>,
     },
+    #[error("cannot store what {command:?} printed in {name} ({target}): {source}")]
+    ExecOutputWrite {
+        target: Target,
+        name: String,
+        command: Vec<String>,
+        source: std::io::Error,
+    },
 }
 
 /// A container's state and its address on one network.
@@ -749,7 +756,8 @@ impl Engine {
             })
     }
 
-    /// Runs `command` in a running container, feeding it `input` on stdin.
+    /// Runs `command` in a running container, feeding it `input` on stdin; its output
+    /// is held in memory, so for commands that print little.
     pub async fn exec(
         &self,
         target: &Target,
@@ -757,6 +765,33 @@ impl Engine {
         command: &[String],
         input: Option<&[u8]>,
     ) -> Result<ExecOutput, DockerError> {
+        let mut stdout = Vec::new();
+        let finished = self
+            .exec_streaming(target, name, command, input, &mut stdout)
+            .await?;
+        Ok(ExecOutput {
+            code: finished.code,
+            stdout,
+            stderr: finished.stderr,
+        })
+    }
+
+    /// Runs `command` in a running container, streaming `input` to its stdin and its
+    /// stdout into `output` as it comes: a database dump of any size passes through in
+    /// chunks, never whole in memory. Stderr is kept, its last [`STDERR_KEPT`] bytes.
+    pub async fn exec_streaming<R, W>(
+        &self,
+        target: &Target,
+        name: &str,
+        command: &[String],
+        input: Option<R>,
+        output: &mut W,
+    ) -> Result<ExecFinished, DockerError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
         let error = |source| DockerError::Exec {
             target: target.clone(),
             name: name.to_owned(),
@@ -777,7 +812,7 @@ impl Engine {
             )
             .await
             .map_err(error)?;
-        let mut output = ExecOutput::default();
+        let mut stderr = Vec::new();
         if let bollard::exec::StartExecResults::Attached {
             output: mut stream,
             input: mut stdin,
@@ -788,32 +823,65 @@ impl Engine {
             .map_err(error)?
         {
             let feed = async {
-                if let Some(bytes) = input {
-                    use tokio::io::AsyncWriteExt;
-                    stdin.write_all(bytes).await?;
-                    stdin.shutdown().await?;
+                if let Some(mut input) = input {
+                    let fed = async {
+                        tokio::io::copy(&mut input, &mut stdin).await?;
+                        stdin.shutdown().await
+                    };
+                    fed.await
+                        .map_err(|err| error(BollardError::IOError { err }))?;
                 }
-                Ok::<(), std::io::Error>(())
+                Ok::<(), DockerError>(())
             };
             let drain = async {
                 while let Some(chunk) = stream.next().await {
                     match chunk.map_err(error)? {
                         bollard::container::LogOutput::StdErr { message } => {
-                            output.stderr.extend_from_slice(&message)
+                            stderr.extend_from_slice(&message);
+                            let excess = stderr.len().saturating_sub(STDERR_KEPT);
+                            stderr.drain(..excess);
                         }
-                        other => output.stdout.extend_from_slice(&other.into_bytes()),
+                        other => output
+                            .write_all(&other.into_bytes())
+                            .await
+                            .map_err(|source| DockerError::ExecOutputWrite {
+                                target: target.clone(),
+                                name: name.to_owned(),
+                                command: command.to_vec(),
+                                source,
+                            })?,
                     }
                 }
-                Ok::<(), DockerError>(())
+                output
+                    .flush()
+                    .await
+                    .map_err(|source| DockerError::ExecOutputWrite {
+                        target: target.clone(),
+                        name: name.to_owned(),
+                        command: command.to_vec(),
+                        source,
+                    })
             };
-            let (fed, drained) = futures::join!(feed, drain);
-            drained?;
-            fed.map_err(|e| error(BollardError::IOError { err: e }))?;
+            // The first failure ends both: a full disk must not leave stdin being fed.
+            futures::try_join!(feed, drain)?;
         }
         let inspected = self.docker.inspect_exec(&created.id).await.map_err(error)?;
-        output.code = inspected.exit_code.unwrap_or(-1);
-        Ok(output)
+        Ok(ExecFinished {
+            code: inspected.exit_code.unwrap_or(-1),
+            stderr,
+        })
     }
+}
+
+/// How much of a command's stderr is kept for its error message: the end, where the
+/// error is.
+pub const STDERR_KEPT: usize = 64 * 1024;
+
+/// How a command run with [`Engine::exec_streaming`] ended.
+#[derive(Clone, Debug, Default)]
+pub struct ExecFinished {
+    pub code: i64,
+    pub stderr: Vec<u8>,
 }
 
 /// What a command run in a container returned.
