@@ -245,6 +245,100 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
     assert!(fetched.body["data"]["last_execution"].is_null());
 }
 
+/// The operator and the appliance send every resource at every reconcile: the same spec
+/// again leaves its row untouched (the same row version, the same updated_at); a changed
+/// spec is written.
+#[tokio::test]
+async fn registering_an_unchanged_spec_again_does_not_rewrite_its_row() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let operator = Auth::Bearer(common::OPERATOR_TOKEN);
+    let superuser = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // xmin changes with every rewrite of a row, even within the same clock tick.
+    let version = |table: &'static str| {
+        let superuser = superuser.clone();
+        async move {
+            sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(&format!(
+                "SELECT xmin::text, updated_at FROM {table}"
+            ))
+            .fetch_one(&superuser)
+            .await
+            .unwrap()
+        }
+    };
+    let put = |path: &'static str, body: serde_json::Value| {
+        let app = &app;
+        async move {
+            let reply = app.request(Method::PUT, path, operator, Some(body)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+            reply
+        }
+    };
+    let tenant = json!({"name": "Université d'Oran", "plan": "pro"});
+    let kb = json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}});
+    let workflow =
+        json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}"}]});
+    let first = put("/internal/tenants/univ-oran", tenant.clone()).await;
+    put(
+        "/internal/tenants/univ-oran/knowledge-bases/reglements",
+        kb.clone(),
+    )
+    .await;
+    put("/internal/tenants/univ-oran/workflows/w", workflow.clone()).await;
+    let before = (
+        version("tenants").await,
+        version("knowledge_bases").await,
+        version("workflows").await,
+    );
+
+    let again = put("/internal/tenants/univ-oran", tenant).await;
+    assert_eq!(
+        again.body["data"], first.body["data"],
+        "the same record comes back"
+    );
+    let kb_again = put("/internal/tenants/univ-oran/knowledge-bases/reglements", kb).await;
+    assert_eq!(kb_again.body["data"]["name"], "reglements");
+    let workflow_again = put("/internal/tenants/univ-oran/workflows/w", workflow).await;
+    assert_eq!(workflow_again.body["data"]["agents"], 1);
+    assert_eq!(
+        before,
+        (
+            version("tenants").await,
+            version("knowledge_bases").await,
+            version("workflows").await,
+        ),
+        "an unchanged spec rewrote a row"
+    );
+
+    put(
+        "/internal/tenants/univ-oran",
+        json!({"name": "Université d'Oran", "plan": "enterprise"}),
+    )
+    .await;
+    put(
+        "/internal/tenants/univ-oran/knowledge-bases/reglements",
+        json!({"languages": ["fr"], "chunking": {"size": 800, "overlap": 120}}),
+    )
+    .await;
+    put(
+        "/internal/tenants/univ-oran/workflows/w",
+        json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}!"}]}),
+    )
+    .await;
+    let after = (
+        version("tenants").await,
+        version("knowledge_bases").await,
+        version("workflows").await,
+    );
+    assert_ne!(before.0.0, after.0.0, "a changed tenant was not written");
+    assert_ne!(
+        before.1.0, after.1.0,
+        "a changed knowledge base was not written"
+    );
+    assert_ne!(before.2.0, after.2.0, "a changed workflow was not written");
+    superuser.close().await;
+}
+
 #[tokio::test]
 async fn the_internal_api_is_off_without_a_token() {
     let db = TestDb::new().await;

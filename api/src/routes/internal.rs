@@ -122,19 +122,26 @@ pub async fn upsert_tenant(
         None => Uuid::new_v4(),
     };
     let mut tx = tenant_tx(&state.db, id).await?;
-    let record: TenantRecord = sqlx::query_as(
+    // The operator and the appliance send every tenant at every reconcile: a row is
+    // rewritten (and its updated_at moved) only when something in it changed.
+    sqlx::query(
         "INSERT INTO tenants (id, slug, name, plan, status) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan, status = EXCLUDED.status,
              updated_at = now()
-         RETURNING id, slug, name, plan, status",
+         WHERE (tenants.name, tenants.plan, tenants.status) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.plan, EXCLUDED.status)",
     )
     .bind(id)
     .bind(&slug)
     .bind(&body.name)
     .bind(&body.plan)
     .bind(if body.suspended { "suspended" } else { "active" })
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
+    let record: TenantRecord =
+        sqlx::query_as("SELECT id, slug, name, plan, status FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     Ok(ok(record))
 }
@@ -257,7 +264,11 @@ pub async fn upsert_knowledge_base(
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'operator')
          ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, languages = EXCLUDED.languages,
              embedding = EXCLUDED.embedding, chunking = EXCLUDED.chunking, vector_store = EXCLUDED.vector_store,
-             managed_by = 'operator', updated_at = now()",
+             managed_by = 'operator', updated_at = now()
+         WHERE (knowledge_bases.description, knowledge_bases.languages, knowledge_bases.embedding,
+                knowledge_bases.chunking, knowledge_bases.vector_store, knowledge_bases.managed_by)
+             IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.languages, EXCLUDED.embedding,
+                EXCLUDED.chunking, EXCLUDED.vector_store, 'operator')",
     )
     .bind(tenant_id)
     .bind(&name)
@@ -365,18 +376,25 @@ pub async fn upsert_workflow(
     let definition =
         serde_json::to_value(&spec).map_err(|e| ApiError::internal("encoding a spec", e))?;
     let mut tx = tenant_tx(&state.db, tenant_id).await?;
-    let id: Uuid = sqlx::query_scalar(
+    sqlx::query(
         "INSERT INTO workflows (tenant_id, name, description, definition, managed_by) VALUES ($1, $2, $3, $4, 'operator')
          ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, definition = EXCLUDED.definition,
              managed_by = 'operator', updated_at = now()
-         RETURNING id",
+         WHERE (workflows.description, workflows.definition, workflows.managed_by)
+             IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.definition, 'operator')",
     )
     .bind(tenant_id)
     .bind(&name)
     .bind(&spec.description)
     .bind(definition)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
+    let id: Uuid =
+        sqlx::query_scalar("SELECT id FROM workflows WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant_id)
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
     let last_execution = last_execution(&mut tx, id).await?;
     tx.commit().await?;
     Ok(ok(WorkflowRecord {
