@@ -242,36 +242,22 @@ impl App {
             name: object.to_owned(),
             outcome,
         };
-        let everything = |reason: String| -> Vec<Registration> {
-            objects(&stored)
-                .map(|(kind, object)| {
-                    let deleted = stored
-                        .deleted
-                        .iter()
-                        .any(|(k, n)| *k == kind && n == object);
-                    let outcome = if deleted {
-                        Outcome::DeletionPending {
-                            reason: reason.clone(),
-                        }
-                    } else {
-                        Outcome::Pending {
-                            reason: reason.clone(),
-                        }
-                    };
-                    outcome_of(kind, object, outcome)
-                })
-                .collect()
-        };
         let connection = match self.tenant_api(tenant).await {
             Ok(connection) => connection,
-            Err(reason) => return Ok(everything(reason)),
+            Err(reason) => return Ok(without_the_tenant(&name, &stored, reason, false)),
         };
         let Connection { api, token } = &connection;
         // The API keeps registrations per tenant: the tenant comes first, as the
         // operator does it.
         if let Err(error) = api.upsert_tenant(&name, &tenant.spec, token).await {
-            // Rejected or not, none of its objects can be registered before it is.
-            return Ok(everything(error.to_string()));
+            // None of its objects can be registered before it is.
+            let rejected = matches!(error, TenantApiError::Rejected { .. });
+            return Ok(without_the_tenant(
+                &name,
+                &stored,
+                error.to_string(),
+                rejected,
+            ));
         }
         let mut outcomes = Vec::new();
         for (kind, object) in &stored.deleted {
@@ -380,6 +366,45 @@ fn failure(error: TenantApiError) -> Outcome {
 }
 
 /// Every object of the tenant, stored or deleted, in registration order.
+/// The outcome of every stored object when the tenant itself could not be registered:
+/// pending when its API was unreachable (the next reconcile retries), rejected when
+/// the API refused the tenant (retrying changes nothing until its manifest does).
+/// Deletions wait either way.
+fn without_the_tenant(
+    tenant: &str,
+    stored: &Registrations,
+    reason: String,
+    tenant_rejected: bool,
+) -> Vec<Registration> {
+    objects(stored)
+        .map(|(kind, object)| {
+            let deleted = stored
+                .deleted
+                .iter()
+                .any(|(k, n)| *k == kind && n == object);
+            let outcome = if deleted {
+                Outcome::DeletionPending {
+                    reason: reason.clone(),
+                }
+            } else if tenant_rejected {
+                Outcome::Rejected {
+                    reason: format!("tenant {tenant:?} itself was refused: {reason}"),
+                }
+            } else {
+                Outcome::Pending {
+                    reason: reason.clone(),
+                }
+            };
+            Registration {
+                tenant: tenant.to_owned(),
+                kind,
+                name: object.to_owned(),
+                outcome,
+            }
+        })
+        .collect()
+}
+
 fn objects(stored: &Registrations) -> impl Iterator<Item = (RegisteredKind, &str)> {
     stored
         .deleted
@@ -416,5 +441,71 @@ pub fn log_outcomes(outcomes: Result<Vec<Registration>, AppError>) {
             }
         }
         Err(error) => tracing::error!("registering knowledge bases and workflows: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Registrations {
+        let kb: iafactory_crds::KnowledgeBase = serde_yaml::from_str(
+            "apiVersion: iafactory.dz/v1alpha1\nkind: KnowledgeBase\nmetadata: {name: docs, namespace: iaf-acme}\nspec: {}\n",
+        )
+        .unwrap();
+        Registrations {
+            knowledge_bases: vec![kb],
+            workflows: Vec::new(),
+            deleted: vec![(RegisteredKind::Workflow, "old".to_owned())],
+        }
+    }
+
+    fn outcomes(rejected: bool) -> Vec<(String, Outcome)> {
+        without_the_tenant("acme", &stored(), "why".to_owned(), rejected)
+            .into_iter()
+            .map(|r| (r.name, r.outcome))
+            .collect()
+    }
+
+    #[test]
+    fn an_unreachable_api_leaves_everything_pending() {
+        assert_eq!(
+            outcomes(false),
+            [
+                (
+                    "old".to_owned(),
+                    Outcome::DeletionPending {
+                        reason: "why".into()
+                    }
+                ),
+                (
+                    "docs".to_owned(),
+                    Outcome::Pending {
+                        reason: "why".into()
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_tenant_rejects_its_objects_and_its_deletions_wait() {
+        assert_eq!(
+            outcomes(true),
+            [
+                (
+                    "old".to_owned(),
+                    Outcome::DeletionPending {
+                        reason: "why".into()
+                    }
+                ),
+                (
+                    "docs".to_owned(),
+                    Outcome::Rejected {
+                        reason: "tenant \"acme\" itself was refused: why".into()
+                    }
+                ),
+            ]
+        );
     }
 }
