@@ -333,4 +333,37 @@ async fn exec_streams_stdin_and_stdout_through_a_container_byte_for_byte() {
         String::from_utf8_lossy(&finished.stderr).ends_with("the real error\n"),
         "the end of stderr was lost"
     );
+
+    // A command that fails part-way through its input: its exit code and stderr, not
+    // the broken pipe, come back; one that succeeds without reading it all is an error.
+    let finished = app
+        .engine
+        .exec_streaming(
+            &target,
+            &container,
+            &command("/bin/busybox head -c 1000 >/dev/null; echo 'syntax error' >&2; exit 4"),
+            Some(input.as_slice()),
+            &mut tokio::io::sink(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.code, 4);
+    assert_eq!(finished.stderr, b"syntax error\n");
+    let error = app
+        .engine
+        .exec_streaming(
+            &target,
+            &container,
+            &command("/bin/busybox head -c 1000 >/dev/null"),
+            Some(input.as_slice()),
+            &mut tokio::io::sink(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("before reading all of its input"),
+        "{error}"
+    );
 }

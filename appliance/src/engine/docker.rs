@@ -813,6 +813,7 @@ impl Engine {
             .await
             .map_err(error)?;
         let mut stderr = Vec::new();
+        let mut fed = Some(Ok(()));
         if let bollard::exec::StartExecResults::Attached {
             output: mut stream,
             input: mut stdin,
@@ -824,11 +825,12 @@ impl Engine {
         {
             let feed = async {
                 if let Some(mut input) = input {
-                    let fed = async {
+                    let copied = async {
                         tokio::io::copy(&mut input, &mut stdin).await?;
                         stdin.shutdown().await
                     };
-                    fed.await
+                    copied
+                        .await
                         .map_err(|err| error(BollardError::IOError { err }))?;
                 }
                 Ok::<(), DockerError>(())
@@ -862,14 +864,36 @@ impl Engine {
                         source,
                     })
             };
-            // The first failure ends both: a full disk must not leave stdin being fed.
-            futures::try_join!(feed, drain)?;
+            // The output decides: once it ends (the command exited) or fails (a full
+            // disk), feeding stops. A command that fails mid-input breaks the pipe;
+            // its exit code and stderr, not the broken pipe, say why.
+            let mut feed = std::pin::pin!(feed);
+            let mut drain = std::pin::pin!(drain);
+            fed = None;
+            let drained = loop {
+                tokio::select! {
+                    result = &mut feed, if fed.is_none() => fed = Some(result),
+                    result = &mut drain => break result,
+                }
+            };
+            drained?;
+            if fed.is_none() {
+                fed = futures::FutureExt::now_or_never(&mut feed);
+            }
         }
         let inspected = self.docker.inspect_exec(&created.id).await.map_err(error)?;
-        Ok(ExecFinished {
-            code: inspected.exit_code.unwrap_or(-1),
-            stderr,
-        })
+        let code = inspected.exit_code.unwrap_or(-1);
+        if code == 0 {
+            match fed {
+                Some(result) => result?,
+                None => {
+                    return Err(error(BollardError::IOError {
+                        err: std::io::Error::other("it exited before reading all of its input"),
+                    }));
+                }
+            }
+        }
+        Ok(ExecFinished { code, stderr })
     }
 }
 
