@@ -7,6 +7,8 @@ mod support;
 
 use std::collections::HashMap;
 
+use sha2::Digest;
+
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     CountPointsBuilder, CreateCollectionBuilder, Distance, PointStruct, QueryPointsBuilder,
@@ -52,9 +54,18 @@ fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {
     let backups = tempfile::tempdir().unwrap();
     let output = first.iafactory(&["backup", &tenant, "--to", backups.path().to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let dump = std::fs::read_to_string(backups.path().join(&tenant).join("postgres.sql")).unwrap();
+    let backup = backups.path().join(&tenant);
+    // gzip, as `zcat postgres.sql.gz | psql` reads it.
+    let mut dump = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(backup.join("postgres.sql.gz")).unwrap(),
+        ),
+        &mut dump,
+    )
+    .unwrap();
     assert!(
-        dump.contains("règlement intérieur"),
+        dump.starts_with("--\n-- PostgreSQL database dump") && dump.contains("règlement intérieur"),
         "the dump holds the rows"
     );
     // The first box goes away entirely (retention: Delete drops the volume too).
@@ -98,16 +109,55 @@ fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {
         stderr(&output)
     );
     let other = TestAppliance::with_real_database();
-    let dump_path = backups.path().join(&tenant).join("postgres.sql");
-    std::fs::write(&dump_path, dump.replace("bylaws", "bylawz")).unwrap();
+    let compressed = std::fs::read(backup.join("postgres.sql.gz")).unwrap();
+    let mut flipped = compressed.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    std::fs::write(backup.join("postgres.sql.gz"), &flipped).unwrap();
     let output = other.restore(&tenant, backups.path().to_str().unwrap());
     assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("postgres.sql.gz is corrupt"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(other.containers().is_empty(), "nothing was restored");
+
+    // A backup made before dumps were compressed (an uncompressed postgres.sql in the
+    // index) still restores, and is still checked.
+    let output = fresh.iafactory(&["delete", &tenant]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::remove_file(backup.join("postgres.sql.gz")).unwrap();
+    let index_path = backup.join("backup.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let files = index["files"].as_object_mut().unwrap();
+    files.remove("postgres.sql.gz");
+    files.insert(
+        "postgres.sql".into(),
+        hex::encode(sha2::Sha256::digest(dump.as_bytes())).into(),
+    );
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+    std::fs::write(
+        backup.join("postgres.sql"),
+        dump.replace("bylaws", "bylawz"),
+    )
+    .unwrap();
+    let output = other.restore(&tenant, backups.path().to_str().unwrap());
     assert!(
         stderr(&output).contains("postgres.sql is corrupt"),
         "{}",
         stderr(&output)
     );
-    assert!(other.containers().is_empty(), "nothing was restored");
+    std::fs::write(backup.join("postgres.sql"), &dump).unwrap();
+    let output = other.restore(&tenant, backups.path().to_str().unwrap());
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert_eq!(psql(&database, "SELECT count(*) FROM chunks"), "3");
 }
 
 /// A client for the tenant's Qdrant, from the host (which reaches the tenant's internal
