@@ -667,8 +667,8 @@ async fn dump_to_file(
         .open(&partial)
         .await
         .map_err(io(&partial))?;
-    let mut output = Counting::new(GzipEncoder::with_quality(
-        HashingWriter::new(tokio::io::BufWriter::new(opened)),
+    let mut output = Tally::counting(GzipEncoder::with_quality(
+        Tally::hashing(tokio::io::BufWriter::new(opened)),
         DUMP_COMPRESSION,
     ));
     let target = Target::component(tenant, ComponentKind::Database.name());
@@ -700,8 +700,9 @@ async fn dump_to_file(
     }
     // The gzip trailer, then everything buffered below it.
     output.shutdown().await.map_err(io(&partial))?;
-    let sql_bytes = output.count;
-    let (file_bytes, sha256, buffered) = output.inner.into_inner().finish();
+    let (compressor, sql_bytes, _) = output.finish();
+    let (buffered, file_bytes, sha256) = compressor.into_inner().finish();
+    let sha256 = sha256.expect("the file is hashed");
     buffered
         .into_inner()
         .sync_all()
@@ -753,28 +754,37 @@ async fn load_dump(
     Ok(())
 }
 
-/// Counts and hashes what passes through to the writer it wraps.
-struct HashingWriter<W> {
+/// Counts, and if asked hashes, what passes through to the writer it wraps.
+struct Tally<W> {
     inner: W,
-    hash: Sha256,
-    size: u64,
+    bytes: u64,
+    hash: Option<Sha256>,
 }
 
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+impl<W> Tally<W> {
+    fn counting(inner: W) -> Self {
         Self {
             inner,
-            hash: Sha256::new(),
-            size: 0,
+            bytes: 0,
+            hash: None,
         }
     }
 
-    fn finish(self) -> (u64, String, W) {
-        (self.size, hex::encode(self.hash.finalize()), self.inner)
+    fn hashing(inner: W) -> Self {
+        Self {
+            hash: Some(Sha256::new()),
+            ..Self::counting(inner)
+        }
+    }
+
+    /// The inner writer, the byte count and the SHA-256 (when hashing).
+    fn finish(self) -> (W, u64, Option<String>) {
+        let sha256 = self.hash.map(|hash| hex::encode(hash.finalize()));
+        (self.inner, self.bytes, sha256)
     }
 }
 
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tally<W> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -782,48 +792,10 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = written {
-            self.hash.update(&buf[..n]);
-            self.size += n as u64;
-        }
-        written
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Counts what passes through to the writer it wraps.
-struct Counting<W> {
-    inner: W,
-    count: u64,
-}
-
-impl<W> Counting<W> {
-    fn new(inner: W) -> Self {
-        Self { inner, count: 0 }
-    }
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = written {
-            self.count += n as u64;
+            self.bytes += n as u64;
+            if let Some(hash) = &mut self.hash {
+                hash.update(&buf[..n]);
+            }
         }
         written
     }

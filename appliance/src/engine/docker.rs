@@ -835,6 +835,12 @@ impl Engine {
                 }
                 Ok::<(), DockerError>(())
             };
+            let write_error = |source| DockerError::ExecOutputWrite {
+                target: target.clone(),
+                name: name.to_owned(),
+                command: command.to_vec(),
+                source,
+            };
             let drain = async {
                 while let Some(chunk) = stream.next().await {
                     match chunk.map_err(error)? {
@@ -846,23 +852,10 @@ impl Engine {
                         other => output
                             .write_all(&other.into_bytes())
                             .await
-                            .map_err(|source| DockerError::ExecOutputWrite {
-                                target: target.clone(),
-                                name: name.to_owned(),
-                                command: command.to_vec(),
-                                source,
-                            })?,
+                            .map_err(write_error)?,
                     }
                 }
-                output
-                    .flush()
-                    .await
-                    .map_err(|source| DockerError::ExecOutputWrite {
-                        target: target.clone(),
-                        name: name.to_owned(),
-                        command: command.to_vec(),
-                        source,
-                    })
+                output.flush().await.map_err(write_error)
             };
             // The output decides: once it ends (the command exited) or fails (a full
             // disk), feeding stops. A command that fails mid-input breaks the pipe;
