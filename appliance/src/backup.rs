@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::app::{App, AppError};
 use crate::engine::converge::Report;
 use crate::engine::desired::{ContainerSpec, TenantState, instance_labels};
-use crate::engine::docker::{ExecOutput, Target};
+use crate::engine::docker::Target;
 use crate::store::{Registrations, Secrets, write_atomically};
 
 const INDEX: &str = "backup.json";
@@ -238,7 +238,7 @@ pub async fn backup(
         files: BTreeMap::from([(DUMP.to_owned(), dumped.sha256)]),
     };
     for (file, bytes, mode) in [
-        (ROLES, roles.stdout.as_slice(), 0o600),
+        (ROLES, roles.as_slice(), 0o600),
         (MANIFEST, manifest_text.as_slice(), 0o644),
         (SECRETS, secrets_text.as_slice(), 0o600),
         (REGISTRATIONS, registrations_text.as_bytes(), 0o644),
@@ -608,6 +608,19 @@ async fn copy_vector_store(
     Ok(sha256)
 }
 
+/// Creates (or truncates) `path`, readable by its owner only: what a backup holds is
+/// the tenant's data.
+async fn create_private(path: &Path) -> Result<tokio::fs::File, BackupError> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io(path))
+}
+
 /// Streams the contents of `data` in the container into `file` (0600, written aside
 /// and renamed); returns its size.
 async fn download_to_file(
@@ -618,14 +631,7 @@ async fn download_to_file(
     file: &Path,
 ) -> Result<u64, BackupError> {
     let partial = file.with_extension("tar.partial");
-    let mut output = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .await
-        .map_err(io(&partial))?;
+    let mut output = create_private(&partial).await?;
     let mut bytes = 0u64;
     // `DIR/.`: the directory's contents, so the archive extracts into any data directory.
     let contents = format!("{}/.", data.trim_end_matches('/'));
@@ -659,44 +665,24 @@ async fn dump_to_file(
     file: &Path,
 ) -> Result<Dumped, BackupError> {
     let partial = file.with_extension("partial");
-    let opened = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .await
-        .map_err(io(&partial))?;
+    let opened = create_private(&partial).await?;
     let mut output = Tally::counting(GzipEncoder::with_quality(
         Tally::hashing(tokio::io::BufWriter::new(opened)),
         DUMP_COMPRESSION,
     ));
-    let target = Target::component(tenant, ComponentKind::Database.name());
-    let finished = app
-        .engine
-        .exec_streaming(
-            &target,
-            database,
-            &PG_DUMP.map(str::to_owned),
-            None::<&[u8]>,
-            &mut output,
-        )
-        .await;
-    let finished = match finished {
-        Ok(finished) => finished,
-        Err(error) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(AppError::from(error).into());
-        }
-    };
-    if finished.code != 0 {
+    let dumped = run_in_database(
+        app,
+        tenant,
+        database,
+        "pg_dump",
+        &PG_DUMP,
+        None::<&[u8]>,
+        &mut output,
+    )
+    .await;
+    if let Err(error) = dumped {
         let _ = std::fs::remove_file(&partial);
-        return Err(BackupError::Database {
-            tenant: tenant.to_owned(),
-            step: "pg_dump",
-            code: finished.code,
-            stderr: String::from_utf8_lossy(&finished.stderr).trim().to_owned(),
-        });
+        return Err(error);
     }
     // The gzip trailer, then everything buffered below it.
     output.shutdown().await.map_err(io(&partial))?;
@@ -731,27 +717,16 @@ async fn load_dump(
     } else {
         Box::new(opened)
     };
-    let target = Target::component(tenant, ComponentKind::Database.name());
-    let finished = app
-        .engine
-        .exec_streaming(
-            &target,
-            database,
-            &PSQL.map(str::to_owned),
-            Some(input),
-            &mut tokio::io::sink(),
-        )
-        .await
-        .map_err(AppError::from)?;
-    if finished.code != 0 {
-        return Err(BackupError::Database {
-            tenant: tenant.to_owned(),
-            step: "loading the dump with psql",
-            code: finished.code,
-            stderr: String::from_utf8_lossy(&finished.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+    run_in_database(
+        app,
+        tenant,
+        database,
+        "loading the dump with psql",
+        &PSQL,
+        Some(input),
+        &mut tokio::io::sink(),
+    )
+    .await
 }
 
 /// Counts, and if asked hashes, what passes through to the writer it wraps.
@@ -828,8 +803,41 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// Runs `command` in the tenant's database container; a non-zero exit is an error
-/// naming the step, with what the command wrote on stderr.
+/// Runs `command` in the tenant's database container, streaming `input` to it and
+/// its stdout into `output`; a non-zero exit is an error naming the step, with the end
+/// of what the command wrote on stderr.
+async fn run_in_database<R, W>(
+    app: &App,
+    tenant: &str,
+    database: &str,
+    step: &'static str,
+    command: &[&str],
+    input: Option<R>,
+    output: &mut W,
+) -> Result<(), BackupError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let target = Target::component(tenant, ComponentKind::Database.name());
+    let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+    let finished = app
+        .engine
+        .exec_streaming(&target, database, &command, input, output)
+        .await
+        .map_err(AppError::from)?;
+    if finished.code != 0 {
+        return Err(BackupError::Database {
+            tenant: tenant.to_owned(),
+            step,
+            code: finished.code,
+            stderr: String::from_utf8_lossy(&finished.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// [`run_in_database`] for a command that prints little: its stdout.
 async fn exec_in_database(
     app: &App,
     tenant: &str,
@@ -837,23 +845,10 @@ async fn exec_in_database(
     step: &'static str,
     command: &[&str],
     input: Option<&[u8]>,
-) -> Result<ExecOutput, BackupError> {
-    let target = Target::component(tenant, ComponentKind::Database.name());
-    let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
-    let output = app
-        .engine
-        .exec(&target, database, &command, input)
-        .await
-        .map_err(AppError::from)?;
-    if output.code != 0 {
-        return Err(BackupError::Database {
-            tenant: tenant.to_owned(),
-            step,
-            code: output.code,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(output)
+) -> Result<Vec<u8>, BackupError> {
+    let mut stdout = Vec::new();
+    run_in_database(app, tenant, database, step, command, input, &mut stdout).await?;
+    Ok(stdout)
 }
 
 #[cfg(test)]
