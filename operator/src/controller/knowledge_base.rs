@@ -5,44 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iafactory_crds::tenant_api::TenantApiError;
-use iafactory_crds::{KnowledgeBase, KnowledgeBaseStatus, Tenant};
+use iafactory_crds::{KnowledgeBase, KnowledgeBaseStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
 
-use super::{
-    Context, RETRY, announce, measured, now, operator_token, patch_status, tenant_of_namespace,
-};
+use super::registered::{self, owning_tenant, publish, waiting};
+use super::{Context, RETRY, now, operator_token};
 use crate::error::Result;
 use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
 
 pub const CONTROLLER: &str = "knowledgebase";
-pub const FINALIZER: &str = "iafactory.dz/unregister";
 /// How often document and chunk counts are refreshed from the API.
 const REFRESH: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
-    measured(CONTROLLER, &ctx.metrics, async {
-        let namespace = kb.namespace().unwrap_or_default();
-        let api: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &namespace);
-        finalizer(&api, FINALIZER, kb, |event| async {
-            match event {
-                Finalizer::Apply(kb) => apply(&kb, &ctx).await,
-                Finalizer::Cleanup(kb) => cleanup(&kb, &ctx).await,
-            }
-        })
-        .await
-        .map_err(super::finalizer_error)
+    registered::reconcile(CONTROLLER, kb, ctx, |kb, ctx| async move {
+        apply(&kb, &ctx).await
     })
     .await
-}
-
-/// The Tenant a namespaced resource belongs to, if it exists.
-pub fn owning_tenant(ctx: &Context, namespace: &str) -> Option<Arc<Tenant>> {
-    tenant_of_namespace(namespace).and_then(|name| ctx.tenants.get(&ObjectRef::new(name)))
 }
 
 /// Waits for a change, with a condition that says why.
@@ -57,28 +38,8 @@ async fn wait(
         observed_generation: kb.metadata.generation,
         ..previous.clone()
     };
-    announce(ctx, kb, &previous.conditions, &status.conditions, READY).await;
-    patch_status(
-        ctx,
-        &Api::<KnowledgeBase>::namespaced(ctx.client.clone(), &kb.namespace().unwrap_or_default()),
-        kb,
-        kb.status.as_ref(),
-        &status,
-    )
-    .await?;
+    publish(ctx, kb, &status).await?;
     Ok(Action::await_change())
-}
-
-fn waiting(
-    reason: &str,
-    message: &str,
-    previous: &[Condition],
-    generation: Option<i64>,
-) -> Vec<Condition> {
-    let stamp = now();
-    let mut conditions = ConditionSet::new(previous, generation, &stamp);
-    conditions.set(READY, false, reason, message);
-    conditions.into_vec()
 }
 
 async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
@@ -165,18 +126,7 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
                 observed_generation: generation,
                 ..previous.clone()
             };
-            announce(ctx, kb, &previous.conditions, &status.conditions, READY).await;
-            patch_status(
-                ctx,
-                &Api::<KnowledgeBase>::namespaced(
-                    ctx.client.clone(),
-                    &kb.namespace().unwrap_or_default(),
-                ),
-                kb,
-                kb.status.as_ref(),
-                &status,
-            )
-            .await?;
+            publish(ctx, kb, &status).await?;
             return Ok(Action::requeue(RETRY));
         }
     };
@@ -202,38 +152,6 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         conditions: conditions.into_vec(),
         observed_generation: generation,
     };
-    announce(ctx, kb, &previous.conditions, &status.conditions, READY).await;
-    patch_status(
-        ctx,
-        &Api::<KnowledgeBase>::namespaced(ctx.client.clone(), &kb.namespace().unwrap_or_default()),
-        kb,
-        kb.status.as_ref(),
-        &status,
-    )
-    .await?;
+    publish(ctx, kb, &status).await?;
     Ok(Action::requeue(REFRESH))
-}
-
-async fn cleanup(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
-    let namespace = kb.namespace().unwrap_or_default();
-    // With its Tenant gone, or its namespace going, there is no API left to tell.
-    let Some(tenant) = owning_tenant(ctx, &namespace) else {
-        return Ok(Action::await_change());
-    };
-    if tenant.metadata.deletion_timestamp.is_some()
-        || super::namespace_terminating(ctx, &namespace)
-        || kb.status.as_ref().and_then(|s| s.api_id.as_ref()).is_none()
-    {
-        return Ok(Action::await_change());
-    }
-    let token = operator_token(ctx, &namespace).await?;
-    ctx.tenant_api
-        .delete(
-            &tenant.name_any(),
-            "knowledge-bases",
-            &kb.name_any(),
-            &token,
-        )
-        .await?;
-    Ok(Action::await_change())
 }

@@ -2,6 +2,7 @@
 //! plan (pure, in `crds`), build (pure, in [`crate::build`]), apply, status.
 
 pub mod knowledge_base;
+pub mod registered;
 pub mod tenant;
 pub mod workflow;
 

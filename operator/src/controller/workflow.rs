@@ -10,12 +10,10 @@ use iafactory_crds::workflow::LastExecution;
 use iafactory_crds::{Workflow, WorkflowStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
-use super::knowledge_base::{FINALIZER, owning_tenant};
-use super::{Context, RETRY, announce, measured, now, operator_token, patch_status};
+use super::registered::{self, owning_tenant, publish, waiting};
+use super::{Context, RETRY, now, operator_token};
 use crate::error::Result;
 use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
 
@@ -24,17 +22,8 @@ pub const CONTROLLER: &str = "workflow";
 const REFRESH: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action> {
-    measured(CONTROLLER, &ctx.metrics, async {
-        let namespace = workflow.namespace().unwrap_or_default();
-        let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &namespace);
-        finalizer(&api, FINALIZER, workflow, |event| async {
-            match event {
-                Finalizer::Apply(workflow) => apply(&workflow, &ctx).await,
-                Finalizer::Cleanup(workflow) => cleanup(&workflow, &ctx).await,
-            }
-        })
-        .await
-        .map_err(super::finalizer_error)
+    registered::reconcile(CONTROLLER, workflow, ctx, |workflow, ctx| async move {
+        apply(&workflow, &ctx).await
     })
     .await
 }
@@ -53,38 +42,8 @@ async fn wait(
         agents: Some(i32::try_from(workflow.spec.agents.len()).unwrap_or(i32::MAX)),
         ..previous.clone()
     };
-    announce(
-        ctx,
-        workflow,
-        &previous.conditions,
-        &status.conditions,
-        READY,
-    )
-    .await;
-    patch_status(
-        ctx,
-        &Api::<Workflow>::namespaced(
-            ctx.client.clone(),
-            &workflow.namespace().unwrap_or_default(),
-        ),
-        workflow,
-        workflow.status.as_ref(),
-        &status,
-    )
-    .await?;
+    publish(ctx, workflow, &status).await?;
     Ok(Action::await_change())
-}
-
-fn waiting(
-    reason: &str,
-    message: &str,
-    previous: &[Condition],
-    generation: Option<i64>,
-) -> Vec<Condition> {
-    let stamp = now();
-    let mut conditions = ConditionSet::new(previous, generation, &stamp);
-    conditions.set(READY, false, reason, message);
-    conditions.into_vec()
 }
 
 fn parse_time(text: Option<String>) -> Option<Time> {
@@ -185,25 +144,7 @@ async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
                 observed_generation: generation,
                 ..previous.clone()
             };
-            announce(
-                ctx,
-                workflow,
-                &previous.conditions,
-                &status.conditions,
-                READY,
-            )
-            .await;
-            patch_status(
-                ctx,
-                &Api::<Workflow>::namespaced(
-                    ctx.client.clone(),
-                    &workflow.namespace().unwrap_or_default(),
-                ),
-                workflow,
-                workflow.status.as_ref(),
-                &status,
-            )
-            .await?;
+            publish(ctx, workflow, &status).await?;
             return Ok(Action::requeue(RETRY));
         }
     };
@@ -229,51 +170,6 @@ async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
         conditions: conditions.into_vec(),
         observed_generation: generation,
     };
-    announce(
-        ctx,
-        workflow,
-        &previous.conditions,
-        &status.conditions,
-        READY,
-    )
-    .await;
-    patch_status(
-        ctx,
-        &Api::<Workflow>::namespaced(
-            ctx.client.clone(),
-            &workflow.namespace().unwrap_or_default(),
-        ),
-        workflow,
-        workflow.status.as_ref(),
-        &status,
-    )
-    .await?;
+    publish(ctx, workflow, &status).await?;
     Ok(Action::requeue(REFRESH))
-}
-
-async fn cleanup(workflow: &Workflow, ctx: &Context) -> Result<Action> {
-    let namespace = workflow.namespace().unwrap_or_default();
-    let Some(tenant) = owning_tenant(ctx, &namespace) else {
-        return Ok(Action::await_change());
-    };
-    if tenant.metadata.deletion_timestamp.is_some()
-        || super::namespace_terminating(ctx, &namespace)
-        || workflow
-            .status
-            .as_ref()
-            .and_then(|s| s.api_id.as_ref())
-            .is_none()
-    {
-        return Ok(Action::await_change());
-    }
-    let token = operator_token(ctx, &namespace).await?;
-    ctx.tenant_api
-        .delete(
-            &tenant.name_any(),
-            "workflows",
-            &workflow.name_any(),
-            &token,
-        )
-        .await?;
-    Ok(Action::await_change())
 }
