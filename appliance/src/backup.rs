@@ -43,7 +43,7 @@ const INDEX: &str = "backup.json";
 /// by hand).
 const DUMP: &str = "postgres.sql.gz";
 /// gzip's level for the dump (measured on 26 MB of chunks and 384-dimension vectors:
-/// README's backup figures).
+/// the backup figures in docs/appliance.md).
 const DUMP_COMPRESSION: async_compression::Level = async_compression::Level::Precise(1);
 /// The uncompressed dump of backups made before dumps were compressed; restore reads it.
 const PLAIN_DUMP: &str = "postgres.sql";
