@@ -296,67 +296,30 @@ pub async fn restore(
     } else {
         return Err(not_a_backup(format!("{INDEX} lists no {DUMP}")));
     };
-    let dump = dir.join(dump_file);
-    let dump_sha256 = {
-        let path = dump.clone();
-        tokio::task::spawn_blocking(move || sha256_file(&path))
-            .await
-            .expect("hashing the dump does not panic")
-            .map_err(|e| not_a_backup(format!("{dump_file}: {e}")))?
+    let checked = Checked {
+        dir: &dir,
+        index: &index,
+        tenant,
     };
-    if index.files.get(dump_file) != Some(&dump_sha256) {
-        return Err(BackupError::Corrupt {
-            dir: dir.clone(),
-            file: dump_file.to_owned(),
-        });
-    }
-    let mut files = BTreeMap::new();
-    for file in [MANIFEST, SECRETS] {
-        let bytes =
-            std::fs::read(dir.join(file)).map_err(|e| not_a_backup(format!("{file}: {e}")))?;
-        if index.files.get(file) != Some(&hex::encode(Sha256::digest(&bytes))) {
-            return Err(BackupError::Corrupt {
-                dir: dir.clone(),
-                file: file.to_owned(),
-            });
-        }
-        files.insert(file, bytes);
-    }
-    // Files that backups made by earlier versions do not have.
-    let optional = |file: &str| -> Result<Option<Vec<u8>>, BackupError> {
-        let Some(expected) = index.files.get(file) else {
-            return Ok(None);
-        };
-        let bytes =
-            std::fs::read(dir.join(file)).map_err(|e| not_a_backup(format!("{file}: {e}")))?;
-        if &hex::encode(Sha256::digest(&bytes)) != expected {
-            return Err(BackupError::Corrupt {
-                dir: dir.clone(),
-                file: file.to_owned(),
-            });
-        }
-        Ok(Some(bytes))
+    let dump = checked
+        .path(dump_file)
+        .await?
+        .expect("the index lists the dump");
+    let required = |file: &str| {
+        checked
+            .bytes(file)?
+            .ok_or_else(|| not_a_backup(format!("{INDEX} lists no {file}")))
     };
-    let roles = optional(ROLES)?;
-    let registrations = match optional(REGISTRATIONS)? {
+    let manifest_bytes = required(MANIFEST)?;
+    let secrets_bytes = required(SECRETS)?;
+    // ROLES and REGISTRATIONS: files that backups made by earlier versions do not have.
+    let roles = checked.bytes(ROLES)?;
+    let registrations = match checked.bytes(REGISTRATIONS)? {
         Some(bytes) => restored_registrations(tenant, &String::from_utf8_lossy(&bytes))
             .map_err(not_a_backup)?,
         None => Vec::new(),
     };
-    let vectors = match index.files.get(VECTORS) {
-        Some(expected) => {
-            let path = dir.join(VECTORS);
-            if &sha256_file(&path).map_err(|e| not_a_backup(format!("{VECTORS}: {e}")))? != expected
-            {
-                return Err(BackupError::Corrupt {
-                    dir: dir.clone(),
-                    file: VECTORS.to_owned(),
-                });
-            }
-            Some(path)
-        }
-        None => None,
-    };
+    let vectors = checked.path(VECTORS).await?;
     if app.store.tenant(tenant).map_err(AppError::from)?.is_some() {
         return Err(BackupError::Exists {
             tenant: tenant.to_owned(),
@@ -377,7 +340,7 @@ pub async fn restore(
             volume,
         });
     }
-    let text = String::from_utf8_lossy(&files[MANIFEST]).into_owned();
+    let text = String::from_utf8_lossy(&manifest_bytes).into_owned();
     let stored = match manifest::parse(MANIFEST, &text)
         .map_err(|e| not_a_backup(format!("{e:?}")))?
         .into_iter()
@@ -396,12 +359,12 @@ pub async fn restore(
             "the tenant uses Qdrant but the backup holds no {VECTORS}"
         )));
     }
-    serde_json::from_slice::<Secrets>(&files[SECRETS])
+    serde_json::from_slice::<Secrets>(&secrets_bytes)
         .map_err(|e| not_a_backup(format!("{SECRETS}: {e}")))?;
     // Held until the dump is loaded: `serve` must not start the API (which would
     // migrate an empty schema) as soon as the manifest appears.
     let lock = app.store.lock().map_err(AppError::from)?;
-    write_atomically(&app.store.secrets_file(tenant), &files[SECRETS], 0o600)
+    write_atomically(&app.store.secrets_file(tenant), &secrets_bytes, 0o600)
         .map_err(AppError::from)?;
     app.store.put_tenant(&stored).map_err(AppError::from)?;
     for registration in &registrations {
@@ -475,6 +438,61 @@ pub async fn restore(
         progress(&outcome.to_string());
     }
     Ok(report)
+}
+
+/// The files of one backup, each checked against its index before it is used.
+struct Checked<'a> {
+    dir: &'a Path,
+    index: &'a BackupIndex,
+    tenant: &'a str,
+}
+
+impl Checked<'_> {
+    fn not_a_backup(&self, reason: String) -> BackupError {
+        BackupError::NotABackup {
+            dir: self.dir.to_owned(),
+            tenant: self.tenant.to_owned(),
+            reason,
+        }
+    }
+
+    fn verify(&self, file: &str, sha256: &str) -> Result<(), BackupError> {
+        if self.index.files.get(file).map(String::as_str) == Some(sha256) {
+            Ok(())
+        } else {
+            Err(BackupError::Corrupt {
+                dir: self.dir.to_owned(),
+                file: file.to_owned(),
+            })
+        }
+    }
+
+    /// A small file's contents; None when the index does not list it.
+    fn bytes(&self, file: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        if !self.index.files.contains_key(file) {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(self.dir.join(file))
+            .map_err(|e| self.not_a_backup(format!("{file}: {e}")))?;
+        self.verify(file, &hex::encode(Sha256::digest(&bytes)))?;
+        Ok(Some(bytes))
+    }
+
+    /// A large file's path, hashed as a stream off the runtime's threads; None when the
+    /// index does not list it.
+    async fn path(&self, file: &str) -> Result<Option<PathBuf>, BackupError> {
+        if !self.index.files.contains_key(file) {
+            return Ok(None);
+        }
+        let path = self.dir.join(file);
+        let hashing = path.clone();
+        let sha256 = tokio::task::spawn_blocking(move || sha256_file(&hashing))
+            .await
+            .expect("hashing a file does not panic")
+            .map_err(|e| self.not_a_backup(format!("{file}: {e}")))?;
+        self.verify(file, &sha256)?;
+        Ok(Some(path))
+    }
 }
 
 /// pg_dumpall's role script, made runnable on a database that already has some of its
