@@ -708,18 +708,17 @@ impl App {
     /// Rewrites the file_sd targets: the appliance at `serve_listen`, and each
     /// tenant's running API replicas by their address on the tenant's network. Returns
     /// whether a file changed.
-    pub async fn write_monitoring_targets(
+    pub fn write_monitoring_targets(
         &self,
         serve_listen: SocketAddr,
-        desired: &[TenantState],
+        apis: &BTreeMap<String, Vec<String>>,
     ) -> Result<bool, MonitoringError> {
-        let apis = self.api_addresses(desired).await;
         let dir = self.monitoring_dir().join(PROMETHEUS);
         let appliance = write_if_changed(
             &dir.join(APPLIANCE_TARGETS),
             &appliance_targets(serve_listen),
         )?;
-        let tenants = write_if_changed(&dir.join(API_TARGETS), &api_targets(&apis))?;
+        let tenants = write_if_changed(&dir.join(API_TARGETS), &api_targets(apis))?;
         Ok(appliance || tenants)
     }
 }

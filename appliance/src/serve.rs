@@ -4,6 +4,7 @@
 //! serves /metrics, /status and /healthz on localhost. SIGTERM or ctrl-c stops it
 //! gracefully: open gateway requests get the gateway's grace period.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +22,6 @@ use crate::app::App;
 use crate::certs::{
     AcmeSettings, CertError, CertManager, CertResolver, CertSettings, CertSource, ChallengeStore,
 };
-use crate::engine::desired::TenantState;
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, RouteTable, SharedRoutes, Upstream};
 use crate::metrics::Snapshot;
 use crate::settings::{CertificateChoice, SettingsError};
@@ -108,7 +108,7 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         tracing::warn!(host, "{error}; a new certificate will be issued");
     }
     let desired = app.desired().unwrap_or_default();
-    let routes = SharedRoutes::new(route_table(&app, &desired).await);
+    let routes = SharedRoutes::new(route_table(&app, &app.api_addresses(&desired).await));
     let gateway_config = &app.config.appliance.gateway;
     let mut settings =
         GatewaySettings::new(gateway_config.https_listen, gateway_config.http_listen);
@@ -230,16 +230,17 @@ fn tenant_hosts(app: &App) -> Vec<String> {
 }
 
 /// Each tenant's API container, by its address on the tenant's internal network (the
-/// host reaches bridge networks directly, internal or not). A tenant whose API is not
-/// running is left out: the gateway answers 404 for it until the next reconcile.
-async fn route_table(app: &App, desired: &[TenantState]) -> RouteTable {
+/// host reaches bridge networks directly, internal or not; [`App::api_addresses`]). A
+/// tenant whose API is not running is left out: the gateway answers 404 for it until
+/// the next reconcile.
+fn route_table(app: &App, apis: &BTreeMap<String, Vec<String>>) -> RouteTable {
     let mut table = RouteTable::new(&domain(app));
-    for (tenant, addresses) in app.api_addresses(desired).await {
+    for (tenant, addresses) in apis {
         let Some(address) = addresses.first() else {
             continue;
         };
         match Upstream::http(address) {
-            Ok(upstream) => table.insert(&tenant, upstream),
+            Ok(upstream) => table.insert(tenant, upstream),
             Err(error) => tracing::error!(tenant, "{error}"),
         }
     }
@@ -254,8 +255,8 @@ struct Refresh {
 }
 
 impl Refresh {
-    async fn after_reconcile(&self, app: &App, desired: &[TenantState]) {
-        self.routes.replace(route_table(app, desired).await);
+    async fn after_reconcile(&self, app: &App, apis: &BTreeMap<String, Vec<String>>) {
+        self.routes.replace(route_table(app, apis));
         let hosts = tenant_hosts(app);
         let changed = {
             let mut known = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -305,8 +306,11 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
             crate::registrations::log_outcomes(app.register_all().await);
             match app.desired() {
                 Ok(desired) => {
-                    write_monitoring_targets(app, listen, &desired).await;
-                    refresh.after_reconcile(app, &desired).await;
+                    // Looked up once: the gateway's routes and Prometheus's targets
+                    // are the same addresses.
+                    let apis = app.api_addresses(&desired).await;
+                    write_monitoring_targets(app, listen, &apis);
+                    refresh.after_reconcile(app, &apis).await;
                 }
                 Err(error) => tracing::error!("{error}"),
             }
@@ -316,11 +320,11 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
 }
 
 /// Keeps Prometheus's file_sd targets current: this daemon, and every tenant's API.
-async fn write_monitoring_targets(app: &App, listen: SocketAddr, desired: &[TenantState]) {
+fn write_monitoring_targets(app: &App, listen: SocketAddr, apis: &BTreeMap<String, Vec<String>>) {
     if !app.config.appliance.monitoring.enabled {
         return;
     }
-    match app.write_monitoring_targets(listen, desired).await {
+    match app.write_monitoring_targets(listen, apis) {
         Ok(true) => tracing::info!("the monitoring targets changed"),
         Ok(false) => {}
         Err(error) => tracing::error!("{error}"),
