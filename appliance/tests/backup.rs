@@ -14,28 +14,7 @@ use qdrant_client::qdrant::{
     CountPointsBuilder, CreateCollectionBuilder, Distance, PointStruct, QueryPointsBuilder,
     SearchParamsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder, point_id,
 };
-use support::{TestAppliance, docker, docker_ok, qdrant_config, random_suffix, stderr, stdout};
-
-fn psql(container: &str, sql: &str) -> String {
-    let output = docker(&[
-        "exec",
-        container,
-        "psql",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-At",
-        "-h",
-        "/var/run/postgresql",
-        "-U",
-        "iafactory",
-        "-d",
-        "iafactory",
-        "-c",
-        sql,
-    ]);
-    assert!(output.status.success(), "{sql}: {}", stderr(&output));
-    stdout(&output).trim().to_owned()
-}
+use support::{TestAppliance, docker_ok, psql, qdrant_config, random_suffix, stderr, stdout};
 
 #[test]
 fn a_backup_restores_onto_a_fresh_box_with_its_documents_searchable() {

@@ -36,6 +36,16 @@ struct Ports {
     grafana: u16,
 }
 
+impl Ports {
+    fn free() -> Self {
+        Self {
+            serve: free_port(),
+            prometheus: free_port(),
+            grafana: free_port(),
+        }
+    }
+}
+
 /// Turns monitoring on, with the real Prometheus and a stand-in Grafana on free ports.
 fn enable_monitoring(box_: &TestAppliance, ports: &Ports) {
     let standin = standin_image();
@@ -97,11 +107,7 @@ fn health(container: &str) -> String {
 #[tokio::test]
 async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
     let box_ = TestAppliance::new();
-    let ports = Ports {
-        serve: free_port(),
-        prometheus: free_port(),
-        grafana: free_port(),
-    };
+    let ports = Ports::free();
     enable_monitoring(&box_, &ports);
     let daemon = box_.serve(ports.serve).await;
 
@@ -299,11 +305,7 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
 #[tokio::test]
 async fn without_grafana_s_image_the_tenants_and_prometheus_still_come_up() {
     let box_ = TestAppliance::new();
-    let ports = Ports {
-        serve: free_port(),
-        prometheus: free_port(),
-        grafana: free_port(),
-    };
+    let ports = Ports::free();
     enable_monitoring(&box_, &ports);
     let config = std::fs::read_to_string(&box_.config_file).unwrap().replace(
         &format!(
@@ -352,11 +354,7 @@ async fn without_grafana_s_image_the_tenants_and_prometheus_still_come_up() {
 #[tokio::test]
 async fn switching_monitoring_off_removes_the_stack_and_keeps_its_data() {
     let box_ = TestAppliance::new();
-    let ports = Ports {
-        serve: free_port(),
-        prometheus: free_port(),
-        grafana: free_port(),
-    };
+    let ports = Ports::free();
     enable_monitoring(&box_, &ports);
     let config = std::fs::read_to_string(&box_.config_file).unwrap();
     let prometheus_only = config.replace(

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::{TestAppliance, docker_ok, free_port, get, random_suffix, stderr, stdout, wait_for};
+use support::{
+    TestAppliance, docker_ok, free_port, get, psql, random_suffix, stderr, stdout, wait_for,
+};
 
 fn tenant_yaml(tenant: &str) -> String {
     format!(
@@ -161,21 +163,12 @@ fn api_container(box_: &TestAppliance, tenant: &str) -> String {
 /// A knowledge base's settings as the API stored them (the internal record carries
 /// only counts): read from the tenant's database, never written.
 fn kb_settings(tenant: &str, name: &str) -> String {
-    docker_ok(&[
-        "exec",
+    psql(
         &format!("iaf-{tenant}-postgres"),
-        "psql",
-        "-h",
-        "/var/run/postgresql",
-        "-U",
-        "iafactory",
-        "-d",
-        "iafactory",
-        "-tAc",
         &format!(
             "SELECT description || '|' || array_to_string(languages, ',') || '|' || (chunking->>'size') FROM knowledge_bases WHERE name = '{name}'"
         ),
-    ])
+    )
 }
 
 fn succeeds(output: &std::process::Output) -> String {

@@ -11,13 +11,12 @@ mod gateway_support;
 mod pebble_support;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use gateway_support::{DOMAIN, get_on, http1, https_client, peer_leaf, tls_connect};
 use iafactory_appliance::certs::CertStore;
 use pebble_support::Pebble;
-use support::{Daemon, TestAppliance, free_port, get, random_suffix, stderr, wait_for};
+use support::{TestAppliance, free_port, get, random_suffix, stderr, wait_for};
 
 /// How long past serve's 30-day renewal window Pebble's certificates last: each one is
 /// kept this long, then renewed.
@@ -64,16 +63,7 @@ async fn serve_obtains_its_tenants_certificate_from_pebble_serves_it_and_renews_
     let file = box_.tenant_file(&tenant, "");
     let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let log = box_.dir.path().join("serve.log");
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_iafactory"))
-            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
-            .env("IAF_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut daemon, log) = box_.spawn_serve_logged();
     let logs = || {
         format!(
             "--- serve ---\n{}\n--- pebble ---\n{}",

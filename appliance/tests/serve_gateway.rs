@@ -5,10 +5,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, TestAppliance, free_port, get, random_suffix, stderr, wait_for};
+use support::{TestAppliance, free_port, get, random_suffix, stderr, wait_for};
 
 const DOMAIN: &str = "gw.test";
 
@@ -68,16 +68,7 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
         let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
         assert!(output.status.success(), "{}", stderr(&output));
     }
-    let log = box_.dir.path().join("serve.log");
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_iafactory"))
-            .args(["--config", box_.config_file.to_str().unwrap(), "serve"])
-            .env("IAF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut daemon, log) = box_.spawn_serve_logged();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("serve answers /healthz", 60, || async {
         get(status_port, "/healthz").await.is_some()

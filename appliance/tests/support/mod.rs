@@ -23,6 +23,38 @@ pub fn docker(args: &[&str]) -> Output {
         .expect("the docker CLI runs (scripts/engines.sh up docker)")
 }
 
+/// `iafactory-test/<name>:<first 12 hex of hash>`, and whether that image exists
+/// already: the test images are built once per content.
+fn content_tag(name: &str, hash: Sha256) -> (String, bool) {
+    let tag = format!(
+        "iafactory-test/{name}:{}",
+        &hex::encode(hash.finalize())[..12]
+    );
+    let built = docker(&["image", "inspect", &tag]).status.success();
+    (tag, built)
+}
+
+/// psql as the database owner in `container`, unaligned, tuples only: the result,
+/// trimmed.
+pub fn psql(container: &str, sql: &str) -> String {
+    docker_ok(&[
+        "exec",
+        container,
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-At",
+        "-h",
+        "/var/run/postgresql",
+        "-U",
+        "iafactory",
+        "-d",
+        "iafactory",
+        "-c",
+        sql,
+    ])
+}
+
 pub fn docker_ok(args: &[&str]) -> String {
     let output = docker(args);
     assert!(
@@ -44,11 +76,8 @@ pub fn standin_image() -> &'static str {
         hash.update(&binary);
         hash.update(DOCKERFILE);
         hash.update(STANDIN_METRICS);
-        let tag = format!(
-            "iafactory-test/standin:{}",
-            &hex::encode(hash.finalize())[..12]
-        );
-        if docker(&["image", "inspect", &tag]).status.success() {
+        let (tag, built) = content_tag("standin", hash);
+        if built {
             return tag;
         }
         let context = tempfile::tempdir().unwrap();
@@ -160,11 +189,8 @@ pub fn qdrant_image() -> &'static str {
             hash.update(file.as_os_str().as_encoded_bytes());
             hash.update(std::fs::read(file).unwrap());
         }
-        let tag = format!(
-            "iafactory-test/qdrant:{}",
-            &hex::encode(hash.finalize())[..12]
-        );
-        if docker(&["image", "inspect", &tag]).status.success() {
+        let (tag, built) = content_tag("qdrant", hash);
+        if built {
             return tag;
         }
         let context = tempfile::tempdir().unwrap();
@@ -429,6 +455,22 @@ impl TestAppliance {
             ),
         );
         std::fs::write(&self.config_file, config).unwrap();
+    }
+
+    /// Starts `iafactory serve` logging at info into `serve.log` in the test's directory
+    /// (for failure messages), without waiting for it; returns the log's path.
+    pub fn spawn_serve_logged(&self) -> (Daemon, PathBuf) {
+        let log = self.dir.path().join("serve.log");
+        let daemon = Daemon(
+            Command::new(env!("CARGO_BIN_EXE_iafactory"))
+                .args(["--config", self.config_file.to_str().unwrap(), "serve"])
+                .env("IAF_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        (daemon, log)
     }
 
     /// Starts `iafactory serve` (its output discarded: the tests look at what it does)
