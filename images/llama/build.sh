@@ -23,8 +23,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # 100 MB model on every run costs a second, its name and size say as much.
 content="$( (sha256sum "$here/Dockerfile" "$busybox" "$server"; stat -c '%n %s' "$model") \
     | sha256sum | cut -c1-16)"
-if [ "$(docker image inspect -f '{{index .Config.Labels "iafactory.dz/content"}}' "$tag" 2>/dev/null)" = "$content" ]; then
-    note "$tag is up to date ($content)"
+if image_current "$tag" "$content"; then
     echo "$tag"
     exit 0
 fi

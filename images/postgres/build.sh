@@ -18,8 +18,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 content="$( (sha256sum "$here/Dockerfile" "$here/docker-entrypoint.sh" "$busybox" "$pg_bin/postgres" \
     "$unpacked/pgserver/pginstall/lib/postgresql/vector.so") | sha256sum | cut -c1-16)"
-if [ "$(docker image inspect -f '{{index .Config.Labels "iafactory.dz/content"}}' "$tag" 2>/dev/null)" = "$content" ]; then
-    note "$tag is up to date ($content)"
+if image_current "$tag" "$content"; then
     exit 0
 fi
 

@@ -22,8 +22,7 @@ busybox=/bin/busybox
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 content="$( (echo "$package_version"; sha256sum "$here/Dockerfile" "$here/build.sh" "$busybox" "$prometheus") | sha256sum | cut -c1-16)"
-if [ "$(docker image inspect -f '{{index .Config.Labels "iafactory.dz/content"}}' "$tag" 2>/dev/null)" = "$content" ]; then
-    note "$tag is up to date ($content)"
+if image_current "$tag" "$content"; then
     exit 0
 fi
 

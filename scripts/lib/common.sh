@@ -46,6 +46,15 @@ pip_fetch_wheel() {
     touch "$dir/.complete"
 }
 
+# image_current TAG CONTENT: whether image TAG exists and was built from CONTENT (its
+# iafactory.dz/content label); says so when it was. The third-party image builds skip
+# their work then.
+image_current() {
+    local tag="$1" content="$2"
+    [ "$(docker image inspect -f '{{index .Config.Labels "iafactory.dz/content"}}' "$tag" 2>/dev/null)" = "$content" ] || return 1
+    note "$tag is up to date ($content)"
+}
+
 # env_set NAME VALUE: records an export in the shared env file (replacing an old value).
 env_set() {
     local name="$1" value="$2"
