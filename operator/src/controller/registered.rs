@@ -37,39 +37,34 @@ pub trait Registered:
     fn api_id(status: &Self::Status) -> Option<&str>;
 }
 
-impl Registered for KnowledgeBase {
-    type Status = iafactory_crds::KnowledgeBaseStatus;
-    const COLLECTION: &'static str = "knowledge-bases";
+/// Both resources keep the same status fields under the same names.
+macro_rules! registered {
+    ($kind:ty, $status:ty, $collection:literal) => {
+        impl Registered for $kind {
+            type Status = $status;
+            const COLLECTION: &'static str = $collection;
 
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
+            fn current_status(&self) -> Option<&Self::Status> {
+                self.status.as_ref()
+            }
 
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
+            fn conditions(status: &Self::Status) -> &[Condition] {
+                &status.conditions
+            }
 
-    fn api_id(status: &Self::Status) -> Option<&str> {
-        status.api_id.as_deref()
-    }
+            fn api_id(status: &Self::Status) -> Option<&str> {
+                status.api_id.as_deref()
+            }
+        }
+    };
 }
 
-impl Registered for Workflow {
-    type Status = iafactory_crds::WorkflowStatus;
-    const COLLECTION: &'static str = "workflows";
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn api_id(status: &Self::Status) -> Option<&str> {
-        status.api_id.as_deref()
-    }
-}
+registered!(
+    KnowledgeBase,
+    iafactory_crds::KnowledgeBaseStatus,
+    "knowledge-bases"
+);
+registered!(Workflow, iafactory_crds::WorkflowStatus, "workflows");
 
 /// One reconcile of a registered resource, measured: `apply` while it exists, then
 /// [`unregister`] behind the finalizer.
