@@ -26,7 +26,7 @@ const STRINGS = {
     "status.cancelled": "cancelled",
     "upload.sending": "sending {percent}%", "upload.sent": "sent", "upload.duplicate": "already there",
     "upload.failed": "failed",
-    "chat.title": "Ask your documents", "chat.in": "Search in", "chat.question": "Your question",
+    "chat.title": "Ask your documents", "chat.in": "Search in", "chat.model": "Model", "chat.model.default": "Default (set by the knowledge base, or the organisation’s model)", "chat.question": "Your question",
     "chat.ask": "Ask", "chat.answer": "Answer", "chat.sources": "Sources", "chat.searching": "Searching…",
     "chat.extractive": "No language model answered: here are the most relevant passages.",
     "chat.noKb": "Choose at least one knowledge base.", "chat.noKbs": "Create a knowledge base and add documents first.",
@@ -79,7 +79,7 @@ const STRINGS = {
     "status.cancelled": "annulé",
     "upload.sending": "envoi {percent} %", "upload.sent": "envoyé", "upload.duplicate": "déjà présent",
     "upload.failed": "échec",
-    "chat.title": "Interroger vos documents", "chat.in": "Chercher dans", "chat.question": "Votre question",
+    "chat.title": "Interroger vos documents", "chat.in": "Chercher dans", "chat.model": "Modèle", "chat.model.default": "Par défaut (celui de la base de connaissances, ou le modèle de l’organisation)", "chat.question": "Votre question",
     "chat.ask": "Demander", "chat.answer": "Réponse", "chat.sources": "Sources", "chat.searching": "Recherche…",
     "chat.extractive": "Aucun modèle de langue n’a répondu : voici les passages les plus pertinents.",
     "chat.noKb": "Choisissez au moins une base de connaissances.",
@@ -134,7 +134,7 @@ const STRINGS = {
     "status.cancelled": "أُلغي",
     "upload.sending": "جارٍ الإرسال {percent}٪", "upload.sent": "أُرسل", "upload.duplicate": "موجود مسبقًا",
     "upload.failed": "فشل",
-    "chat.title": "اسأل وثائقك", "chat.in": "ابحث في", "chat.question": "سؤالك", "chat.ask": "اسأل",
+    "chat.title": "اسأل وثائقك", "chat.in": "ابحث في", "chat.model": "النموذج", "chat.model.default": "الافتراضي (نموذج قاعدة المعرفة أو نموذج المؤسسة)", "chat.question": "سؤالك", "chat.ask": "اسأل",
     "chat.answer": "الإجابة", "chat.sources": "المصادر", "chat.searching": "جارٍ البحث…",
     "chat.extractive": "لم يُجب أي نموذج لغوي: هذه أكثر المقاطع صلة بسؤالك.",
     "chat.noKb": "اختر قاعدة معرفة واحدة على الأقل.", "chat.noKbs": "أنشئ قاعدة معرفة وأضف إليها وثائق أولًا.",
@@ -617,6 +617,18 @@ async function showChat(preselected) {
   }
   const boxes = bases.map((kb) => h("input", { type: "checkbox", value: kb.id,
     checked: preselected ? kb.id === preselected : bases.length === 1 }));
+  // The models this organisation may ask: its own model server's, and the defaults its
+  // knowledge bases set (an external provider is only offered with a model to ask).
+  const providers = await api("GET", "/api/providers").catch(() => []);
+  const allowed = new Set(providers.filter((p) => p.allowed).map((p) => p.name));
+  const models = providers.filter((p) => p.allowed && p.default_model)
+    .map((p) => ({ provider: p.name, model: p.default_model }));
+  for (const kb of bases) {
+    const g = kb.generation;
+    if (g && allowed.has(g.provider) && !models.some((m) => m.provider === g.provider && m.model === g.model)) models.push(g);
+  }
+  const modelSelect = h("select", { name: "model" }, h("option", { value: "" }, t("chat.model.default")),
+    models.map((m, i) => h("option", { value: String(i) }, `${m.provider} · ${m.model}`)));
   const question = h("textarea", { name: "question", dir: "auto", required: true, maxlength: 2000, rows: 3 });
   const ask = h("button", { type: "submit" }, t("chat.ask"));
   const conversation = h("div", { id: "conversation", "aria-live": "polite" });
@@ -641,8 +653,10 @@ async function showChat(preselected) {
     conversation.prepend(turn);
     let text = "";
     try {
-      const response = await streamRequest("POST", "/api/query",
-        { query: asked, knowledge_base_ids: chosen, stream: true }, controller.signal);
+      const picked = models[Number(modelSelect.value)];
+      const request = { query: asked, knowledge_base_ids: chosen, stream: true };
+      if (modelSelect.value !== "" && picked) Object.assign(request, picked);
+      const response = await streamRequest("POST", "/api/query", request, controller.signal);
       let finished = false;
       for await (const message of serverSentEvents(response)) {
         if (message.event === "token") {
@@ -675,6 +689,7 @@ async function showChat(preselected) {
     }
   } },
     h("fieldset", {}, h("legend", {}, t("chat.in")), bases.map((kb, i) => h("label", {}, boxes[i], kb.name))),
+    models.length ? h("label", {}, t("chat.model"), modelSelect) : null,
     h("label", {}, t("chat.question"), question),
     h("p", {}, ask));
   question.addEventListener("keydown", (event) => {

@@ -18,7 +18,7 @@ use crate::routes::{accounts, internal, keys};
         internal::delete_knowledge_base, internal::upsert_workflow, internal::get_workflow, internal::delete_workflow,
         rag::create_knowledge_base, rag::list_knowledge_bases, rag::get_knowledge_base, rag::update_knowledge_base,
         rag::delete_knowledge_base, rag::upload_document, rag::list_documents, rag::get_document, rag::delete_document,
-        rag::get_chunk, rag::search_route, rag::query_route,
+        rag::get_chunk, rag::search_route, rag::query_route, rag::list_providers,
     ),
     components(schemas(crate::error::ErrorEnvelope)),
     modifiers(&SecuritySchemes),

@@ -66,6 +66,13 @@ pub struct KnowledgeBaseSpec {
     #[garde(dive)]
     pub chunking: ChunkingSpec,
 
+    /// The model that answers questions over this knowledge base when a query names
+    /// none. The tenant's API refuses (422) a provider the tenant may not call. Without
+    /// it, the tenant's own model server answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(dive)]
+    pub generation: Option<GenerationSpec>,
+
     /// `inherit` uses the tenant's vector store.
     #[serde(default)]
     #[garde(skip)]
@@ -91,6 +98,23 @@ pub struct EmbeddingSpec {
     pub model: String,
     #[garde(range(min = 8, max = 8192))]
     pub dimensions: i32,
+}
+
+/// `provider` is `ollama` (the model server in the tenant's namespace, the only one
+/// allowed under strict sovereignty) or the name of one of the tenant's llmProviders.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationSpec {
+    /// `ollama` (the model server in the tenant's namespace, the only one allowed under
+    /// strict sovereignty) or the name of one of the tenant's llmProviders.
+    #[garde(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub provider: String,
+    /// The model at that provider.
+    #[garde(
+        length(min = 1, max = 128),
+        pattern(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
+    )]
+    pub model: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]

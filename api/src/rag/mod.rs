@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use embed::{EmbedError, EmbeddingProviders, LocalEmbedder, QueryVectorCache};
-use generate::ChatClient;
+use generate::{Providers, ProvidersConfigError};
 use store::VectorStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,8 +120,9 @@ pub struct Rag {
     /// Vectors of recent queries.
     pub query_vectors: QueryVectorCache,
     pub store: Arc<dyn VectorStore>,
-    /// The tenant's generator (its Ollama, or a provider sovereignty allows).
-    pub chat: Option<ChatClient>,
+    /// The models that may answer: the tenant's Ollama, and the external providers
+    /// its sovereignty allows.
+    pub providers: Providers,
     /// For knowledge bases created without embedding settings.
     pub default_embedding: EmbeddingSpec,
     /// Reorders the fused candidates, when configured.
@@ -135,16 +136,10 @@ pub struct Rag {
 pub enum RagError {
     #[error(transparent)]
     Embedding(#[from] EmbedError),
-    #[error("IAF_LLM_PROVIDERS is not valid JSON: {0}")]
-    Providers(String),
-}
-
-#[derive(serde::Deserialize)]
-struct ExternalProvider {
-    name: String,
-    base_url: String,
-    /// The variable holding the key (IAF_PROVIDER_<NAME>_API_KEY).
-    api_key_env: Option<String>,
+    #[error(transparent)]
+    Providers(#[from] ProvidersConfigError),
+    #[error("building the language models' HTTP client: {0}")]
+    Http(String),
 }
 
 impl Rag {
@@ -159,12 +154,13 @@ impl Rag {
             }
             _ => None,
         };
-        let external: Vec<ExternalProvider> = match &config.llm_providers {
-            Some(json) if !json.trim().is_empty() => {
-                serde_json::from_str(json).map_err(|e| RagError::Providers(e.to_string()))?
-            }
-            _ => Vec::new(),
-        };
+        // One answer is bounded as a whole, streamed or not.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.llm_timeout_seconds))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| RagError::Http(e.to_string()))?;
+        let providers = Providers::from_config(config, http)?;
         let default_embedding = match &local {
             Some(local) => EmbeddingSpec {
                 provider: "local".into(),
@@ -177,32 +173,15 @@ impl Rag {
                 dimensions: 1024,
             },
         };
-        let chat = match (&config.llm_base_url, &config.llm_model) {
-            (Some(url), Some(model)) if !url.is_empty() && !model.is_empty() => {
-                Some(ChatClient::new(
-                    url,
-                    model,
-                    None,
-                    Duration::from_secs(config.llm_timeout_seconds),
-                ))
-            }
-            _ => None,
-        };
         Ok(Self {
             embedders: EmbeddingProviders::new(
                 local,
                 config.llm_base_url.clone().filter(|u| !u.is_empty()),
-                external
-                    .into_iter()
-                    .map(|p| {
-                        let key = p.api_key_env.and_then(|var| std::env::var(var).ok());
-                        (p.name, p.base_url, key)
-                    })
-                    .collect(),
+                providers.embedding_sources(),
             ),
             query_vectors: QueryVectorCache::new(4096),
             store,
-            chat,
+            providers,
             reranker: config
                 .reranker_url
                 .as_deref()

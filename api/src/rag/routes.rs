@@ -11,12 +11,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use iafactory_crds::knowledgebase::{ChunkingSpec, EmbeddingSpec};
+use iafactory_crds::knowledgebase::{ChunkingSpec, EmbeddingSpec, GenerationSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::generate::{self, GenerateError};
+use super::generate::{self, ChatClient, GenerateError, ProviderError, ProviderView, Providers};
 use super::parse::Format;
 use super::search::{self, SearchFilters, SearchResult};
 use super::store::Scope;
@@ -43,6 +43,10 @@ pub struct CreateKnowledgeBase {
     /// `{size, overlap}` in characters; 800 and 120 by default.
     #[schema(value_type = Option<Object>)]
     pub chunking: Option<ChunkingSpec>,
+    /// `{provider, model}`: what answers queries over this knowledge base when they
+    /// name no provider; the tenant's own model server when absent.
+    #[schema(value_type = Option<Object>)]
+    pub generation: Option<GenerationSpec>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -55,6 +59,30 @@ pub struct UpdateKnowledgeBase {
     /// Only while the knowledge base holds no document: its vectors would not match.
     #[schema(value_type = Option<Object>)]
     pub embedding: Option<EmbeddingSpec>,
+    /// `{provider, model}` sets the default model; `null` removes it; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub generation: Option<Option<GenerationSpec>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or set.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A knowledge base's default model: well formed, and one the tenant may call.
+pub(crate) fn check_generation(
+    providers: &Providers,
+    generation: &GenerationSpec,
+) -> Result<(), ApiError> {
+    check_garde("generation", garde::Validate::validate(generation))?;
+    providers
+        .check(&generation.provider)
+        .map_err(|e| ApiError::validation("generation.provider", e.to_string()))
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -67,6 +95,9 @@ pub struct KnowledgeBaseView {
     pub embedding: serde_json::Value,
     #[schema(value_type = Object)]
     pub chunking: serde_json::Value,
+    /// `{provider, model}`, or null: the tenant's own model server.
+    #[schema(value_type = Option<Object>)]
+    pub generation: Option<serde_json::Value>,
     pub vector_store: String,
     pub managed_by: String,
     pub documents: i64,
@@ -75,7 +106,7 @@ pub struct KnowledgeBaseView {
     pub updated_at: DateTime<Utc>,
 }
 
-const KB_COLUMNS: &str = "kb.id, kb.name, kb.description, kb.languages, kb.embedding, kb.chunking, kb.vector_store, kb.managed_by,
+const KB_COLUMNS: &str = "kb.id, kb.name, kb.description, kb.languages, kb.embedding, kb.chunking, kb.generation, kb.vector_store, kb.managed_by,
      (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id) AS documents,
      (SELECT coalesce(sum(d.chunk_count), 0)::bigint FROM documents d WHERE d.knowledge_base_id = kb.id) AS chunks,
      kb.created_at, kb.updated_at";
@@ -139,10 +170,13 @@ pub async fn create_knowledge_base(
             "must be smaller than chunking.size",
         ));
     }
+    if let Some(generation) = &body.generation {
+        check_generation(&state.rag.providers, generation)?;
+    }
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
     let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, generation)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(auth.tenant_id)
     .bind(name)
@@ -150,6 +184,7 @@ pub async fn create_knowledge_base(
     .bind(&languages)
     .bind(serde_json::to_value(&embedding).map_err(|e| ApiError::internal("encoding settings", e))?)
     .bind(serde_json::to_value(&chunking).map_err(|e| ApiError::internal("encoding settings", e))?)
+    .bind(body.generation.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
     .fetch_one(&mut *tx)
     .await?;
     let view = fetch_knowledge_base(&mut tx, id)
@@ -194,6 +229,7 @@ async fn visible_knowledge_base(
 struct Searchable {
     id: Uuid,
     embedding: serde_json::Value,
+    generation: Option<serde_json::Value>,
 }
 
 async fn searchable_knowledge_bases(
@@ -206,7 +242,7 @@ async fn searchable_knowledge_bases(
     }
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
     let mut found: Vec<Searchable> =
-        sqlx::query_as("SELECT id, embedding FROM knowledge_bases WHERE id = ANY($1)")
+        sqlx::query_as("SELECT id, embedding, generation FROM knowledge_bases WHERE id = ANY($1)")
             .bind(ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -293,10 +329,14 @@ pub async fn update_knowledge_base(
             ));
         }
     }
+    if let Some(Some(generation)) = &body.generation {
+        check_generation(&state.rag.providers, generation)?;
+    }
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
     sqlx::query(
         "UPDATE knowledge_bases SET description = coalesce($2, description), languages = coalesce($3, languages),
-             chunking = coalesce($4, chunking), embedding = coalesce($5, embedding), updated_at = now()
+             chunking = coalesce($4, chunking), embedding = coalesce($5, embedding),
+             generation = CASE WHEN $6 THEN $7 ELSE generation END, updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
@@ -304,6 +344,8 @@ pub async fn update_knowledge_base(
     .bind(&body.languages)
     .bind(body.chunking.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
     .bind(body.embedding.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
+    .bind(body.generation.is_some())
+    .bind(body.generation.as_ref().and_then(Option::as_ref).map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding settings", e))?)
     .execute(&mut *tx)
     .await?;
     let view = fetch_knowledge_base(&mut tx, id)
@@ -699,6 +741,13 @@ pub struct QueryRequest {
     #[serde(default)]
     pub stream: bool,
     pub filters: Option<SearchFilters>,
+    /// Who answers: `ollama` (the tenant's model server) or one of the tenant's
+    /// providers (`GET /api/providers`). By default, the first of the knowledge bases
+    /// with a `generation` default names it, else `ollama`.
+    pub provider: Option<String>,
+    /// The model at that provider. By default, the knowledge base's default model (when
+    /// its provider is the one answering), else the tenant's model for `ollama`.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
@@ -736,11 +785,17 @@ pub struct QueryResponse {
     pub extractive: bool,
     /// The language the question was detected in.
     pub language: Option<String>,
+    /// The provider and model asked to answer (null when none was configured); with
+    /// `extractive`, they did not answer.
+    pub provider: Option<String>,
+    pub model: Option<String>,
 }
 
 pub(crate) struct Retrieved {
     pub(crate) results: Vec<SearchResult>,
     pub(crate) timings: Timings,
+    /// The default model of the first knowledge base (in the order asked) that has one.
+    pub(crate) generation: Option<GenerationSpec>,
 }
 
 /// Embeds the query (once per distinct embedding model), ranks every knowledge base,
@@ -869,7 +924,15 @@ pub(crate) async fn retrieve(
     }
     timings.search_ms = search_started.elapsed().as_millis() as u64;
     state.rag.metrics.stage("search", search_started.elapsed());
-    Ok(Retrieved { results, timings })
+    let generation = knowledge_bases
+        .iter()
+        .filter_map(|kb| kb.generation.clone())
+        .find_map(|g| serde_json::from_value(g).ok());
+    Ok(Retrieved {
+        results,
+        timings,
+        generation,
+    })
 }
 
 #[utoipa::path(post, path = "/api/search", tag = "search", request_body = SearchRequest,
@@ -917,19 +980,110 @@ pub(crate) fn citations(results: &[SearchResult]) -> Vec<Citation> {
 
 const MAX_ANSWER_TOKENS: u32 = 512;
 
+/// The model that answers, and under which names.
+struct Answerer {
+    provider: String,
+    client: ChatClient,
+}
+
+/// Who answers a query: the provider it names, else the knowledge bases' default,
+/// else the tenant's model server with its default model. `Ok(None)`: no model is
+/// configured at all, and the answer is extractive.
+fn choose_answerer(
+    providers: &Providers,
+    provider: Option<&str>,
+    model: Option<&str>,
+    default: Option<&GenerationSpec>,
+) -> Result<Option<Answerer>, ProviderError> {
+    let Some(provider) = provider.or(default.map(|d| d.provider.as_str())) else {
+        return Ok(match model {
+            Some(model) => Some(Answerer {
+                provider: generate::OLLAMA.to_owned(),
+                client: providers.client(generate::OLLAMA, model)?,
+            }),
+            None => providers.default_client().map(|client| Answerer {
+                provider: generate::OLLAMA.to_owned(),
+                client,
+            }),
+        });
+    };
+    providers.check(provider)?;
+    let model = model
+        .or(default
+            .filter(|d| d.provider == provider)
+            .map(|d| d.model.as_str()))
+        .or(providers.default_model(provider))
+        .ok_or_else(|| ProviderError::NoModel {
+            name: provider.to_owned(),
+        })?;
+    Ok(Some(Answerer {
+        provider: provider.to_owned(),
+        client: providers.client(provider, model)?,
+    }))
+}
+
+/// The request's own choice, checked before any search runs.
+fn check_choice(state: &AppState, body: &QueryRequest) -> Result<(), ApiError> {
+    let name_pattern = |value: &str, max: usize, extra: &[char]| {
+        !value.is_empty()
+            && value.len() <= max
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    if let Some(provider) = &body.provider {
+        if !name_pattern(provider, 63, &['-']) {
+            return Err(ApiError::validation(
+                "provider",
+                "a provider name: lowercase letters, digits and '-'",
+            ));
+        }
+        state
+            .rag
+            .providers
+            .check(provider)
+            .map_err(|e| ApiError::validation("provider", e.to_string()))?;
+    }
+    if let Some(model) = &body.model
+        && !name_pattern(model, 128, &['.', '_', ':', '/', '+', '-'])
+    {
+        return Err(ApiError::validation(
+            "model",
+            "1 to 128 letters, digits or . _ : / + -",
+        ));
+    }
+    Ok(())
+}
+
+/// The tenant's providers: which a query (or a knowledge base's default) may name.
+#[utoipa::path(get, path = "/api/providers", tag = "search",
+    responses((status = 200, description = "data: [{name, kind, allowed, default_model}]")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn list_providers(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Envelope<Vec<ProviderView>>>> {
+    auth.require(AuthScope::Query)?;
+    Ok(ok(state.rag.providers.views()))
+}
+
 #[utoipa::path(post, path = "/api/query", tag = "search", request_body = QueryRequest,
-    responses((status = 200, description = "data.answer, data.citations, data.timings, data.extractive; with stream: an SSE stream of tokens, then the citations"),
-              (status = 404, description = "a knowledge base that is not the tenant's")),
+    responses((status = 200, description = "data.answer, data.citations, data.timings, data.extractive, data.provider, data.model; with stream: an SSE stream of tokens, then the citations"),
+              (status = 404, description = "a knowledge base that is not the tenant's"),
+              (status = 422, description = "an unknown provider, or an external one under strict sovereignty: the message names it")),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn query_route(
     State(state): State<AppState>,
     auth: Auth,
     ApiJson(body): ApiJson<QueryRequest>,
 ) -> ApiResult<Response> {
+    check_choice(&state, &body)?;
     let filters = body.filters.clone().unwrap_or_default();
     let Retrieved {
         results,
         mut timings,
+        generation,
     } = retrieve(
         &state,
         &auth,
@@ -939,20 +1093,35 @@ pub async fn query_route(
         &filters,
     )
     .await?;
+    let answerer = choose_answerer(
+        &state.rag.providers,
+        body.provider.as_deref(),
+        body.model.as_deref(),
+        generation.as_ref(),
+    )
+    .map_err(|e| {
+        let message = if body.provider.is_none() {
+            format!("the knowledge base's default model (generation): {e}")
+        } else {
+            e.to_string()
+        };
+        ApiError::validation("provider", message)
+    })?;
     let language = super::text::detect_language(&body.query).map(|l| l.code().to_owned());
     let citations = citations(&results);
     let messages = generate::prompt(&body.query, &results);
 
     if body.stream {
         return Ok(stream_answer(
-            state, body.query, results, citations, messages, timings, language,
+            state, body.query, results, citations, messages, timings, language, answerer,
         )
         .into_response());
     }
 
     let generate_started = Instant::now();
-    let generated = match (&state.rag.chat, results.is_empty()) {
-        (Some(chat), false) => chat
+    let generated = match (&answerer, results.is_empty()) {
+        (Some(answerer), false) => answerer
+            .client
             .complete(&messages, MAX_ANSWER_TOKENS)
             .await
             .map(|(text, _)| text),
@@ -971,8 +1140,8 @@ pub async fn query_route(
         Ok(text) if !text.trim().is_empty() => (text.trim().to_owned(), false),
         Ok(_) => (generate::extractive_answer(&body.query, &results), true),
         Err(error) => {
-            if !matches!(error, GenerateError::NotConfigured) {
-                tracing::warn!(%error, "generation failed; answering with the passages");
+            if !matches!(error, GenerateError::NotConfigured) && !results.is_empty() {
+                tracing::warn!(provider = answerer.as_ref().map(|a| a.provider.as_str()), %error, "generation failed; answering with the passages");
             }
             (generate::extractive_answer(&body.query, &results), true)
         }
@@ -986,13 +1155,17 @@ pub async fn query_route(
         timings,
         extractive,
         language,
+        provider: answerer.as_ref().map(|a| a.provider.clone()),
+        model: answerer.map(|a| a.client.model),
     })
     .into_response())
 }
 
 /// SSE: `token` events as the model writes, then one `done` event with the citations,
-/// the timings and whether the answer was extractive. Without a model, the extractive
-/// answer comes as one token.
+/// the timings, whether the answer was extractive, and the provider and model asked.
+/// Without a model, or when it fails before its first token, the extractive answer
+/// comes as one token.
+#[allow(clippy::too_many_arguments)]
 fn stream_answer(
     state: AppState,
     question: String,
@@ -1001,15 +1174,15 @@ fn stream_answer(
     messages: Vec<generate::Message>,
     mut timings: Timings,
     language: Option<String>,
+    answerer: Option<Answerer>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let started = Instant::now();
         let mut extractive = true;
-        if let (Some(chat), false) = (&state.rag.chat, results.is_empty()) {
-            match chat.stream(&messages, MAX_ANSWER_TOKENS).await {
-                Ok(tokens) => {
-                    let mut tokens = std::pin::pin!(tokens);
+        if let (Some(answerer), false) = (&answerer, results.is_empty()) {
+            match answerer.client.stream(&messages, MAX_ANSWER_TOKENS).await {
+                Ok(mut tokens) => {
                     while let Some(token) = tokens.next().await {
                         match token {
                             Ok(text) => {
@@ -1023,13 +1196,15 @@ fn stream_answer(
                                 }
                             }
                             Err(error) => {
-                                tracing::warn!(%error, "the model's stream broke off");
+                                tracing::warn!(provider = %answerer.provider, %error, "the model's stream broke off");
                                 break;
                             }
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "generation failed; streaming the passages"),
+                Err(error) => {
+                    tracing::warn!(provider = %answerer.provider, %error, "generation failed; streaming the passages")
+                }
             }
         }
         if extractive {
@@ -1041,7 +1216,11 @@ fn stream_answer(
         }
         timings.generate_ms = started.elapsed().as_millis() as u64;
         state.rag.metrics.stage("generate", started.elapsed());
-        let done = serde_json::json!({ "citations": citations, "timings": timings, "extractive": extractive, "language": language });
+        let done = serde_json::json!({
+            "citations": citations, "timings": timings, "extractive": extractive, "language": language,
+            "provider": answerer.as_ref().map(|a| a.provider.as_str()),
+            "model": answerer.as_ref().map(|a| a.client.model.as_str()),
+        });
         let _ = sender
             .send(Event::default().event("done").data(done.to_string()))
             .await;

@@ -243,7 +243,7 @@ async fn knowledge_base_record(
 /// Registers a `KnowledgeBase` resource: creates or updates it by name.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
     responses((status = 200, description = "registered, with its document and chunk counts"), (status = 404, description = "no such tenant"),
-              (status = 422, description = "invalid spec")), security(("operator_token" = [])))]
+              (status = 422, description = "invalid spec, or a generation provider the tenant may not call")), security(("operator_token" = [])))]
 pub async fn upsert_knowledge_base(
     State(state): State<AppState>,
     _: Operator,
@@ -251,6 +251,9 @@ pub async fn upsert_knowledge_base(
     ApiJson(spec): ApiJson<KnowledgeBaseSpec>,
 ) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
     spec.validate().map_err(invalid)?;
+    if let Some(generation) = &spec.generation {
+        crate::rag::routes::check_generation(&state.rag.providers, generation)?;
+    }
     let tenant_id = tenant_id(&state, &slug).await?;
     // Without an embedding, the platform default: the model inside the API image.
     let embedding = spec.embedding.clone().unwrap_or_else(|| {
@@ -260,15 +263,15 @@ pub async fn upsert_knowledge_base(
     });
     let mut tx = tenant_tx(&state.db, tenant_id).await?;
     sqlx::query(
-        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, vector_store, managed_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'operator')
+        "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, vector_store, generation, managed_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'operator')
          ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, languages = EXCLUDED.languages,
              embedding = EXCLUDED.embedding, chunking = EXCLUDED.chunking, vector_store = EXCLUDED.vector_store,
-             managed_by = 'operator', updated_at = now()
+             generation = EXCLUDED.generation, managed_by = 'operator', updated_at = now()
          WHERE (knowledge_bases.description, knowledge_bases.languages, knowledge_bases.embedding,
-                knowledge_bases.chunking, knowledge_bases.vector_store, knowledge_bases.managed_by)
+                knowledge_bases.chunking, knowledge_bases.vector_store, knowledge_bases.generation, knowledge_bases.managed_by)
              IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.languages, EXCLUDED.embedding,
-                EXCLUDED.chunking, EXCLUDED.vector_store, 'operator')",
+                EXCLUDED.chunking, EXCLUDED.vector_store, EXCLUDED.generation, 'operator')",
     )
     .bind(tenant_id)
     .bind(&name)
@@ -277,6 +280,7 @@ pub async fn upsert_knowledge_base(
     .bind(serde_json::to_value(&embedding).map_err(|e| ApiError::internal("encoding a spec", e))?)
     .bind(serde_json::to_value(&spec.chunking).map_err(|e| ApiError::internal("encoding a spec", e))?)
     .bind(serde_json::to_value(spec.vector_store).map_err(|e| ApiError::internal("encoding a spec", e))?.as_str().unwrap_or("inherit"))
+    .bind(spec.generation.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding a spec", e))?)
     .execute(&mut *tx)
     .await?;
     let record = knowledge_base_record(&mut tx, &name)

@@ -16,7 +16,7 @@ pub mod routes;
 pub mod schedule;
 pub mod template;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::rag::generate::ChatClient;
+use crate::rag::generate::{ChatClient, Providers, ProvidersConfigError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -74,21 +74,6 @@ impl WorkflowMetrics {
     }
 }
 
-/// A provider an agent may name: `ollama` (the tenant's own model server) or, under
-/// open sovereignty, one of the configured external providers.
-#[derive(Clone, Debug)]
-struct Provider {
-    base_url: String,
-    api_key: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct ExternalProvider {
-    name: String,
-    base_url: String,
-    api_key_env: Option<String>,
-}
-
 /// A change in an execution's event log, as announced by `NOTIFY`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
@@ -98,10 +83,9 @@ pub struct Notice {
 
 /// The engine's shared state: one per process.
 pub struct Workflows {
-    providers: BTreeMap<String, Provider>,
-    /// One pool of connections to the providers for every agent call.
-    http: reqwest::Client,
-    open_sovereignty: bool,
+    /// The same providers, protocols and sovereignty rule as answers, over one pool of
+    /// connections for every agent call.
+    providers: Providers,
     /// Bounds the agent calls in flight in this process, across executions.
     pub permits: Arc<Semaphore>,
     pub agent_retries: usize,
@@ -116,51 +100,21 @@ pub struct Workflows {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
-    #[error("IAF_LLM_PROVIDERS is not valid JSON: {0}")]
-    Providers(String),
+    #[error(transparent)]
+    Providers(#[from] ProvidersConfigError),
     #[error("building the providers' HTTP client: {0}")]
     Http(String),
 }
 
 impl Workflows {
     pub fn new(config: &Config, metrics: WorkflowMetrics) -> Result<Self, WorkflowError> {
-        let mut providers = BTreeMap::new();
-        if let Some(url) = config.llm_base_url.as_deref().filter(|u| !u.is_empty()) {
-            providers.insert(
-                "ollama".to_owned(),
-                Provider {
-                    base_url: url.to_owned(),
-                    api_key: None,
-                },
-            );
-        }
-        let open_sovereignty = config.sovereignty == "open";
-        if let Some(json) = config
-            .llm_providers
-            .as_deref()
-            .filter(|j| !j.trim().is_empty())
-        {
-            let external: Vec<ExternalProvider> =
-                serde_json::from_str(json).map_err(|e| WorkflowError::Providers(e.to_string()))?;
-            for provider in external {
-                providers.insert(
-                    provider.name,
-                    Provider {
-                        base_url: provider.base_url,
-                        api_key: provider.api_key_env.and_then(|var| std::env::var(var).ok()),
-                    },
-                );
-            }
-        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(config.workflow_concurrency)
             .build()
             .map_err(|e| WorkflowError::Http(e.to_string()))?;
         Ok(Self {
-            http,
-            providers,
-            open_sovereignty,
+            providers: Providers::from_config(config, http)?,
             permits: Arc::new(Semaphore::new(config.workflow_concurrency)),
             agent_retries: config.workflow_agent_retries,
             agent_timeout: Duration::from_secs(config.workflow_agent_timeout_seconds),
@@ -173,37 +127,17 @@ impl Workflows {
 
     /// Whether an agent may call `provider`, and why not.
     pub fn check_provider(&self, provider: &str) -> Result<(), String> {
-        if provider != "ollama" && !self.open_sovereignty {
-            return Err(format!(
-                "provider {provider:?} is external, and this tenant's sovereignty is strict: use \"ollama\""
-            ));
-        }
-        if !self.providers.contains_key(provider) {
-            let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
-            return Err(format!(
-                "provider {provider:?} is not configured (configured: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
-        }
-        Ok(())
+        self.providers.check(provider).map_err(|e| e.to_string())
     }
 
-    /// A client for one agent's call, over the shared connection pool (the caller
-    /// bounds the call with the agent's timeout). Checked again at run time: the
-    /// configuration may have changed since the workflow was saved.
+    /// A client for one agent's call, in its provider's protocol, over the shared
+    /// connection pool (the caller bounds the call with the agent's timeout). Checked
+    /// again at run time: the configuration may have changed since the workflow was
+    /// saved.
     pub fn client(&self, provider: &str, model: &str) -> Result<ChatClient, String> {
-        self.check_provider(provider)?;
-        let provider = &self.providers[provider];
-        Ok(ChatClient::with_client(
-            self.http.clone(),
-            &provider.base_url,
-            model,
-            provider.api_key.clone(),
-        ))
+        self.providers
+            .client(provider, model)
+            .map_err(|e| e.to_string())
     }
 
     fn track(&self, execution_id: Uuid) -> CancellationToken {
