@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::rag::routes as rag;
 use crate::routes::{accounts, internal, keys, ops};
@@ -75,6 +76,7 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         .route("/api/chunks/{id}", get(rag::get_chunk))
         .route("/api/search", post(rag::search_route))
         .route("/api/query", post(rag::query_route))
+        .route("/api/providers", get(rag::list_providers))
         .route(
             "/api/workflows",
             post(workflows::create_workflow).get(workflows::list_workflows),
@@ -108,7 +110,7 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            limit_by_client_address,
+            limit_by_caller,
         ));
     let internal = Router::new()
         .route("/internal/tenants/{slug}", put(internal::upsert_tenant))
@@ -242,36 +244,54 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// The per-address limits (60/min and 1000/h by default), before authentication.
-async fn limit_by_client_address(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let ip = client_ip(&state, &request);
-    if let Some(ip) = ip
-        && let Err(limited) = state.rate_limiter.check_ip(ip).await
-    {
+/// Rate limits, before the handler: a request that authenticates counts against its
+/// user or key (and its address's ceiling); any other against its address's anonymous
+/// bucket. So failed sign-ins exhaust only the anonymous bucket, and never lock out the
+/// signed-in people behind the same address. A credential that fails here counts as
+/// anonymous, and its handler answers 401 as usual.
+async fn limit_by_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let client = client_address(&state, &request);
+    let (mut parts, body) = request.into_parts();
+    let carries_credential = parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+        || parts.headers.contains_key("x-api-key");
+    let authenticated = if carries_credential {
+        Auth::from_request_parts(&mut parts, &state).await.ok()
+    } else {
+        None
+    };
+    let verdict = match (client, &authenticated) {
+        (Some(client), Some(auth)) => {
+            state
+                .rate_limiter
+                .check_authenticated(client, auth.principal())
+                .await
+        }
+        (Some(client), None) => state.rate_limiter.check_anonymous(client).await,
+        // No peer address: only in-process callers (tests driving the router).
+        (None, _) => Ok(()),
+    };
+    if let Err(limited) = verdict {
         return limited.into_response();
     }
-    next.run(request).await
+    next.run(Request::from_parts(parts, body)).await
 }
 
-fn client_ip(state: &AppState, request: &Request) -> Option<IpAddr> {
-    if state.config.trust_forwarded_for
-        && let Some(forwarded) = request
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        && let Some(first) = forwarded
-            .split(',')
-            .next()
-            .and_then(|ip| ip.trim().parse().ok())
-    {
-        return Some(first);
-    }
-    request
+fn client_address(state: &AppState, request: &Request) -> Option<IpAddr> {
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip())
+        .map(|ConnectInfo(address)| address.ip())?;
+    let forwarded_for = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    Some(
+        state
+            .config
+            .trusted_proxies
+            .client_address(peer, forwarded_for),
+    )
 }

@@ -19,6 +19,7 @@ use tokio::sync::RwLock;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::ratelimit::Principal;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -115,6 +116,17 @@ impl Auth {
                 "this credential lacks the {:?} scope",
                 scope.as_str()
             )))
+        }
+    }
+
+    /// Whom this caller's requests count against (see [`crate::ratelimit`]).
+    pub fn principal(&self) -> Principal {
+        match &self.key {
+            Some(key) => Principal::Key {
+                id: key.id,
+                per_minute: key.rate_limit_per_minute,
+            },
+            None => Principal::User(self.user_id),
         }
     }
 
@@ -404,12 +416,6 @@ impl FromRequestParts<AppState> for Auth {
                 ));
             }
         };
-        if let Some(key) = &auth.key {
-            state
-                .rate_limiter
-                .check_key(key.id, key.rate_limit_per_minute)
-                .await?;
-        }
         state.usage.attribute(parts, &auth);
         parts.extensions.insert(auth.clone());
         Ok(auth)

@@ -7,6 +7,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::client_address::TrustedProxies;
+
 /// A JWT key shorter than this is refused: HS256 is only as strong as its key.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -30,6 +32,10 @@ pub enum ConfigError {
     BadTimezone(String),
     #[error("IAF_SOVEREIGNTY {0:?} is neither \"strict\" nor \"open\"")]
     BadSovereignty(String),
+    #[error(
+        "IAF_TRUST_FORWARDED_FOR is no longer read: list the proxies in front of the API instead, as CIDRs, in IAF_TRUSTED_PROXIES (for example IAF_TRUSTED_PROXIES=172.16.0.0/12)"
+    )]
+    TrustForwardedForRemoved,
     #[error("IAF_WORKFLOW_CONCURRENCY must be at least 1")]
     ZeroWorkflowConcurrency,
     #[error("IAF_VECTOR_STORE {0:?} is neither \"pgvector\" nor \"qdrant\"")]
@@ -66,9 +72,18 @@ pub struct Config {
     /// Lets anyone create a tenant with `POST /api/auth/register`. An operator-managed
     /// deployment bootstraps its tenant through `/internal` and may turn this off.
     pub allow_registration: bool,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy:
-    /// the appliance gateway or an ingress controller).
-    pub trust_forwarded_for: bool,
+    /// The proxies in front of the API (the appliance's gateway, the ingress
+    /// controller), as CIDRs: a request from one of them is the client's named by the
+    /// rightmost `X-Forwarded-For` hop that is not one of them. Empty: the peer.
+    #[serde(default)]
+    pub trusted_proxies: TrustedProxies,
+    /// Replaced by `trusted_proxies`; kept only to refuse it by name (its leftmost-hop
+    /// reading let every client choose its own rate-limit bucket).
+    #[serde(default, skip_serializing)]
+    pub trust_forwarded_for: Option<serde::de::IgnoredAny>,
+    /// Connecting to Redis and each rate-limit check there: past it, the check fails
+    /// open (counted in `rate_limiter_errors`) rather than stall the request.
+    pub redis_timeout_ms: u64,
     /// How long a verified API key is trusted without a database lookup.
     pub api_key_cache_seconds: u64,
     pub database_max_connections: u32,
@@ -122,12 +137,33 @@ pub struct Config {
     pub qdrant_timeout_seconds: u64,
 }
 
+/// Three kinds of bucket, so that no anonymous client can lock out signed-in people:
+/// requests that carry no valid credential (sign-in, sign-up, probing) count per client
+/// address; authenticated ones count per user or per key, under a per-address ceiling
+/// high enough for a whole office behind one NAT.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RateLimitConfig {
+    /// Unauthenticated requests per client address.
     pub per_ip_per_minute: u32,
     pub per_ip_per_hour: u32,
+    /// Authenticated requests per client address: a backstop, not the working limit.
+    pub per_ip_ceiling_per_minute: u32,
+    /// Requests per signed-in user (a JWT).
+    pub per_user_per_minute: u32,
     /// For API keys created without their own limit.
     pub default_key_per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 60,
+            per_ip_per_hour: 1000,
+            per_ip_ceiling_per_minute: 6000,
+            per_user_per_minute: 600,
+            default_key_per_minute: 120,
+        }
+    }
 }
 
 /// A value kept out of logs and Debug output.
@@ -180,15 +216,13 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             max_upload_bytes: 20 * 1024 * 1024,
             cors_origins: Vec::new(),
-            rate_limit: RateLimitConfig {
-                per_ip_per_minute: 60,
-                per_ip_per_hour: 1000,
-                default_key_per_minute: 120,
-            },
+            rate_limit: RateLimitConfig::default(),
             timezone: "Africa/Algiers".into(),
             operator_token: Secret::default(),
             allow_registration: true,
-            trust_forwarded_for: false,
+            trusted_proxies: TrustedProxies::default(),
+            trust_forwarded_for: None,
+            redis_timeout_ms: 300,
             api_key_cache_seconds: 5,
             database_max_connections: 32,
             embedding_model_dir: None,
@@ -253,6 +287,9 @@ impl Config {
         }
         if !matches!(self.sovereignty.as_str(), "strict" | "open") {
             return Err(ConfigError::BadSovereignty(self.sovereignty.clone()));
+        }
+        if self.trust_forwarded_for.is_some() {
+            return Err(ConfigError::TrustForwardedForRemoved);
         }
         if self.workflow_concurrency == 0 {
             return Err(ConfigError::ZeroWorkflowConcurrency);
@@ -351,6 +388,34 @@ mod tests {
         .unwrap();
         assert_eq!(qdrant.qdrant_api_key.expose(), "k3y");
         assert!(!format!("{qdrant:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_and_the_old_flag_is_refused_by_name() {
+        let base = [
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_URL", "postgres://x@y/z"),
+        ];
+        assert!(with_env(&base).unwrap().trusted_proxies.is_empty());
+        let listed = with_env(&[
+            base[0],
+            base[1],
+            ("IAF_TRUSTED_PROXIES", "172.18.0.1, 10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert!(listed.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(
+            !listed
+                .trusted_proxies
+                .contains("172.18.0.2".parse().unwrap())
+        );
+        let bad = with_env(&[base[0], base[1], ("IAF_TRUSTED_PROXIES", "gateway")]).unwrap_err();
+        assert!(bad.to_string().contains("\"gateway\""), "{bad}");
+        let old = with_env(&[base[0], base[1], ("IAF_TRUST_FORWARDED_FOR", "true")]).unwrap_err();
+        assert!(
+            matches!(old, ConfigError::TrustForwardedForRemoved),
+            "{old}"
+        );
     }
 
     #[test]

@@ -84,13 +84,13 @@ impl Metrics {
         let rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register(
             "rate_limited_requests",
-            "Requests refused by a rate limit (scope: ip or key)",
+            "Requests refused by a rate limit (scope: anonymous, ip_ceiling, user or key)",
             rate_limited.clone(),
         );
         let rate_limiter_errors = Counter::default();
         registry.register(
             "rate_limiter_errors",
-            "Rate-limit checks that failed open because Redis was unavailable",
+            "Rate-limit checks that failed open because Redis failed or did not answer in time",
             rate_limiter_errors.clone(),
         );
         let db_pool_connections = Family::<PoolLabels, Gauge>::default();

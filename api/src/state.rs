@@ -67,7 +67,13 @@ impl AppState {
         let rag = Arc::new(Rag::new(&config, store, rag_metrics)?);
         let rate_limiter = match &config.redis_url {
             Some(url) if !url.is_empty() => {
-                RateLimiter::redis(url, config.rate_limit.clone(), metrics.clone()).await?
+                RateLimiter::redis(
+                    url,
+                    Duration::from_millis(config.redis_timeout_ms),
+                    config.rate_limit.clone(),
+                    metrics.clone(),
+                )
+                .await?
             }
             _ => RateLimiter::in_process(config.rate_limit.clone(), metrics.clone()),
         };

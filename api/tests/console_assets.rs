@@ -75,6 +75,7 @@ async fn loading_the_console_does_not_use_up_the_rate_limit() {
             per_ip_per_minute: 2,
             per_ip_per_hour: 100,
             default_key_per_minute: 100,
+            ..Default::default()
         },
         ..common::config(&db)
     })

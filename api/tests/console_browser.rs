@@ -189,6 +189,8 @@ async fn the_console_journeys_pass_in_a_real_browser() {
             per_ip_per_minute: 100_000,
             per_ip_per_hour: 1_000_000,
             default_key_per_minute: 100_000,
+            per_user_per_minute: 100_000,
+            per_ip_ceiling_per_minute: 1_000_000,
         },
         ..common::config(&db)
     };

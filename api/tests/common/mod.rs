@@ -96,6 +96,8 @@ pub fn rag_config(db: &TestDb) -> Config {
             per_ip_per_minute: 100_000,
             per_ip_per_hour: 1_000_000,
             default_key_per_minute: 100_000,
+            per_user_per_minute: 100_000,
+            per_ip_ceiling_per_minute: 1_000_000,
         },
         ..config(db)
     }
