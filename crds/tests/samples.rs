@@ -50,8 +50,8 @@ fn the_university_plan_follows_its_manifest_and_tier() {
     let names: Vec<_> = plan.components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["postgres", "ollama", "api"],
-        "start order, no Qdrant under pgvector"
+        ["postgres", "ollama", "redis", "api"],
+        "start order, no Qdrant under pgvector, Redis for two API replicas"
     );
     let api = plan.component(ComponentKind::Api).unwrap();
     assert_eq!(api.replicas, 2);
@@ -65,7 +65,10 @@ fn the_university_plan_follows_its_manifest_and_tier() {
         "2Gi",
         "the pro default fills the rest"
     );
-    assert_eq!(api.depends_on, [ComponentKind::Database]);
+    assert_eq!(
+        api.depends_on,
+        [ComponentKind::Database, ComponentKind::Redis]
+    );
     assert!(!plan.egress.internet);
     assert!(
         plan.egress.providers.is_empty(),
@@ -97,12 +100,16 @@ fn the_university_plan_follows_its_manifest_and_tier() {
 fn the_enterprise_plan_runs_qdrant_with_a_gpu_and_opens_only_its_provider() {
     let plan = plan_of("tenant-enterprise-qdrant-gpu.yaml");
     let names: Vec<_> = plan.components.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["postgres", "qdrant", "ollama", "api"]);
+    assert_eq!(names, ["postgres", "qdrant", "ollama", "redis", "api"]);
     assert_eq!(plan.component(ComponentKind::Ollama).unwrap().gpu, 1);
     let api = plan.component(ComponentKind::Api).unwrap();
     assert_eq!(
         api.depends_on,
-        [ComponentKind::Database, ComponentKind::VectorStore]
+        [
+            ComponentKind::Database,
+            ComponentKind::VectorStore,
+            ComponentKind::Redis
+        ]
     );
     assert_eq!(plan.egress.providers.len(), 1);
     let deepseek = &plan.egress.providers[0];

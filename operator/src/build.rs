@@ -29,7 +29,9 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
@@ -361,6 +363,26 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
         pod_selector: Some(LabelSelector::default()),
         ..NetworkPolicyPeer::default()
     };
+    // Components that admit only some clients are left out of the namespace-wide
+    // allowance (policies add up, so one that selected them would admit everyone);
+    // each gets its own policy below.
+    let restricted: Vec<&ComponentPlan> = plan
+        .components
+        .iter()
+        .filter(|c| !c.clients.is_empty())
+        .collect();
+    let unrestricted = if restricted.is_empty() {
+        everyone.clone()
+    } else {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: LABEL_COMPONENT.to_owned(),
+                operator: "NotIn".into(),
+                values: Some(restricted.iter().map(|c| c.name.clone()).collect()),
+            }]),
+            ..LabelSelector::default()
+        }
+    };
     let mut policies = vec![
         policy(
             plan,
@@ -377,7 +399,7 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
             ctx,
             "allow-same-namespace",
             NetworkPolicySpec {
-                pod_selector: Some(everyone.clone()),
+                pod_selector: Some(unrestricted),
                 ingress: Some(vec![NetworkPolicyIngressRule {
                     from: Some(vec![same_namespace.clone()]),
                     ..NetworkPolicyIngressRule::default()
@@ -422,6 +444,31 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
             },
         ),
     ];
+    for component in restricted {
+        policies.push(policy(
+            plan,
+            ctx,
+            &format!("allow-{}-clients", component.name),
+            NetworkPolicySpec {
+                pod_selector: Some(pods_of(plan, &component.name)),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(
+                        component
+                            .clients
+                            .iter()
+                            .map(|client| NetworkPolicyPeer {
+                                pod_selector: Some(pods_of(plan, client.name())),
+                                ..NetworkPolicyPeer::default()
+                            })
+                            .collect(),
+                    ),
+                    ports: Some(component.ports.iter().map(|p| tcp_port(p.port)).collect()),
+                }]),
+                policy_types: Some(vec!["Ingress".into()]),
+                ..NetworkPolicySpec::default()
+            },
+        ));
+    }
     if let Some(api) = plan.component(ComponentKind::Api) {
         let ports: Vec<NetworkPolicyPort> = api.ports.iter().map(|p| tcp_port(p.port)).collect();
         policies.push(policy(

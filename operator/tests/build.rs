@@ -569,3 +569,71 @@ fn config_rbac_is_generated_from_the_rules() {
         path.display()
     );
 }
+
+#[test]
+fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
+    for (name, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let same_namespace = find(&objects, "NetworkPolicy", "allow-same-namespace");
+        let Some(redis) = plan.component(iafactory_crds::plan::ComponentKind::Redis) else {
+            assert!(
+                objects.all().all(|c| c.name() != "redis"),
+                "{name}: one API replica, no redis object"
+            );
+            assert_eq!(
+                field(same_namespace, "/spec/podSelector"),
+                &serde_json::json!({}),
+                "{name}"
+            );
+            continue;
+        };
+        assert!(
+            plan.component(iafactory_crds::plan::ComponentKind::Api)
+                .unwrap()
+                .replicas
+                > 1
+        );
+        let deployment = find(&objects, "Deployment", "redis");
+        assert_eq!(field(deployment, "/spec/replicas"), 1, "{name}");
+        let container = field(deployment, "/spec/template/spec/containers/0");
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(container["image"], redis.image.as_str());
+        assert_eq!(container["args"], serde_json::json!(redis.args));
+        let service = find(&objects, "Service", "redis");
+        assert_eq!(field(service, "/spec/ports/0/port"), 6379, "{name}");
+        // The namespace-wide allowance leaves redis out: its own policy decides.
+        assert_eq!(
+            field(same_namespace, "/spec/podSelector"),
+            &serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["redis"]}]}),
+            "{name}"
+        );
+        let admits = find(&objects, "NetworkPolicy", "allow-redis-clients");
+        assert_eq!(
+            field(
+                admits,
+                "/spec/podSelector/matchLabels/iafactory.dz~1component"
+            ),
+            "redis"
+        );
+        assert_eq!(
+            field(admits, "/spec/ingress"),
+            &serde_json::json!([{
+                "from": [{"podSelector": {"matchLabels": {
+                    "iafactory.dz/component": "api",
+                    "iafactory.dz/tenant": plan.tenant,
+                }}}],
+                "ports": [{"port": 6379, "protocol": "TCP"}],
+            }]),
+            "{name}: only the tenant's API pods, only on Redis's port"
+        );
+        let api = find(&objects, "Deployment", "api");
+        let env = field(api, "/spec/template/spec/containers/0/env")
+            .as_array()
+            .unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "IAF_REDIS_URL" && e["value"] == "redis://redis:6379"),
+            "{name}"
+        );
+    }
+}

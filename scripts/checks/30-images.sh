@@ -29,9 +29,9 @@ started=$SECONDS
 # The API image carries the embedding model the tests use (all-MiniLM-L6-v2).
 cargo build -q --locked -p iafactory-appliance --bin iafactory
 IAF_IMAGE_EMBEDDING_MODEL_DIR="${IAF_IMAGE_EMBEDDING_MODEL_DIR:-${IAF_TEST_EMBEDDING_MODEL_DIR:-}}" \
-    "$IAF_ROOT/target/debug/iafactory" images build --source "$IAF_ROOT" "${components[@]}" postgres prometheus
-note "built ${components[*]} postgres prometheus in $((SECONDS - started))s"
-for image in iafactory/postgres-pgvector:18 iafactory/prometheus; do
+    "$IAF_ROOT/target/debug/iafactory" images build --source "$IAF_ROOT" "${components[@]}" postgres prometheus redis
+note "built ${components[*]} postgres prometheus redis in $((SECONDS - started))s"
+for image in iafactory/postgres-pgvector:18 iafactory/prometheus iafactory/redis; do
     docker image ls -q "$image" | grep -q . || die "iafactory images build did not build $image"
 done
 
@@ -65,3 +65,19 @@ for component in "${components[@]}"; do
             || die "$image has no embedding model in /opt/iafactory/models/all-MiniLM-L6-v2"
     fi
 done
+
+# Redis (the tenants' shared rate-limit store), as the plan runs it: its own non-root
+# user, a read-only root filesystem, no capabilities, no network; its healthcheck
+# command answers, and nothing is persisted.
+redis_image="$(sed -n '/^\[images.redis\]/,/^\[/s/^image *= *"\(.*\)"/\1/p' "$IAF_ROOT/config/iafactory.toml")"
+[ "$(docker image inspect -f '{{.Config.User}}' "$redis_image")" = "999:999" ] || die "$redis_image does not run as 999:999"
+redis="$(docker run -d --read-only --network none --cap-drop ALL --security-opt no-new-privileges \
+    "$redis_image" --port 6379 --protected-mode no --save '' --appendonly no)"
+trap 'docker rm -f "$redis" >/dev/null 2>&1' EXIT
+for _ in $(seq 50); do
+    [ "$(docker exec "$redis" redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+done
+[ "$(docker exec "$redis" redis-cli -h 127.0.0.1 -p 6379 ping)" = PONG ] || die "$redis_image does not answer redis-cli ping"
+[ "$(docker exec "$redis" redis-cli config get appendonly | tail -n 1)" = no ] || die "$redis_image persists an append-only file"
+note "$redis_image: PONG as 999:999 on a read-only root filesystem"
