@@ -53,6 +53,13 @@ enum Command {
     },
     /// Converge Docker to every stored tenant.
     Up,
+    /// The secrets a Tenant's `secretRef`s name (providers' API keys): `secret set
+    /// TENANT NAME KEY` (value on stdin), `secret list [TENANT]`, `secret delete TENANT
+    /// NAME [KEY]`.
+    Secret {
+        #[command(subcommand)]
+        command: cli::secret::SecretCommand,
+    },
     /// A tenant's language models, carried in on a disk (no registry to pull from).
     Models {
         #[command(subcommand)]
@@ -150,8 +157,8 @@ enum ImagesCommand {
         /// The IAFactory source tree (default: the current directory).
         #[arg(long, env = "IAF_SOURCE_DIR")]
         source: Option<PathBuf>,
-        /// Which images: our api, operator and appliance; the third-party postgres and
-        /// prometheus; the llama stand-in for Ollama. Default: all but llama.
+        /// Which images: our api, operator and appliance; the third-party postgres,
+        /// prometheus and redis; the llama stand-in for Ollama. Default: all but llama.
         components: Vec<String>,
         #[arg(long)]
         release: bool,
@@ -253,7 +260,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}/{} (tenant {}) {state}", a.kind, a.name, a.tenant);
                 }
             }
-            if no_up {
+            // A tenant whose secretRefs nobody set cannot start: stored, and said so,
+            // rather than a failure of the `up` below.
+            let missing = app.missing_secrets()?;
+            for m in &missing {
+                eprintln!(
+                    "warning: tenant {} needs key {} of secret {}, which is not set: run `{}` with the value on stdin",
+                    m.tenant,
+                    m.key,
+                    m.secret,
+                    m.set_command()
+                );
+            }
+            if !missing.is_empty() && !no_up {
+                eprintln!(
+                    "warning: not converged: set the secret(s) above, then run `iafactory up`"
+                );
+            } else if no_up {
                 if applied.iter().any(|a| a.kind != "tenant") {
                     println!(
                         "not registered yet: `iafactory up` or `iafactory serve` registers them with the tenant's API"
@@ -264,6 +287,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Up => up(&App::open(config).await?).await?,
+        Command::Secret { command } => {
+            // The data directory alone: no Docker Engine needed to keep a secret.
+            let store = iafactory_appliance::store::Store::open(&config.appliance.data_dir)?;
+            cli::secret::run(
+                &store,
+                &config.platform,
+                command,
+                std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?;
+        }
         Command::Upgrade { bundle: path } => {
             if let Some(path) = path {
                 images(config.clone(), ImagesCommand::Import { bundle: path }).await?;

@@ -13,6 +13,14 @@
 //!
 //! Beside the Tenant's file, in a directory that changes whenever they do, so the
 //! daemon's watch of `manifests/tenants` sees them.
+//!
+//! ```text
+//! secrets/<tenant>.json   generated secrets and those `iafactory secret set` stored
+//! ```
+//!
+//! (mode 0600 in a 0700 directory; see [`user_secrets`]).
+
+pub mod user_secrets;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -382,18 +390,11 @@ impl Store {
     }
 
     /// The tenant's secrets: generated once (CSPRNG, hex) and never overwritten, since
-    /// the database was initialised with them.
+    /// the database was initialised with them; and those a person set
+    /// ([`user_secrets`]), as they were stored.
     pub fn secrets(&self, plan: &TenantPlan) -> Result<Secrets, StoreError> {
-        let path = self.secrets_path(&plan.tenant);
-        let mut secrets: Secrets = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Secrets {
-                tenant: plan.tenant.clone(),
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Secrets::new(),
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
+        let _lock = self.secrets_lock()?;
+        let mut secrets = self.read_secrets(&plan.tenant)?;
         let mut generated = false;
         for secret in &plan.secrets {
             let values = secrets.entry(secret.name.clone()).or_default();
@@ -408,9 +409,43 @@ impl Store {
         }
         if generated {
             let text = serde_json::to_vec_pretty(&secrets).expect("strings serialize");
-            write_atomically(&path, &text, 0o600)?;
+            write_atomically(&self.secrets_path(&plan.tenant), &text, 0o600)?;
         }
         Ok(secrets)
+    }
+
+    /// The tenant's secrets file as it is (empty when there is none).
+    fn read_secrets(&self, tenant: &str) -> Result<Secrets, StoreError> {
+        let path = self.secrets_path(tenant);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Secrets {
+                tenant: tenant.to_owned(),
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Secrets::new()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Held while a secrets file is read, changed and written: generation (any command
+    /// that plans) and `iafactory secret` may run at once, and neither may lose the
+    /// other's write. Separate from [`Store::lock`], which a converge holds for minutes.
+    fn secrets_lock(&self) -> Result<fs::File, StoreError> {
+        let path = self.secrets_dir().join(".lock");
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
     }
 
     /// The raw secrets file, for backups.

@@ -3,6 +3,7 @@
 pub mod delete;
 pub mod plan;
 pub mod progress;
+pub mod secret;
 
 use clap::ValueEnum;
 

@@ -36,6 +36,67 @@ pub enum DesiredError {
         secret: String,
         key: String,
     },
+    #[error(
+        "component {component} of tenant {tenant:?} needs key {key:?} of secret {secret:?} (a secretRef of its manifest), which is not set; run `{}` with the value on stdin, then `iafactory up`", set_command(.tenant, .secret, .key)
+    )]
+    MissingUserSecret {
+        tenant: String,
+        component: String,
+        secret: String,
+        key: String,
+    },
+}
+
+/// The command that stores a secret a manifest refers to.
+pub fn set_command(tenant: &str, secret: &str, key: &str) -> String {
+    format!("iafactory secret set {tenant} {secret} {key}")
+}
+
+/// A secret the plan refers to but does not generate, which a person must provide.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct NeededSecret {
+    pub tenant: String,
+    pub secret: String,
+    pub key: String,
+}
+
+impl NeededSecret {
+    pub fn set_command(&self) -> String {
+        set_command(&self.tenant, &self.secret, &self.key)
+    }
+}
+
+/// Every secret key the plan's components read that the plan does not generate
+/// (providers' API keys), sorted, each once.
+pub fn user_secrets(plan: &TenantPlan) -> Vec<NeededSecret> {
+    let mut needed: Vec<NeededSecret> = plan
+        .components
+        .iter()
+        .flat_map(|c| &c.env)
+        .filter_map(|var| match &var.value {
+            EnvValue::Secret { secret, key } if !generates(plan, secret) => Some(NeededSecret {
+                tenant: plan.tenant.clone(),
+                secret: secret.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    needed.sort();
+    needed.dedup();
+    needed
+}
+
+/// Those of [`user_secrets`] that `secrets` lacks.
+pub fn missing_user_secrets(plan: &TenantPlan, secrets: &Secrets) -> Vec<NeededSecret> {
+    user_secrets(plan)
+        .into_iter()
+        .filter(|n| secrets.get(&n.secret).and_then(|s| s.get(&n.key)).is_none())
+        .collect()
+}
+
+fn generates(plan: &TenantPlan, secret: &str) -> bool {
+    plan.secrets.iter().any(|s| s.name == secret)
 }
 
 /// How the appliance renders plans, independent of any tenant.
@@ -264,8 +325,9 @@ fn component_containers(
         .collect())
 }
 
-/// Expands the plan's environment: secrets from the store, `$(VAR)` templates over the
-/// variables defined before them (Kubernetes' rule).
+/// Expands the plan's environment: secrets from the store (generated, or set with
+/// `iafactory secret set`), `$(VAR)` templates over the variables defined before them
+/// (Kubernetes' rule).
 fn environment(
     plan: &TenantPlan,
     component: &ComponentPlan,
@@ -279,11 +341,30 @@ fn environment(
                 .get(secret)
                 .and_then(|s| s.get(key))
                 .cloned()
-                .ok_or_else(|| DesiredError::MissingSecret {
-                    tenant: plan.tenant.clone(),
-                    component: component.name.clone(),
-                    secret: secret.clone(),
-                    key: key.clone(),
+                .ok_or_else(|| {
+                    let (tenant, component, secret, key) = (
+                        plan.tenant.clone(),
+                        component.name.clone(),
+                        secret.clone(),
+                        key.clone(),
+                    );
+                    // Generated ones exist once `Store::secrets` ran; the others are
+                    // the person's to provide.
+                    if generates(plan, &secret) {
+                        DesiredError::MissingSecret {
+                            tenant,
+                            component,
+                            secret,
+                            key,
+                        }
+                    } else {
+                        DesiredError::MissingUserSecret {
+                            tenant,
+                            component,
+                            secret,
+                            key,
+                        }
+                    }
                 })?,
             EnvValue::Template { template } => {
                 values.iter().fold(template.clone(), |text, (name, value)| {
@@ -385,6 +466,98 @@ mod tests {
         assert_ne!(
             a.containers.last().unwrap().spec_hash,
             c.containers.last().unwrap().spec_hash
+        );
+    }
+
+    const OPEN: &str = "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  sovereignty: open\n  llmProviders:\n  - {name: deepseek, kind: openai-compatible, baseUrl: \"https://api.deepseek.com/v1\", secretRef: {name: deepseek-key, key: apiKey}}\n";
+
+    #[test]
+    fn a_provider_key_comes_from_the_set_secrets_or_names_the_command_to_set_it() {
+        let plan = plan(&tenant(OPEN), &PlatformConfig::default()).unwrap();
+        let mut secrets = secrets_for(&plan);
+        let needed = NeededSecret {
+            tenant: "acme".into(),
+            secret: "deepseek-key".into(),
+            key: "apiKey".into(),
+        };
+        assert_eq!(user_secrets(&plan), std::slice::from_ref(&needed));
+        assert_eq!(missing_user_secrets(&plan, &secrets), [needed]);
+        let error = tenant_state(&plan, &secrets, &settings()).unwrap_err();
+        assert!(matches!(error, DesiredError::MissingUserSecret { .. }));
+        let message = error.to_string();
+        assert!(
+            message.contains("`iafactory secret set acme deepseek-key apiKey`"),
+            "{message}"
+        );
+        assert!(!message.contains("bug"), "{message}");
+
+        secrets.insert(
+            "deepseek-key".into(),
+            BTreeMap::from([("apiKey".into(), "sk-test".into())]),
+        );
+        assert!(missing_user_secrets(&plan, &secrets).is_empty());
+        let state = tenant_state(&plan, &secrets, &settings()).unwrap();
+        let api = state.containers.last().unwrap();
+        assert!(
+            api.env
+                .iter()
+                .any(|e| e == "IAF_PROVIDER_DEEPSEEK_API_KEY=sk-test"),
+            "{:?}",
+            api.env
+        );
+    }
+
+    #[test]
+    fn two_api_replicas_get_a_read_only_redis_on_the_tenant_network() {
+        let config = PlatformConfig::default();
+        let plan = plan(
+            &tenant(
+                "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {plan: pro, components: {api: {replicas: 2}}}\n",
+            ),
+            &config,
+        )
+        .unwrap();
+        let state = tenant_state(&plan, &secrets_for(&plan), &settings()).unwrap();
+        let redis: Vec<_> = state
+            .containers
+            .iter()
+            .filter(|c| c.component == "redis")
+            .collect();
+        assert_eq!(redis.len(), 1);
+        let redis = redis[0];
+        assert!(redis.name.starts_with("iaf-acme-redis-"), "{}", redis.name);
+        assert_eq!(redis.aliases, ["redis"]);
+        assert_eq!(redis.user, "999:999");
+        assert!(redis.read_only && redis.mounts.is_empty() && redis.tmpfs.is_empty());
+        assert_eq!(redis.cmd[0], "--port 6379");
+        assert_eq!(
+            redis.healthcheck.as_ref().unwrap().test,
+            ["CMD", "redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"]
+        );
+        assert_eq!(redis.memory_bytes, 256 * 1024 * 1024);
+        let apis: Vec<_> = state
+            .containers
+            .iter()
+            .filter(|c| c.component == "api")
+            .collect();
+        assert_eq!(apis.len(), 2);
+        for api in apis {
+            assert!(api.depends_on.contains(&"redis".to_owned()));
+            assert!(
+                api.env
+                    .contains(&"IAF_REDIS_URL=redis://redis:6379".to_owned())
+            );
+        }
+        let position = |component: &str| {
+            state
+                .containers
+                .iter()
+                .position(|c| c.component == component)
+                .unwrap()
+        };
+        assert!(
+            position("redis") < position("api"),
+            "started before the API"
         );
     }
 
