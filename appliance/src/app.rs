@@ -13,7 +13,9 @@ use iafactory_crds::{KnowledgeBase, Tenant, Workflow, admission};
 use serde::Serialize;
 
 use crate::engine::converge::{ConvergeError, Converger, Report, health_word, is_current};
-use crate::engine::desired::{DesiredError, RenderSettings, TenantState, tenant_state};
+use crate::engine::desired::{
+    DesiredError, NeededSecret, RenderSettings, TenantState, missing_user_secrets, tenant_state,
+};
 use crate::engine::docker::{DockerError, Engine, Target};
 use crate::monitoring::{self, MonitoringError};
 use crate::registrations::RegistrationStatus;
@@ -118,6 +120,15 @@ pub struct TenantStatus {
     pub registrations: Vec<RegistrationStatus>,
 }
 
+/// One running API container of a tenant, as [`App::api_replicas`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ApiReplica {
+    /// `ip:port` on the tenant's network.
+    pub address: String,
+    /// Docker's healthcheck passes (or the container has none).
+    pub healthy: bool,
+}
+
 /// One object `apply` stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -176,6 +187,19 @@ impl App {
                 Ok(tenant_state(&plan, &secrets, &settings)?)
             })
             .collect()
+    }
+
+    /// The secrets stored tenants refer to (providers' API keys) that nobody set yet
+    /// with `iafactory secret set`: `up` cannot start those tenants, so `apply` says
+    /// which to set instead of failing later.
+    pub fn missing_secrets(&self) -> Result<Vec<NeededSecret>, AppError> {
+        let mut missing = Vec::new();
+        for tenant in self.store.tenants()? {
+            let plan = self.plan_stored(&tenant)?;
+            let secrets = self.store.secrets(&plan)?;
+            missing.extend(missing_user_secrets(&plan, &secrets));
+        }
+        Ok(missing)
     }
 
     /// Validates and plans every manifest in `files`, then stores them: all or
@@ -459,6 +483,7 @@ impl App {
             &configured.postgres.image,
             &configured.qdrant.image,
             &configured.ollama.image,
+            &configured.redis.image,
         ]
         .into_iter()
         .chain(&monitoring)
@@ -473,20 +498,20 @@ impl App {
         Ok(images)
     }
 
-    /// Every stored tenant, component by component, as the engine runs it now.
     /// Each tenant's running API replicas, `ip:port` on the tenant's network (the host
-    /// reaches bridge networks directly, internal or not), in the plan's order; a tenant
-    /// with none has an empty list. A container that cannot be read is logged and left
-    /// out: the next reconcile asks again.
-    pub(crate) async fn api_addresses(
+    /// reaches bridge networks directly, internal or not), in the plan's order, each
+    /// with whether Docker's healthcheck passes: Prometheus scrapes them all, the gateway
+    /// routes to the healthy ones. A tenant with none has an empty list. A container
+    /// that cannot be read is logged and left out: the next look asks again.
+    pub(crate) async fn api_replicas(
         &self,
         desired: &[TenantState],
-    ) -> BTreeMap<String, Vec<String>> {
+    ) -> BTreeMap<String, Vec<ApiReplica>> {
         let port = self.config.platform.api.port;
         let api = ComponentKind::Api.name();
-        let mut addresses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut replicas: BTreeMap<String, Vec<ApiReplica>> = BTreeMap::new();
         for state in desired {
-            let found = addresses.entry(state.tenant.clone()).or_default();
+            let found = replicas.entry(state.tenant.clone()).or_default();
             for spec in state.containers.iter().filter(|c| c.component == api) {
                 let target = Target::component(&state.tenant, api);
                 match self
@@ -496,7 +521,10 @@ impl App {
                 {
                     Ok(Some(attachment)) => {
                         if let (true, Some(ip)) = (attachment.running, attachment.ip) {
-                            found.push(format!("{ip}:{port}"));
+                            found.push(ApiReplica {
+                                address: format!("{ip}:{port}"),
+                                healthy: attachment.healthy,
+                            });
                         }
                     }
                     Ok(None) => {}
@@ -504,7 +532,7 @@ impl App {
                 }
             }
         }
-        addresses
+        replicas
     }
 
     /// The image ID each image of `states` names on the box (None: not here).
@@ -527,6 +555,7 @@ impl App {
         Ok(ids)
     }
 
+    /// Every stored tenant, component by component, as the engine runs it now.
     pub async fn status(&self) -> Result<Vec<TenantStatus>, AppError> {
         let observed = self
             .engine

@@ -18,7 +18,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::app::{ApiReplica, App};
 use crate::certs::{
     AcmeSettings, CertError, CertManager, CertResolver, CertSettings, CertSource, ChallengeStore,
 };
@@ -108,7 +108,10 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         tracing::warn!(host, "{error}; a new certificate will be issued");
     }
     let desired = app.desired().unwrap_or_default();
-    let routes = SharedRoutes::new(route_table(&app, &app.api_addresses(&desired).await));
+    let routes = SharedRoutes::new(route_table(
+        &domain(&app),
+        &app.api_replicas(&desired).await,
+    ));
     let gateway_config = &app.config.appliance.gateway;
     let mut settings =
         GatewaySettings::new(gateway_config.https_listen, gateway_config.http_listen);
@@ -229,22 +232,32 @@ fn tenant_hosts(app: &App) -> Vec<String> {
     hosts
 }
 
-/// Each tenant's API container, by its address on the tenant's internal network (the
-/// host reaches bridge networks directly, internal or not; [`App::api_addresses`]). A
-/// tenant whose API is not running is left out: the gateway answers 404 for it until
-/// the next reconcile.
-fn route_table(app: &App, apis: &BTreeMap<String, Vec<String>>) -> RouteTable {
-    let mut table = RouteTable::new(&domain(app));
-    for (tenant, addresses) in apis {
-        let Some(address) = addresses.first() else {
-            continue;
-        };
-        match Upstream::http(address) {
-            Ok(upstream) => table.insert(tenant, upstream),
-            Err(error) => tracing::error!(tenant, "{error}"),
+/// Every healthy API replica of each tenant, by its address on the tenant's internal
+/// network (the host reaches bridge networks directly, internal or not;
+/// [`App::api_replicas`]); the gateway balances across them. A replica that is running
+/// but whose healthcheck fails (or has not passed yet) is left out; a tenant with no
+/// healthy replica gets 404 from the gateway until the next reconcile.
+fn route_table(domain: &str, apis: &BTreeMap<String, Vec<ApiReplica>>) -> RouteTable {
+    let mut table = RouteTable::new(domain);
+    for (tenant, replicas) in apis {
+        for replica in replicas.iter().filter(|r| r.healthy) {
+            match Upstream::http(&replica.address) {
+                Ok(upstream) => table.insert(tenant, upstream),
+                Err(error) => tracing::error!(tenant, "{error}"),
+            }
         }
     }
     table
+}
+
+/// Every running API replica, healthy or not: what Prometheus scrapes.
+fn scrape_addresses(apis: &BTreeMap<String, Vec<ApiReplica>>) -> BTreeMap<String, Vec<String>> {
+    apis.iter()
+        .map(|(tenant, replicas)| {
+            let addresses = replicas.iter().map(|r| r.address.clone()).collect();
+            (tenant.clone(), addresses)
+        })
+        .collect()
 }
 
 /// What a reconcile refreshes besides the containers.
@@ -255,8 +268,8 @@ struct Refresh {
 }
 
 impl Refresh {
-    async fn after_reconcile(&self, app: &App, apis: &BTreeMap<String, Vec<String>>) {
-        self.routes.replace(route_table(app, apis));
+    async fn after_reconcile(&self, app: &App, apis: &BTreeMap<String, Vec<ApiReplica>>) {
+        self.routes.replace(route_table(&domain(app), apis));
         let hosts = tenant_hosts(app);
         let changed = {
             let mut known = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -308,8 +321,8 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
                 Ok(desired) => {
                     // Looked up once: the gateway's routes and Prometheus's targets
                     // are the same addresses.
-                    let apis = app.api_addresses(&desired).await;
-                    write_monitoring_targets(app, listen, &apis);
+                    let apis = app.api_replicas(&desired).await;
+                    write_monitoring_targets(app, listen, &scrape_addresses(&apis));
                     refresh.after_reconcile(app, &apis).await;
                 }
                 Err(error) => tracing::error!("{error}"),
@@ -360,5 +373,45 @@ async fn status(State(served): State<Arc<Served>>) -> Response {
     match served.app.status().await {
         Ok(statuses) => axum::Json(statuses).into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(address: &str, healthy: bool) -> ApiReplica {
+        ApiReplica {
+            address: address.to_owned(),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn every_healthy_replica_is_routed_and_every_running_one_scraped() {
+        let apis = BTreeMap::from([
+            (
+                "alpha".to_owned(),
+                vec![
+                    replica("172.18.0.3:8180", true),
+                    replica("172.18.0.4:8180", false),
+                    replica("172.18.0.5:8180", true),
+                ],
+            ),
+            ("beta".to_owned(), vec![replica("172.19.0.3:8180", false)]),
+            ("gamma".to_owned(), vec![]),
+        ]);
+        let table = route_table("Example.DZ", &apis);
+        let (_, replicas) = table.route("alpha.example.dz").unwrap();
+        let routed: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+        assert_eq!(routed, ["172.18.0.3:8180", "172.18.0.5:8180"]);
+        // No healthy replica: not routed at all, so the gateway says 404, not 502.
+        assert!(table.route("beta.example.dz").is_err());
+        assert!(table.route("gamma.example.dz").is_err());
+        assert_eq!(table.hostnames(), ["alpha.example.dz"]);
+
+        let scraped = scrape_addresses(&apis);
+        assert_eq!(scraped["alpha"].len(), 3);
+        assert_eq!(scraped["beta"], ["172.19.0.3:8180"]);
     }
 }

@@ -38,6 +38,11 @@
 //!   never carry a request to tenant B. A host that is not `<tenant>.<domain>` gets 421,
 //!   an unknown tenant **404**, an unreachable upstream **502**, each with a plain-text
 //!   message saying which.
+//! - Replicas: a tenant's route holds every replica `serve` saw running and healthy;
+//!   each request goes to the one with the fewest requests in flight through the
+//!   gateway, ties in turn (`balance`). A refused connection marks the replica out for
+//!   [`GatewaySettings::replica_eject_for`] and the request, whose body is still unread,
+//!   is retried once on another replica.
 //! - Proxying: bodies stream both ways frame by frame (server-sent events pass through
 //!   as they are produced); hop-by-hop headers are dropped; `X-Forwarded-For` is set to
 //!   the client's address (replacing any the client sent), `X-Forwarded-Proto: https`
@@ -45,8 +50,11 @@
 //! - Plain HTTP: `GET /.well-known/acme-challenge/TOKEN` answers from the
 //!   [`ChallengeStore`], everything else gets **308** to the same URL over HTTPS.
 //! - Metrics, in the caller's registry: `iafactory_appliance_gateway_requests_total{tenant,code}`
-//!   and `iafactory_appliance_gateway_tls_handshake_failures_total`.
+//!   `iafactory_appliance_gateway_tls_handshake_failures_total`,
+//!   `iafactory_appliance_gateway_upstream_connect_failures_total{tenant}` and
+//!   `iafactory_appliance_gateway_retries_total{tenant}`.
 
+mod balance;
 mod http;
 mod proxy;
 mod routes;
@@ -95,6 +103,10 @@ pub struct GatewaySettings {
     pub tls_handshake_timeout: Duration,
     /// How long [`Gateway::shutdown`] lets open requests finish.
     pub shutdown_grace: Duration,
+    /// How long a replica whose connection failed gets no new requests (while its
+    /// tenant has another): long enough for `serve`'s next look at the containers to
+    /// take a dead one out of the routes.
+    pub replica_eject_for: Duration,
 }
 
 impl GatewaySettings {
@@ -106,6 +118,7 @@ impl GatewaySettings {
             upstream_connect_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            replica_eject_for: Duration::from_secs(5),
         }
     }
 }

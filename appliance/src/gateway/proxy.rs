@@ -1,17 +1,21 @@
 //! The HTTPS side: TLS by SNI, then each request checked against the connection's SNI,
-//! routed, and streamed to the tenant's upstream.
+//! routed, and streamed to one of the tenant's replicas ([`super::balance`]). A refused
+//! connection is retried once on another replica: the request has not left the gateway
+//! (its body is still unread), so it cannot have been handled twice.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::routes::{RouteMiss, SharedRoutes, normalise_host};
+use super::balance::{Balancer, InFlight};
+use super::routes::{RouteMiss, SharedRoutes, Upstream, normalise_host};
 use super::{GatewayError, GatewaySettings};
 use crate::certs::CertResolver;
 
@@ -40,11 +45,18 @@ struct RequestLabels {
     code: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
 /// The gateway's request and handshake counters.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     handshake_failures: Counter,
+    connect_failures: Family<TenantLabel, Counter>,
+    retries: Family<TenantLabel, Counter>,
 }
 
 impl GatewayMetrics {
@@ -60,7 +72,25 @@ impl GatewayMetrics {
             "TLS handshakes that failed (unknown server name, no SNI, protocol errors, timeouts)",
             metrics.handshake_failures.clone(),
         );
+        registry.register(
+            "iafactory_appliance_gateway_upstream_connect_failures",
+            "Connections to a tenant's API replica that failed (the replica is then skipped for a while)",
+            metrics.connect_failures.clone(),
+        );
+        registry.register(
+            "iafactory_appliance_gateway_retries",
+            "Requests sent to another replica after a refused connection",
+            metrics.retries.clone(),
+        );
         metrics
+    }
+
+    fn tenant(family: &Family<TenantLabel, Counter>, tenant: &str) {
+        family
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_owned(),
+            })
+            .inc();
     }
 
     fn count(&self, tenant: &str, code: StatusCode) {
@@ -85,8 +115,9 @@ pub(super) fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig
 
 pub(super) struct ProxyState {
     routes: SharedRoutes,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Unsent>,
     metrics: GatewayMetrics,
+    balancer: Arc<Balancer>,
 }
 
 impl ProxyState {
@@ -105,6 +136,7 @@ impl ProxyState {
             routes,
             client,
             metrics,
+            balancer: Balancer::new(settings.replica_eject_for),
         })
     }
 }
@@ -209,7 +241,7 @@ async fn forward(
         );
     }
     let routes = state.routes.current();
-    let (tenant, upstream) = match routes.route(&host_name) {
+    let (tenant, replicas) = match routes.route(&host_name) {
         Ok(found) => found,
         Err(miss) => {
             let status = match miss {
@@ -225,26 +257,10 @@ async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map(|path| path.as_str())
-        .unwrap_or("/");
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority().clone())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(err) => {
-            state.metrics.count(tenant, StatusCode::BAD_REQUEST);
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("unusable request path: {err}"),
-            );
-        }
-    };
-    parts.version = Version::HTTP_11;
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
     remove_hop_by_hop(&mut parts.headers);
-    let headers = &mut parts.headers;
+    let mut headers = parts.headers;
     if let Ok(value) = HeaderValue::from_str(&host) {
         headers.insert(header::HOST, value.clone());
         headers.insert(HeaderName::from_static("x-forwarded-host"), value);
@@ -256,27 +272,199 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
+    let outgoing = Outgoing {
+        method: parts.method,
+        path,
+        headers,
+        body: Unsent::slot(body),
+    };
 
-    match state.client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            state.metrics.count(tenant, parts.status);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(err) => {
-            let reason = error_chain(&err);
-            tracing::warn!(tenant, %upstream, error = %reason, "upstream request failed");
+    let mut tried = Vec::new();
+    loop {
+        let Some((index, in_flight)) = state.balancer.pick(replicas, &tried) else {
+            // Unreachable: the first pick always finds a replica, and a retry is only
+            // made when another one is left.
             state.metrics.count(tenant, StatusCode::BAD_GATEWAY);
-            let message = if err.is_connect() {
-                format!(
-                    "tenant {tenant:?}: its API at {upstream} is unreachable ({reason}); check that the tenant is running (iafactory status {tenant})"
-                )
-            } else {
-                format!("tenant {tenant:?}: its API at {upstream} failed to answer ({reason})")
-            };
-            plain(StatusCode::BAD_GATEWAY, message)
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!("tenant {tenant:?}: no API replica left to try"),
+            );
+        };
+        tried.push(index);
+        let upstream = &replicas[index];
+        let request = match outgoing.request(upstream) {
+            Ok(request) => request,
+            Err(err) => {
+                state.metrics.count(tenant, StatusCode::BAD_REQUEST);
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("unusable request path: {err}"),
+                );
+            }
+        };
+        match state.client.request(request).await {
+            Ok(response) => {
+                state.balancer.mark_up(upstream);
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                state.metrics.count(tenant, parts.status);
+                let body = Counted {
+                    body,
+                    _in_flight: in_flight,
+                };
+                return Response::from_parts(parts, body.boxed());
+            }
+            Err(err) => {
+                drop(in_flight);
+                let reason = error_chain(&err);
+                if err.is_connect() {
+                    state.balancer.mark_down(upstream);
+                    GatewayMetrics::tenant(&state.metrics.connect_failures, tenant);
+                    let retry = tried.len() < replicas.len().min(2) && outgoing.body.unsent();
+                    tracing::warn!(tenant, %upstream, error = %reason, retry, "cannot connect to an API replica");
+                    if retry {
+                        GatewayMetrics::tenant(&state.metrics.retries, tenant);
+                        continue;
+                    }
+                } else {
+                    tracing::warn!(tenant, %upstream, error = %reason, "upstream request failed");
+                }
+                state.metrics.count(tenant, StatusCode::BAD_GATEWAY);
+                let message = if err.is_connect() {
+                    format!(
+                        "tenant {tenant:?}: its API at {upstream} is unreachable ({reason}); check that the tenant is running (iafactory status {tenant})"
+                    )
+                } else {
+                    format!("tenant {tenant:?}: its API at {upstream} failed to answer ({reason})")
+                };
+                return plain(StatusCode::BAD_GATEWAY, message);
+            }
         }
+    }
+}
+
+/// What is sent upstream, kept so that a refused connection can be retried elsewhere.
+struct Outgoing {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Unsent,
+}
+
+impl Outgoing {
+    fn request(&self, upstream: &Upstream) -> Result<Request<Unsent>, http::Error> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(upstream.authority().clone())
+            .path_and_query(self.path.as_str())
+            .build()?;
+        let mut request = Request::builder()
+            .method(self.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11)
+            .body(self.body.clone())?;
+        *request.headers_mut() = self.headers.clone();
+        Ok(request)
+    }
+}
+
+/// The client's request body, shared between attempts: the first attempt that reads it
+/// takes it. While nobody has, [`Unsent::unsent`] holds and a retry may send it.
+struct Unsent {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    taken: Option<Incoming>,
+    /// The body's own answers, before anyone reads it (hyper frames the request by them).
+    end_stream: bool,
+    size_hint: SizeHint,
+}
+
+impl Unsent {
+    fn slot(body: Incoming) -> Self {
+        Self {
+            end_stream: body.is_end_stream(),
+            size_hint: body.size_hint(),
+            slot: Arc::new(Mutex::new(Some(body))),
+            taken: None,
+        }
+    }
+
+    fn unsent(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+impl Clone for Unsent {
+    fn clone(&self) -> Self {
+        Self {
+            slot: self.slot.clone(),
+            taken: None,
+            end_stream: self.end_stream,
+            size_hint: self.size_hint,
+        }
+    }
+}
+
+impl Body for Unsent {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            this.taken = this
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        match this.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            // Another attempt read it; never the case, as retries only follow unsent ones.
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken
+            .as_ref()
+            .map_or(self.end_stream, Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.taken.as_ref().map_or(self.size_hint, Body::size_hint)
+    }
+}
+
+/// A response body that keeps its request counted in flight on its replica until the
+/// last frame is sent (or the client goes away): a long stream is a busy replica.
+struct Counted {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,5 +1,6 @@
-//! Which upstream a request goes to: a pure lookup of `<tenant>.<domain>` in the route
-//! table, which the caller replaces whenever the tenants change.
+//! Which replicas a request may go to: a pure lookup of `<tenant>.<domain>` in the route
+//! table, which the caller replaces whenever the tenants or their replicas change
+//! (`iafactory serve` rebuilds it from each observation of the API containers).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -63,11 +64,11 @@ impl std::fmt::Display for RouteMiss {
     }
 }
 
-/// `<tenant>.<domain>` → upstream.
+/// `<tenant>.<domain>` → the tenant's API replicas that may take new requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
     domain: String,
-    tenants: BTreeMap<String, Upstream>,
+    tenants: BTreeMap<String, Vec<Upstream>>,
 }
 
 impl RouteTable {
@@ -78,13 +79,18 @@ impl RouteTable {
         }
     }
 
+    /// Adds `upstream` to the tenant's replicas (a tenant named twice has two).
     pub fn with_tenant(mut self, tenant: &str, upstream: Upstream) -> Self {
         self.insert(tenant, upstream);
         self
     }
 
+    /// Adds `upstream` to the tenant's replicas, once.
     pub fn insert(&mut self, tenant: &str, upstream: Upstream) {
-        self.tenants.insert(tenant.to_ascii_lowercase(), upstream);
+        let replicas = self.tenants.entry(tenant.to_ascii_lowercase()).or_default();
+        if !replicas.contains(&upstream) {
+            replicas.push(upstream);
+        }
     }
 
     pub fn domain(&self) -> &str {
@@ -99,8 +105,9 @@ impl RouteTable {
             .collect()
     }
 
-    /// The tenant and upstream for a Host header or SNI value (port and case ignored).
-    pub fn route(&self, host: &str) -> Result<(&str, &Upstream), RouteMiss> {
+    /// The tenant and its replicas (never empty) for a Host header or SNI value (port and
+    /// case ignored).
+    pub fn route(&self, host: &str) -> Result<(&str, &[Upstream]), RouteMiss> {
         let host = normalise_host(host);
         let tenant = host
             .strip_suffix(&self.domain)
@@ -112,7 +119,8 @@ impl RouteTable {
             })?;
         self.tenants
             .get_key_value(tenant)
-            .map(|(tenant, upstream)| (tenant.as_str(), upstream))
+            .filter(|(_, replicas)| !replicas.is_empty())
+            .map(|(tenant, replicas)| (tenant.as_str(), replicas.as_slice()))
             .ok_or_else(|| RouteMiss::UnknownTenant {
                 tenant: tenant.to_owned(),
             })
@@ -167,20 +175,30 @@ mod tests {
         RouteTable::new("Example.DZ")
             .with_tenant("alpha", Upstream::http("10.0.0.2:8080").unwrap())
             .with_tenant("beta", Upstream::http("http://iaf-beta-api:8080/").unwrap())
+            .with_tenant("beta", Upstream::http("10.0.0.9:8080").unwrap())
+            .with_tenant("beta", Upstream::http("10.0.0.9:8080").unwrap())
+    }
+
+    fn names(replicas: &[Upstream]) -> Vec<String> {
+        replicas.iter().map(ToString::to_string).collect()
     }
 
     #[test]
     fn routes_by_tenant_label() {
         let table = table();
-        let (tenant, upstream) = table.route("alpha.example.dz").unwrap();
+        let (tenant, replicas) = table.route("alpha.example.dz").unwrap();
         assert_eq!(
-            (tenant, upstream.to_string().as_str()),
-            ("alpha", "10.0.0.2:8080")
+            (tenant, names(replicas)),
+            ("alpha", vec!["10.0.0.2:8080".into()])
         );
-        let (tenant, upstream) = table.route("BETA.example.dz.:8443").unwrap();
+        // Every replica, each once.
+        let (tenant, replicas) = table.route("BETA.example.dz.:8443").unwrap();
         assert_eq!(
-            (tenant, upstream.to_string().as_str()),
-            ("beta", "iaf-beta-api:8080")
+            (tenant, names(replicas)),
+            (
+                "beta",
+                vec!["iaf-beta-api:8080".into(), "10.0.0.9:8080".into()]
+            )
         );
         assert_eq!(table.hostnames(), ["alpha.example.dz", "beta.example.dz"]);
     }
