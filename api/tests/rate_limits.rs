@@ -147,6 +147,19 @@ async fn limits_hold_across_two_instances_sharing_redis() {
     }
 }
 
+/// `GET /api/auth/me` `times` times in a row, with `auth`: the statuses.
+async fn me_statuses(app: &TestApp, times: usize, auth: Auth<'_>) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    for _ in 0..times {
+        statuses.push(
+            app.request(Method::GET, "/api/auth/me", auth, None)
+                .await
+                .status,
+        );
+    }
+    statuses
+}
+
 async fn failed_login(app: &TestApp, email: &str) -> StatusCode {
     app.request(
         Method::POST,
@@ -222,19 +235,7 @@ async fn each_signed_in_user_has_a_limit_of_their_own() {
     let app = TestApp::with_config(config).await;
     let first = app.register("per-user-a").await;
     let second = app.register("per-user-b").await;
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        statuses.push(
-            app.request(
-                Method::GET,
-                "/api/auth/me",
-                Auth::Bearer(&first.token),
-                None,
-            )
-            .await
-            .status,
-        );
-    }
+    let statuses = me_statuses(&app, 4, Auth::Bearer(&first.token)).await;
     assert_eq!(
         statuses,
         [
@@ -268,19 +269,7 @@ async fn the_address_ceiling_bounds_everyone_behind_one_address() {
     config.rate_limit.per_ip_ceiling_per_minute = 4;
     let app = TestApp::with_config(config).await;
     let admin = app.register("ceiling").await;
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(
-            app.request(
-                Method::GET,
-                "/api/auth/me",
-                Auth::Bearer(&admin.token),
-                None,
-            )
-            .await
-            .status,
-        );
-    }
+    let statuses = me_statuses(&app, 5, Auth::Bearer(&admin.token)).await;
     assert_eq!(statuses[..4], [StatusCode::OK; 4]);
     assert_eq!(statuses[4], StatusCode::TOO_MANY_REQUESTS);
 }
