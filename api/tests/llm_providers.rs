@@ -442,17 +442,7 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
             json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "claude", "model": "claude-sonnet", "stream": stream}),
         )
         .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{}",
-            reply.body
-        );
-        let message = reply.body["error"]["message"].as_str().unwrap();
-        assert!(
-            message.contains("\"claude\"") && message.contains("strict"),
-            "{message}"
-        );
+        assert_refused(&reply, &["\"claude\"", "strict"]);
     }
     let reply = query(
         &app,
@@ -460,18 +450,7 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq"}),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.body
-    );
-    assert!(
-        reply.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"groq\"")
-    );
+    assert_refused(&reply, &["\"groq\""]);
 
     // A knowledge base cannot make an external provider its default either.
     let reply = app
@@ -482,18 +461,7 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
             Some(json!({"generation": {"provider": "groq", "model": "llama"}})),
         )
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.body
-    );
-    assert!(
-        reply.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"groq\"")
-    );
+    assert_refused(&reply, &["\"groq\""]);
 
     for (method, path, body, token) in [
         (
@@ -512,18 +480,7 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
         let reply = app
             .request(method, &path, Auth::Bearer(token), Some(body))
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{path}: {}",
-            reply.body
-        );
-        assert!(
-            reply.body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("\"claude\"")
-        );
+        assert_refused(&reply, &["\"claude\""]);
     }
 
     let reply = app
@@ -566,17 +523,7 @@ async fn an_unknown_provider_is_refused_by_name() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "mistral", "model": "m"}),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.body
-    );
-    let message = reply.body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("\"mistral\"") && message.contains("not configured"),
-        "{message}"
-    );
+    assert_refused(&reply, &["\"mistral\"", "not configured"]);
     // An external provider has no default model: the query must name one.
     let reply = query(
         &app,
@@ -584,18 +531,7 @@ async fn an_unknown_provider_is_refused_by_name() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq"}),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reply.body
-    );
-    assert!(
-        reply.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("model")
-    );
+    assert_refused(&reply, &["model"]);
 }
 
 #[tokio::test]
@@ -816,5 +752,20 @@ async fn workflow_agents_speak_their_providers_protocols() {
     assert_eq!(
         groq[0].body["messages"][1]["content"],
         "anthropic says claude-w [1]"
+    );
+}
+
+/// A 422 whose message names every one of `needles`.
+fn assert_refused(reply: &common::Reply, needles: &[&str]) {
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(
+        needles.iter().all(|needle| message.contains(needle)),
+        "{message} should name {needles:?}"
     );
 }
