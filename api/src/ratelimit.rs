@@ -89,6 +89,10 @@ end
 return {wait, which}
 ";
 
+/// Hashed once: `Script::new` computes the SHA-1 that EVALSHA sends on every check.
+static COUNTING_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REDIS_SCRIPT));
+
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
@@ -279,8 +283,7 @@ impl RateLimiter {
             return None;
         };
         let mut connection = connection.clone();
-        let script = redis::Script::new(REDIS_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = COUNTING_SCRIPT.prepare_invoke();
         for window in windows {
             invocation
                 .key(&window.key)
