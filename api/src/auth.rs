@@ -382,8 +382,11 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(auth) = parts.extensions.get::<Auth>() {
-            return Ok(auth.clone());
+        if let Some(auth) = parts.extensions.get::<Auth>().cloned() {
+            // Authenticated already by the rate limiter, which runs before the usage
+            // log sets up its attribution: attribute the caller now.
+            state.usage.attribute(parts, &auth);
+            return Ok(auth);
         }
         let bearer = parts
             .headers
