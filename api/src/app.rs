@@ -120,7 +120,11 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         )
         .route(
             "/internal/tenants/{slug}/knowledge-bases/{name}",
+            // The registration carries the content of its configMap sources.
             put(internal::upsert_knowledge_base)
+                .layer(DefaultBodyLimit::max(
+                    state.config.max_upload_bytes.saturating_add(1024 * 1024),
+                ))
                 .get(internal::get_knowledge_base)
                 .delete(internal::delete_knowledge_base),
         )

@@ -116,6 +116,16 @@ pub struct Config {
     /// `strict` (the default) or `open`: whether workflows may call the external
     /// providers of `llm_providers` (set by the operator from the Tenant).
     pub sovereignty: String,
+    /// Where `url` sources of knowledge bases may be fetched besides the internet
+    /// (comma-separated CIDRs; the private ranges by default); under strict
+    /// sovereignty, the only addresses fetched. Link-local never is.
+    pub source_networks: crate::sources::SourceNetworks,
+    /// How long fetching one `url` source may take, redirects included.
+    pub source_fetch_timeout_seconds: u64,
+    /// A `url` source fetched successfully less than this long ago is not fetched
+    /// again when its knowledge base is registered again (the drivers re-register
+    /// every minute or so).
+    pub source_refetch_seconds: u64,
     /// Agent steps running at once in this process, across executions.
     pub workflow_concurrency: usize,
     /// Retries of an agent's call on a transient provider error (5xx, 429, refused).
@@ -236,6 +246,9 @@ impl Default for Config {
             ingestion_workers: 2,
             ingestion_lease_seconds: 120,
             sovereignty: "strict".into(),
+            source_networks: crate::sources::SourceNetworks::default(),
+            source_fetch_timeout_seconds: 30,
+            source_refetch_seconds: 300,
             workflow_concurrency: 16,
             workflow_agent_retries: 3,
             workflow_agent_timeout_seconds: 120,

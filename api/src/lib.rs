@@ -21,6 +21,7 @@ pub mod rag;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod sources;
 pub mod state;
 pub mod usage;
 pub mod workflows;

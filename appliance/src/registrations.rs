@@ -5,13 +5,22 @@
 //!
 //! A tenant whose API is not healthy yet is not an error: its objects wait for the
 //! next reconcile, and each outcome says so.
+//!
+//! A KnowledgeBase's `configMap` sources name files here: `<data_dir>/sources/<tenant>/
+//! <name>` is a directory whose every regular file is a key (as in a ConfigMap), or a
+//! single file (its name is the key); with `key`, the file `<name>/<key>`. Their content
+//! is sent with the registration, as the operator sends a ConfigMap's.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use iafactory_crds::Tenant;
+use iafactory_crds::knowledgebase::KnowledgeBaseSpec;
 use iafactory_crds::plan::{ComponentKind, SECRET_OPERATOR_TOKEN};
 use iafactory_crds::tenant_api::{
-    AdministratorRecord, KnowledgeBaseRecord, TenantApi, TenantApiError, WorkflowRecord,
+    AdministratorRecord, ConfigMapContent, KnowledgeBaseRecord, KnowledgeBaseRegistration,
+    TenantApi, TenantApiError, WorkflowRecord,
 };
 use serde::Serialize;
 
@@ -19,14 +28,114 @@ use crate::app::{App, AppError};
 use crate::engine::docker::Target;
 use crate::store::{RegisteredKind, Registrations};
 
-/// How long one call to a tenant's API may take.
-const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one call to a tenant's API may take (a registration fetches its `url`
+/// sources).
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest file a `configMap` source sends: the API's default upload limit.
+pub const MAX_SOURCE_FILE_BYTES: u64 = 20 * 1024 * 1024;
+
+/// Where the appliance reads the `configMap` sources of a tenant's KnowledgeBases.
+pub fn sources_dir(data_dir: &Path, tenant: &str) -> PathBuf {
+    data_dir.join("sources").join(tenant)
+}
+
+/// A `configMap` source read from `<sources_dir>/<name>[/<key>]`: every regular file
+/// of the directory (not recursive), or the one `key` names, or the file `<name>`
+/// itself. UTF-8 files are sent as text, others base64-encoded. Anything missing or
+/// unreadable is the source's error, never the registration's.
+pub fn read_config_map_source(dir: &Path, name: &str, key: Option<&str>) -> ConfigMapContent {
+    let mut content = ConfigMapContent {
+        name: name.to_owned(),
+        key: key.map(str::to_owned),
+        ..ConfigMapContent::default()
+    };
+    let shown = |path: &Path| path.display().to_string();
+    // The spec's patterns allow no `/` in either; `.` and `..` would leave the directory.
+    if [Some(name), key]
+        .into_iter()
+        .flatten()
+        .any(|part| part == "." || part == "..")
+    {
+        content.error = Some(format!("{name:?}/{key:?} is not a file name"));
+        return content;
+    }
+    let base = dir.join(name);
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    match key {
+        Some(key) => files.push((key.to_owned(), base.join(key))),
+        None if base.is_file() => files.push((name.to_owned(), base.clone())),
+        None => match std::fs::read_dir(&base) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_file() {
+                        files.push((entry.file_name().to_string_lossy().into_owned(), path));
+                    }
+                }
+            }
+            Err(error) => {
+                content.error = Some(format!(
+                    "{} cannot be read ({error}): put the source's files there",
+                    shown(&base)
+                ));
+                return content;
+            }
+        },
+    }
+    for (key, path) in files {
+        let read = std::fs::metadata(&path).and_then(|meta| {
+            if meta.len() > MAX_SOURCE_FILE_BYTES {
+                Err(std::io::Error::other(format!(
+                    "over {MAX_SOURCE_FILE_BYTES} bytes"
+                )))
+            } else {
+                std::fs::read(&path)
+            }
+        });
+        match read {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    content.data.insert(key, text);
+                }
+                Err(binary) => {
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(binary.as_bytes());
+                    content.binary_data.insert(key, encoded);
+                }
+            },
+            Err(error) => {
+                content.error = Some(format!("{} cannot be read: {error}", shown(&path)));
+                return content;
+            }
+        }
+    }
+    content
+}
+
+/// The registration of a KnowledgeBase: its spec, and its `configMap` sources read
+/// from the tenant's sources directory.
+pub fn registration(sources: &Path, spec: &KnowledgeBaseSpec) -> KnowledgeBaseRegistration {
+    KnowledgeBaseRegistration {
+        spec: spec.clone(),
+        config_maps: spec
+            .sources
+            .iter()
+            .filter_map(|s| s.config_map.as_ref())
+            .map(|c| read_config_map_source(sources, &c.name, c.key.as_deref()))
+            .collect(),
+    }
+}
 
 /// What happened to one KnowledgeBase or Workflow in a reconcile.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     Registered,
+    /// Registered, but some of its sources cannot be read (their documents from
+    /// before stay): each named with why.
+    SourcesFailed {
+        reason: String,
+    },
     /// Deleted from the tenant's API.
     Unregistered,
     /// The tenant's API cannot be reached now; the next reconcile registers it.
@@ -63,6 +172,10 @@ impl std::fmt::Display for Registration {
         );
         match &self.outcome {
             Outcome::Registered => write!(f, "{object} registered with the tenant's API"),
+            Outcome::SourcesFailed { reason } => write!(
+                f,
+                "{object} registered with the tenant's API, but sources cannot be read: {reason}"
+            ),
             Outcome::Unregistered => write!(f, "{object} deleted from the tenant's API"),
             Outcome::Pending { reason } => {
                 write!(f, "{object} registered on next reconcile: {reason}")
@@ -106,12 +219,22 @@ impl RegistrationStatus {
     /// One line for the `status` table.
     pub fn summary(&self) -> String {
         match &self.api {
-            Recorded::KnowledgeBase(kb) => format!(
-                "registered: {} documents, {} chunks, last ingestion {}",
-                kb.documents,
-                kb.chunks,
-                kb.last_ingestion.as_deref().unwrap_or("never")
-            ),
+            Recorded::KnowledgeBase(kb) => {
+                let mut line = format!(
+                    "registered: {} documents, {} chunks, last ingestion {}",
+                    kb.documents,
+                    kb.chunks,
+                    kb.last_ingestion.as_deref().unwrap_or("never")
+                );
+                if !kb.sources.is_empty() {
+                    let failing = failing_sources(kb);
+                    line.push_str(&format!("; {} sources", kb.sources.len()));
+                    if let Some(failing) = failing {
+                        line.push_str(&format!(", failing: {failing}"));
+                    }
+                }
+                line
+            }
             Recorded::Workflow(wf) => format!(
                 "registered: {} agents, {}, last execution {}",
                 wf.agents,
@@ -274,13 +397,18 @@ impl App {
             outcomes.push(outcome_of(*kind, object, outcome));
         }
         // Knowledge bases before the workflows whose agents search them.
+        let sources = sources_dir(&self.config.appliance.data_dir, &name);
         for kb in &stored.knowledge_bases {
             let object = kb.metadata.name.as_deref().unwrap_or_default();
+            let registration = registration(&sources, &kb.spec);
             let outcome = match api
-                .upsert_knowledge_base(&name, object, &kb.spec, token)
+                .upsert_knowledge_base(&name, object, &registration, token)
                 .await
             {
-                Ok(_) => Outcome::Registered,
+                Ok(record) => match failing_sources(&record) {
+                    None => Outcome::Registered,
+                    Some(reason) => Outcome::SourcesFailed { reason },
+                },
                 Err(error) => failure(error),
             };
             outcomes.push(outcome_of(RegisteredKind::KnowledgeBase, object, outcome));
@@ -352,6 +480,16 @@ impl App {
         }
         Ok(statuses)
     }
+}
+
+/// Each source that cannot be read, with why; None when every one was read.
+fn failing_sources(record: &KnowledgeBaseRecord) -> Option<String> {
+    let failing: Vec<String> = record
+        .sources
+        .iter()
+        .filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {e}", s.id)))
+        .collect();
+    (!failing.is_empty()).then(|| failing.join("; "))
 }
 
 fn failure(error: TenantApiError) -> Outcome {
@@ -434,6 +572,7 @@ pub fn log_outcomes(outcomes: Result<Vec<Registration>, AppError>) {
                     Outcome::Pending { .. } | Outcome::DeletionPending { .. } => {
                         tracing::info!("{outcome}")
                     }
+                    Outcome::SourcesFailed { .. } => tracing::warn!("{outcome}"),
                     // Registering again what is registered is the steady state.
                     Outcome::Registered => tracing::debug!("{outcome}"),
                     Outcome::Unregistered => tracing::info!("{outcome}"),
@@ -465,6 +604,36 @@ mod tests {
             .into_iter()
             .map(|r| (r.name, r.outcome))
             .collect()
+    }
+
+    #[test]
+    fn config_map_sources_are_files_under_the_tenants_sources_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = dir.path().join("reglements");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join("a.md"), "# A").unwrap();
+        std::fs::write(docs.join("b.pdf"), [0x25, 0x50, 0xff, 0xfe]).unwrap();
+        std::fs::create_dir(docs.join("nested")).unwrap();
+        std::fs::write(dir.path().join("single.txt"), "one").unwrap();
+
+        let all = read_config_map_source(dir.path(), "reglements", None);
+        assert_eq!(all.error, None);
+        assert_eq!(all.data.keys().collect::<Vec<_>>(), ["a.md"]);
+        assert_eq!(all.binary_data["b.pdf"], "JVD//g==");
+        let one = read_config_map_source(dir.path(), "reglements", Some("a.md"));
+        assert_eq!(one.data["a.md"], "# A");
+        assert!(one.binary_data.is_empty());
+        let file = read_config_map_source(dir.path(), "single.txt", None);
+        assert_eq!(file.data["single.txt"], "one");
+        let missing = read_config_map_source(dir.path(), "absent", None);
+        assert!(
+            missing.error.as_deref().unwrap().contains("absent"),
+            "{missing:?}"
+        );
+        let missing_key = read_config_map_source(dir.path(), "reglements", Some("z.md"));
+        assert!(missing_key.error.is_some());
+        let escaping = read_config_map_source(dir.path(), "reglements", Some(".."));
+        assert!(escaping.error.is_some() && escaping.data.is_empty());
     }
 
     #[test]

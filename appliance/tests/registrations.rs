@@ -665,3 +665,101 @@ async fn a_backup_carries_the_knowledge_bases_and_a_restore_registers_them_again
     assert!(api.get("knowledge-bases", "docs").await.is_some());
     succeeds(&fresh.iafactory(&["delete", &tenant]));
 }
+
+#[tokio::test]
+async fn configmap_sources_are_files_in_the_data_directory_and_reach_the_api() {
+    let box_ = TestAppliance::with_real_api();
+    let tenant = format!("f{}", random_suffix());
+    let dir = box_.dir.path();
+    // `configMap: {name: programmes}` on the appliance: the files of
+    // <data_dir>/sources/<tenant>/programmes/.
+    let files = box_.data_dir().join(format!("sources/{tenant}/programmes"));
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("licence.md"), "# Licence\n\nTrois années.").unwrap();
+    std::fs::write(files.join("master.txt"), "Deux années.").unwrap();
+    let kb = |extra_source: &str| {
+        format!(
+            "apiVersion: iafactory.dz/v1alpha1\nkind: KnowledgeBase\nmetadata:\n  name: programmes\n  namespace: iaf-{tenant}\nspec:\n  languages: [fr]\n  sources:\n    - inline: {{title: Contact, text: \"Écrire au décanat.\"}}\n    - configMap: {{name: programmes}}\n{extra_source}"
+        )
+    };
+    let all = write(
+        dir,
+        "all.yaml",
+        &[
+            tenant_yaml(&tenant),
+            kb("    - configMap: {name: absente, key: a.txt}\n"),
+        ]
+        .join("---\n"),
+    );
+    let out = succeeds(&box_.iafactory(&["apply", "-f", all.to_str().unwrap()]));
+    assert!(
+        out.contains(&format!(
+            "knowledgebase/programmes (tenant {tenant}) registered with the tenant's API, but sources cannot be read: configMap:absente/a.txt"
+        )),
+        "{out}"
+    );
+    let api = TenantApi::of(&box_, &tenant);
+    let record = api.get("knowledge-bases", "programmes").await.unwrap();
+    assert_eq!(record["documents"], 3, "{record}");
+    // The internal GET lists the sources by id.
+    let sources: BTreeMap<&str, &Value> = record["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s))
+        .collect();
+    assert_eq!(sources.len(), 3, "{record}");
+    assert_eq!(sources["configMap:programmes"]["documents"], 2);
+    assert_eq!(sources["inline:Contact"]["documents"], 1);
+    assert!(
+        sources["configMap:absente/a.txt"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("sources/{tenant}/absente/a.txt")),
+        "{record}"
+    );
+    let table = succeeds(&box_.iafactory(&["status"]));
+    assert!(
+        table.contains("3 sources, failing: configMap:absente/a.txt"),
+        "{table}"
+    );
+
+    // A changed file and a removed source: the file's documents are replaced, the
+    // removed source's deleted, the rest untouched.
+    let contents = |source: &str| {
+        psql(
+            &format!("iaf-{tenant}-postgres"),
+            &format!(
+                "SELECT string_agg(c, '|' ORDER BY c) FROM (SELECT convert_from(b.content, 'UTF8') AS c FROM document_blobs b JOIN documents d ON d.id = b.document_id WHERE d.source_id = '{source}') s"
+            ),
+        )
+    };
+    let inline_before = psql(
+        &format!("iaf-{tenant}-postgres"),
+        "SELECT id FROM documents WHERE source_id = 'inline:Contact'",
+    );
+    std::fs::write(files.join("master.txt"), "Deux années, en français.").unwrap();
+    let changed = write(dir, "changed.yaml", &kb(""));
+    let out = succeeds(&box_.iafactory(&["apply", "-f", changed.to_str().unwrap()]));
+    assert!(
+        out.contains(&format!(
+            "knowledgebase/programmes (tenant {tenant}) registered with the tenant's API"
+        )) && !out.contains("cannot be read"),
+        "{out}"
+    );
+    assert_eq!(
+        contents("configMap:programmes"),
+        "# Licence\n\nTrois années.|Deux années, en français."
+    );
+    assert_eq!(
+        psql(
+            &format!("iaf-{tenant}-postgres"),
+            "SELECT id FROM documents WHERE source_id = 'inline:Contact'",
+        ),
+        inline_before
+    );
+    let record = api.get("knowledge-bases", "programmes").await.unwrap();
+    assert_eq!(record["documents"], 3, "{record}");
+    assert_eq!(record["sources"].as_array().unwrap().len(), 2, "{record}");
+    succeeds(&box_.iafactory(&["delete", &tenant]));
+}

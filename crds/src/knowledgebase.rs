@@ -78,7 +78,12 @@ pub struct KnowledgeBaseSpec {
     #[garde(skip)]
     pub vector_store: KnowledgeBaseVectorStore,
 
-    /// Documents to ingest when the knowledge base is registered.
+    /// Documents the tenant's API ingests when the knowledge base is registered, and
+    /// again at each registration (the operator's refresh, about every minute; each
+    /// `iafactory apply` and reconcile on an appliance): an unchanged source ingests
+    /// nothing, a changed one has its documents replaced, a removed one its documents
+    /// deleted. `status.sources` reports each by its id, with its documents and last
+    /// error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[garde(length(max = 100), dive, custom(one_kind_per_source))]
     pub sources: Vec<Source>,
@@ -181,7 +186,9 @@ pub enum KnowledgeBaseVectorStore {
     Qdrant,
 }
 
-/// One document source: exactly one of `inline`, `configMap` or `url`.
+/// One document source: exactly one of `inline`, `configMap` or `url`. Its id is
+/// `inline:<title>`, `configMap:<name>` (or `configMap:<name>/<key>`) or `url:<url>`,
+/// with `#2`, `#3` for a repeat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
@@ -196,6 +203,50 @@ pub struct Source {
     pub url: Option<UrlSource>,
 }
 
+impl Source {
+    /// What the source names, as its id's stem: `inline:<title>`,
+    /// `configMap:<name>` (every key) or `configMap:<name>/<key>`, `url:<url>`.
+    fn identity(&self) -> String {
+        match (&self.inline, &self.config_map, &self.url) {
+            (Some(inline), _, _) => format!("inline:{}", inline.title),
+            (
+                _,
+                Some(ConfigMapSource {
+                    name,
+                    key: Some(key),
+                }),
+                _,
+            ) => {
+                format!("configMap:{name}/{key}")
+            }
+            (_, Some(ConfigMapSource { name, key: None }), _) => format!("configMap:{name}"),
+            (_, _, Some(url)) => format!("url:{}", url.url),
+            (None, None, None) => "empty".into(),
+        }
+    }
+}
+
+/// The stable id of each source, in order: what it names (see [`Source`]), so that
+/// reordering the list changes nothing; a second source naming the same thing gets
+/// `#2`, a third `#3`. The tenant's API keys each source's documents by it, and the
+/// status reports each source under it.
+pub fn source_ids(sources: &[Source]) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    sources
+        .iter()
+        .map(|source| {
+            let identity = source.identity();
+            let count = seen.entry(identity.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                identity
+            } else {
+                format!("{identity}#{count}")
+            }
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
 #[serde(rename_all = "camelCase")]
 pub struct InlineSource {
@@ -205,7 +256,13 @@ pub struct InlineSource {
     pub text: String,
 }
 
-/// Every key of the ConfigMap (or only `key`) becomes a document.
+/// Every key of the ConfigMap (or only `key`) becomes a document, its type from the
+/// key's extension (plain text without one; a `binaryData` key needs pdf, docx, txt,
+/// md, html or csv). On Kubernetes the operator reads the ConfigMap in the
+/// KnowledgeBase's namespace; on an appliance the files of
+/// `<data_dir>/sources/<tenant>/<name>/` (or `<name>/<key>`, or the single file
+/// `<name>`). A missing ConfigMap or key is that source's error, not a failed
+/// registration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapSource {
@@ -219,8 +276,15 @@ pub struct ConfigMapSource {
     pub key: Option<String>,
 }
 
-/// Fetched by the tenant's API; under strict sovereignty only addresses the tenant's
-/// egress policy allows are reachable.
+/// Fetched by the tenant's API over http or https: its type from the extension or the
+/// Content-Type, as for uploads, within the upload size limit, at most 5 redirects and
+/// 30 s. Every address the host resolves to is checked, and the connection goes to the
+/// checked one; each redirect is checked again. Link-local addresses (169.254.0.0/16,
+/// fe80::/10) are never fetched; loopback and private addresses only when the API's
+/// `IAF_SOURCE_NETWORKS` lists them (by default the private ranges); under strict
+/// sovereignty nothing else is. A refused or failed fetch is the source's error (its
+/// documents from before stay). A URL fetched successfully is not fetched again for 5
+/// minutes (the API's `IAF_SOURCE_REFETCH_SECONDS`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, garde::Validate)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlSource {
@@ -240,9 +304,29 @@ pub struct KnowledgeBaseStatus {
     /// The id the tenant's API gave this knowledge base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_id: Option<String>,
+    /// Each source of `spec.sources`, by its id: the documents ingested from it and
+    /// the last error reading it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub sources: Vec<SourceStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One source of a KnowledgeBase, as its tenant's API last ingested it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// `inline:<title>`, `configMap:<name>[/<key>]` or `url:<url>`, with `#2`, `#3` for
+    /// repeats.
+    pub id: String,
+    /// Documents ingested from this source.
+    pub documents: i64,
+    /// Why the source could not be read last time (its documents from before stay);
+    /// absent when the last read succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

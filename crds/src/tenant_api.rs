@@ -1,15 +1,71 @@
 //! The tenant's platform API, on its internal endpoints: how KnowledgeBases and
 //! Workflows are registered, by the operator and by the appliance alike.
-//! Authenticated by the per-tenant operator token. Behind the `tenant-api` feature,
-//! so the crates that only need the resources do not build an HTTP client.
+//! Authenticated by the per-tenant operator token. The contract types are shared with
+//! the API; the client is behind the `tenant-api` feature, so the crates that only need
+//! the resources do not build an HTTP client.
 
+use std::collections::BTreeMap;
+#[cfg(feature = "tenant-api")]
 use std::time::Duration;
 
+#[cfg(feature = "tenant-api")]
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{KnowledgeBaseSpec, TenantSpec, WorkflowSpec};
+use crate::KnowledgeBaseSpec;
+#[cfg(feature = "tenant-api")]
+use crate::{TenantSpec, WorkflowSpec};
 
+/// What a driver sends to register a KnowledgeBase: its spec, as in the manifest, and
+/// the content of its `configMap` sources, which only the driver can read (the
+/// operator from the ConfigMaps in the KnowledgeBase's namespace, the appliance from
+/// files in its data directory).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnowledgeBaseRegistration {
+    #[serde(flatten)]
+    pub spec: KnowledgeBaseSpec,
+    /// One entry per `configMap` source of the spec (matched by name and key); a
+    /// source without an entry is reported as not sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_maps: Vec<ConfigMapContent>,
+}
+
+/// A `configMap` source as the driver read it: the keys it selects (every key, or the
+/// one it names), or why it could not be read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapContent {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Text keys: each becomes a document, its type detected from the key's extension
+    /// (plain text without one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Binary keys, base64-encoded (as in a ConfigMap's `binaryData`): PDFs, DOCX; the
+    /// key's extension must name a supported type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
+    /// Why the driver could not read it (a missing ConfigMap or key): the source's
+    /// error, its documents from before are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One source of a registered KnowledgeBase, as the API reports it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct SourceRecord {
+    /// The source's id (`iafactory_crds::knowledgebase::source_ids`).
+    pub id: String,
+    /// Documents ingested from it.
+    pub documents: i64,
+    /// Why it could not be read, last time; None when it was.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[cfg(feature = "tenant-api")]
 #[derive(Debug, thiserror::Error)]
 pub enum TenantApiError {
     /// Not reached, or an answer that is not the API's (a 5xx, an unexpected body).
@@ -25,15 +81,18 @@ pub enum TenantApiError {
     },
 }
 
+#[cfg(feature = "tenant-api")]
 type Result<T, E = TenantApiError> = std::result::Result<T, E>;
 
 /// Where each tenant's API answers. `{tenant}` and `{namespace}` are replaced.
+#[cfg(feature = "tenant-api")]
 #[derive(Clone, Debug)]
 pub struct TenantApi {
     http: reqwest::Client,
     url_template: String,
 }
 
+#[cfg(feature = "tenant-api")]
 #[derive(Debug, Deserialize)]
 struct Envelope<T> {
     data: T,
@@ -46,6 +105,9 @@ pub struct KnowledgeBaseRecord {
     pub documents: i64,
     pub chunks: i64,
     pub last_ingestion: Option<String>,
+    /// Each source of the spec, in the spec's order.
+    #[serde(default)]
+    pub sources: Vec<SourceRecord>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -73,6 +135,7 @@ pub struct AdministratorRecord {
     pub role: String,
 }
 
+#[cfg(feature = "tenant-api")]
 impl TenantApi {
     pub fn new(url_template: impl Into<String>, timeout: Duration) -> Self {
         TenantApi {
@@ -171,7 +234,7 @@ impl TenantApi {
         &self,
         tenant: &str,
         name: &str,
-        spec: &KnowledgeBaseSpec,
+        registration: &KnowledgeBaseRegistration,
         token: &str,
     ) -> Result<KnowledgeBaseRecord> {
         let url = format!(
@@ -180,7 +243,7 @@ impl TenantApi {
         );
         self.send(
             "knowledge base",
-            self.http.put(&url).json(spec),
+            self.http.put(&url).json(registration),
             &url,
             token,
         )

@@ -40,8 +40,10 @@ struct Cli {
         default_value = "http://api.{namespace}.svc:8180"
     )]
     tenant_api_url: String,
-    /// Timeout of each call to a tenant's API, in seconds.
-    #[arg(long, default_value_t = 10)]
+    /// Timeout of each call to a tenant's API, in seconds. A KnowledgeBase's
+    /// registration fetches its `url` sources (each within the API's
+    /// `IAF_SOURCE_FETCH_TIMEOUT_SECONDS`, 30 by default), one after the other.
+    #[arg(long, default_value_t = 120)]
     tenant_api_timeout_seconds: u64,
     /// Run without a Lease: only for a single replica.
     #[arg(long)]

@@ -541,7 +541,7 @@ pub async fn upload_document(
     let hash = hex::encode(Sha256::digest(&upload.bytes));
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
     let existing: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, status FROM documents WHERE knowledge_base_id = $1 AND content_hash = $2",
+        "SELECT id, status FROM documents WHERE knowledge_base_id = $1 AND content_hash = $2 AND source_id IS NULL",
     )
     .bind(knowledge_base_id)
     .bind(&hash)

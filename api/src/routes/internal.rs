@@ -7,7 +7,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use garde::Validate;
-use iafactory_crds::knowledgebase::KnowledgeBaseSpec;
+use iafactory_crds::tenant_api::{KnowledgeBaseRegistration, SourceRecord};
 use iafactory_crds::workflow::WorkflowSpec;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -213,6 +213,11 @@ pub struct KnowledgeBaseRecord {
     pub documents: i64,
     pub chunks: i64,
     pub last_ingestion: Option<DateTime<Utc>>,
+    /// Each source of the spec, in order: `{id, documents, last_error}`. The id is
+    /// `inline:<title>`, `configMap:<name>[/<key>]` or `url:<url>` (`#2`, `#3` for
+    /// repeats).
+    #[schema(value_type = Vec<Object>)]
+    pub sources: Vec<SourceRecord>,
 }
 
 async fn knowledge_base_record(
@@ -236,20 +241,25 @@ async fn knowledge_base_record(
             documents,
             chunks,
             last_ingestion,
+            sources: Vec::new(),
         },
     ))
 }
 
-/// Registers a `KnowledgeBase` resource: creates or updates it by name.
+/// Registers a `KnowledgeBase` resource: creates or updates it by name, then brings
+/// its source documents in line with `spec.sources` (see [`crate::sources`]). The body
+/// is the spec, plus `configMaps`: the content of its `configMap` sources, read by the
+/// driver.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
-    responses((status = 200, description = "registered, with its document and chunk counts"), (status = 404, description = "no such tenant"),
+    responses((status = 200, description = "registered, with its document and chunk counts and each source's documents and last error"), (status = 404, description = "no such tenant"),
               (status = 422, description = "invalid spec, or a generation provider the tenant may not call")), security(("operator_token" = [])))]
 pub async fn upsert_knowledge_base(
     State(state): State<AppState>,
     _: Operator,
     ApiPath((slug, name)): ApiPath<(String, String)>,
-    ApiJson(spec): ApiJson<KnowledgeBaseSpec>,
+    ApiJson(registration): ApiJson<KnowledgeBaseRegistration>,
 ) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
+    let KnowledgeBaseRegistration { spec, config_maps } = registration;
     spec.validate().map_err(invalid)?;
     if let Some(generation) = &spec.generation {
         crate::rag::routes::check_generation(&state.rag.providers, generation)?;
@@ -287,7 +297,15 @@ pub async fn upsert_knowledge_base(
         .await?
         .ok_or(ApiError::NotFound("knowledge base"))?;
     tx.commit().await?;
-    Ok(ok(record))
+    let sources = crate::sources::reconcile(&state, tenant_id, record.id, &spec, &config_maps)
+        .await
+        .map_err(|e| ApiError::internal("ingesting the knowledge base's sources", e))?;
+    let mut tx = tenant_tx(&state.db, tenant_id).await?;
+    let record = knowledge_base_record(&mut tx, &name)
+        .await?
+        .ok_or(ApiError::NotFound("knowledge base"))?;
+    tx.commit().await?;
+    Ok(ok(KnowledgeBaseRecord { sources, ..record }))
 }
 
 #[utoipa::path(get, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
@@ -300,9 +318,19 @@ pub async fn get_knowledge_base(
 ) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
     let tenant_id = tenant_id(&state, &slug).await?;
     let mut tx = tenant_tx(&state.db, tenant_id).await?;
-    let record = knowledge_base_record(&mut tx, &name).await?;
+    let record = knowledge_base_record(&mut tx, &name)
+        .await?
+        .ok_or(ApiError::NotFound("knowledge base"))?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT source_id FROM knowledge_base_sources WHERE knowledge_base_id = $1 ORDER BY source_id")
+            .bind(record.id)
+            .fetch_all(&mut *tx)
+            .await?;
     tx.commit().await?;
-    record.map(ok).ok_or(ApiError::NotFound("knowledge base"))
+    let sources = crate::sources::records(&state, tenant_id, record.id, &ids)
+        .await
+        .map_err(|e| ApiError::internal("reading the knowledge base's sources", e))?;
+    Ok(ok(KnowledgeBaseRecord { sources, ..record }))
 }
 
 #[utoipa::path(delete, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",

@@ -1,13 +1,20 @@
-//! KnowledgeBase: checked against its Tenant, registered with the tenant's API, and
-//! the API's counts mirrored into the status.
+//! KnowledgeBase: checked against its Tenant, registered with the tenant's API (with
+//! the content of its `configMap` sources, read here), and the API's counts and each
+//! source's documents and last error mirrored into the status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use iafactory_crds::tenant_api::TenantApiError;
+use base64::Engine as _;
+use iafactory_crds::knowledgebase::{KnowledgeBaseSpec, SourceStatus};
+use iafactory_crds::tenant_api::{
+    ConfigMapContent, KnowledgeBaseRegistration, SourceRecord, TenantApiError,
+};
 use iafactory_crds::{KnowledgeBase, KnowledgeBaseStatus};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 
 use super::registered::{self, owning_tenant, publish, waiting};
@@ -16,8 +23,110 @@ use crate::error::Result;
 use crate::status::{ConditionSet, READY, invalid_conditions, is_ready};
 
 pub const CONTROLLER: &str = "knowledgebase";
-/// How often document and chunk counts are refreshed from the API.
+/// How often the KnowledgeBase is registered again: document and chunk counts
+/// refreshed, and its ConfigMaps read again (a changed ConfigMap is re-ingested
+/// within this; ConfigMaps are not watched).
 const REFRESH: Duration = Duration::from_secs(60);
+/// The condition on a KnowledgeBase's sources: True when every source was read.
+pub const SOURCES_READY: &str = "SourcesReady";
+
+/// The content of each `configMap` source, from the ConfigMaps in the KnowledgeBase's
+/// namespace: every key, or the one it names. A missing ConfigMap or key, or one the
+/// operator may not read, is that source's error, sent along for the API to report.
+async fn read_config_maps(
+    ctx: &Context,
+    namespace: &str,
+    spec: &KnowledgeBaseSpec,
+) -> Vec<ConfigMapContent> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut contents = Vec::new();
+    for source in spec.sources.iter().filter_map(|s| s.config_map.as_ref()) {
+        let found = api.get_opt(&source.name).await;
+        contents.push(config_map_content(
+            namespace,
+            &source.name,
+            source.key.as_deref(),
+            found.map_err(|e| e.to_string()),
+        ));
+    }
+    contents
+}
+
+/// What is sent for one `configMap` source, from what reading it gave (pure).
+pub fn config_map_content(
+    namespace: &str,
+    name: &str,
+    key: Option<&str>,
+    found: std::result::Result<Option<ConfigMap>, String>,
+) -> ConfigMapContent {
+    let mut content = ConfigMapContent {
+        name: name.to_owned(),
+        key: key.map(str::to_owned),
+        ..ConfigMapContent::default()
+    };
+    let config_map = match found {
+        Ok(Some(config_map)) => config_map,
+        Ok(None) => {
+            content.error = Some(format!("ConfigMap {namespace}/{name} does not exist"));
+            return content;
+        }
+        Err(error) => {
+            content.error = Some(format!(
+                "ConfigMap {namespace}/{name} cannot be read: {error}"
+            ));
+            return content;
+        }
+    };
+    let data = config_map.data.unwrap_or_default();
+    let binary = config_map.binary_data.unwrap_or_default();
+    let encode = |bytes: &Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    match key {
+        Some(key) => {
+            if let Some(text) = data.get(key) {
+                content.data.insert(key.to_owned(), text.clone());
+            } else if let Some(bytes) = binary.get(key) {
+                content.binary_data.insert(key.to_owned(), encode(&bytes.0));
+            } else {
+                content.error = Some(format!("ConfigMap {namespace}/{name} has no key {key:?}"));
+            }
+        }
+        None => {
+            content.data = data.into_iter().collect();
+            content.binary_data = binary.into_iter().map(|(k, v)| (k, encode(&v.0))).collect();
+        }
+    }
+    content
+}
+
+/// The sources' status, and the SourcesReady condition's (status, reason, message),
+/// from the API's records (pure). The message names each failing source.
+pub fn sources_status(records: &[SourceRecord]) -> (Vec<SourceStatus>, bool, &'static str, String) {
+    let sources: Vec<SourceStatus> = records
+        .iter()
+        .map(|r| SourceStatus {
+            id: r.id.clone(),
+            documents: r.documents,
+            last_error: r.last_error.clone(),
+        })
+        .collect();
+    let failed: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.last_error.as_ref().map(|e| format!("{}: {e}", r.id)))
+        .collect();
+    if failed.is_empty() {
+        let documents: i64 = records.iter().map(|r| r.documents).sum();
+        let message = format!("{} sources read, {documents} documents", records.len());
+        (sources, true, "SourcesRead", message)
+    } else {
+        let message = format!(
+            "{} of {} sources cannot be read (their documents from before stay): {}",
+            failed.len(),
+            records.len(),
+            failed.join("; ")
+        );
+        (sources, false, "SourceFailed", message)
+    }
+}
 
 pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
     registered::reconcile(CONTROLLER, kb, ctx, |kb, ctx| async move {
@@ -92,12 +201,16 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     }
     let tenant_name = tenant.name_any();
     let token = operator_token(ctx, &namespace).await?;
+    let registration = KnowledgeBaseRegistration {
+        spec: kb.spec.clone(),
+        config_maps: read_config_maps(ctx, &namespace, &kb.spec).await,
+    };
     let registered = async {
         ctx.tenant_api
             .upsert_tenant(&tenant_name, &tenant.spec, &token)
             .await?;
         ctx.tenant_api
-            .upsert_knowledge_base(&tenant_name, &name, &kb.spec, &token)
+            .upsert_knowledge_base(&tenant_name, &name, &registration, &token)
             .await
     }
     .await;
@@ -141,6 +254,10 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             record.documents, record.chunks
         ),
     );
+    let (sources, sources_ready, reason, message) = sources_status(&record.sources);
+    if !record.sources.is_empty() {
+        conditions.set(SOURCES_READY, sources_ready, reason, message);
+    }
     let status = KnowledgeBaseStatus {
         documents: Some(record.documents),
         chunks: Some(record.chunks),
@@ -149,9 +266,86 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             .and_then(|t| t.parse().ok())
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         api_id: Some(record.id),
+        sources,
         conditions: conditions.into_vec(),
         observed_generation: generation,
     };
     publish(ctx, kb, &status).await?;
     Ok(Action::requeue(REFRESH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn config_map(data: &[(&str, &str)], binary: &[(&str, &[u8])]) -> ConfigMap {
+        ConfigMap {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            binary_data: Some(
+                binary
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_config_map_source_sends_every_key_or_the_one_it_names() {
+        let found = || {
+            Ok(Some(config_map(
+                &[("a.md", "# A"), ("b.txt", "B")],
+                &[("c.pdf", b"%PDF")],
+            )))
+        };
+        let all = config_map_content("iaf-x", "docs", None, found());
+        assert_eq!(all.data.len(), 2);
+        assert_eq!(all.binary_data["c.pdf"], "JVBERg==");
+        assert_eq!(all.error, None);
+        let one = config_map_content("iaf-x", "docs", Some("b.txt"), found());
+        assert_eq!(one.data.keys().collect::<Vec<_>>(), ["b.txt"]);
+        assert!(one.binary_data.is_empty());
+        let missing_key = config_map_content("iaf-x", "docs", Some("z.txt"), found());
+        assert_eq!(
+            missing_key.error.as_deref(),
+            Some("ConfigMap iaf-x/docs has no key \"z.txt\"")
+        );
+        let missing = config_map_content("iaf-x", "docs", None, Ok(None));
+        assert_eq!(
+            missing.error.as_deref(),
+            Some("ConfigMap iaf-x/docs does not exist")
+        );
+    }
+
+    #[test]
+    fn a_failing_source_is_a_condition_that_names_it() {
+        let records = [
+            SourceRecord {
+                id: "inline:A".into(),
+                documents: 1,
+                last_error: None,
+            },
+            SourceRecord {
+                id: "url:http://1.2.3.4/x.md".into(),
+                documents: 0,
+                last_error: Some("http://1.2.3.4/x.md is refused: outside".into()),
+            },
+        ];
+        let (sources, ready, reason, message) = sources_status(&records);
+        assert_eq!(sources.len(), 2);
+        assert!(!ready);
+        assert_eq!(reason, "SourceFailed");
+        assert!(
+            message.contains("url:http://1.2.3.4/x.md: http://1.2.3.4/x.md is refused"),
+            "{message}"
+        );
+        let (_, ready, _, message) = sources_status(&records[..1]);
+        assert!(ready, "{message}");
+    }
 }
