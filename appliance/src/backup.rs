@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use async_compression::tokio::bufread::GzipDecoder;
 use async_compression::tokio::write::GzipEncoder;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -183,6 +184,19 @@ pub async fn backup(
     dir: &Path,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PathBuf, BackupError> {
+    let out = dir.join(tenant);
+    backup_into(app, tenant, &out, progress).await?;
+    Ok(out)
+}
+
+/// Writes the tenant's backup into `out` itself (`restore --from out` reads it).
+async fn backup_into(
+    app: &App,
+    tenant: &str,
+    out: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), BackupError> {
+    let out = out.to_owned();
     let state = app.desired_state_of(tenant)?;
     let database = database_container(&state).ok_or_else(|| BackupError::DatabaseDown {
         tenant: tenant.to_owned(),
@@ -201,7 +215,6 @@ pub async fn backup(
             tenant: tenant.to_owned(),
         });
     }
-    let out = dir.join(tenant);
     std::fs::create_dir_all(&out).map_err(io(&out))?;
     let dumped = dump_to_file(app, tenant, &database, &out.join(DUMP)).await?;
     let roles = exec_in_database(
@@ -262,7 +275,101 @@ pub async fn backup(
     let text = serde_json::to_vec_pretty(&index).expect("an index serializes");
     write_atomically(&out.join(INDEX), &text, 0o644).map_err(AppError::from)?;
     progress(&format!("wrote {}", out.display()));
-    Ok(out)
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Scheduled backups (`iafactory serve`, a Tenant's `backup: {schedule, retention}`):
+// `<data_dir>/backups/<tenant>/<UTC timestamp>/`, each one a complete backup that
+// `restore --from` reads, written aside (`.partial-<timestamp>`) and renamed when
+// complete, so an interrupted run is never taken for a backup.
+
+/// The name of a scheduled backup's directory: its UTC time.
+const STAMP: &str = "%Y%m%dT%H%M%SZ";
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Where the scheduled backups of `tenant` are: `<data_dir>/backups/<tenant>`.
+pub fn scheduled_root(app: &App, tenant: &str) -> PathBuf {
+    app.config.appliance.data_dir.join("backups").join(tenant)
+}
+
+/// The complete scheduled backups under `root`, oldest first.
+pub fn scheduled_backups(root: &Path) -> Vec<(DateTime<Utc>, PathBuf)> {
+    let mut found: Vec<(DateTime<Utc>, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let time = NaiveDateTime::parse_from_str(&name, STAMP).ok()?.and_utc();
+            entry
+                .path()
+                .join(INDEX)
+                .is_file()
+                .then(|| (time, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// When the newest complete scheduled backup of `tenant` was taken.
+pub fn last_scheduled_backup(app: &App, tenant: &str) -> Option<DateTime<Utc>> {
+    scheduled_backups(&scheduled_root(app, tenant))
+        .last()
+        .map(|(time, _)| *time)
+}
+
+/// Removes all but the `retention` newest complete backups under `root` (and any
+/// partial one left by an interrupted run); returns the backups removed.
+pub fn prune_scheduled(root: &Path, retention: usize) -> Result<Vec<PathBuf>, BackupError> {
+    for entry in std::fs::read_dir(root).map_err(io(root))?.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(PARTIAL_PREFIX)
+        {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    let backups = scheduled_backups(root);
+    let extra = backups.len().saturating_sub(retention);
+    let mut removed = Vec::new();
+    for (_, path) in backups.into_iter().take(extra) {
+        std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// What one scheduled backup did.
+#[derive(Debug)]
+pub struct ScheduledBackup {
+    pub dir: PathBuf,
+    pub pruned: Vec<PathBuf>,
+}
+
+/// Backs `tenant` up into `<data_dir>/backups/<tenant>/<now>`, then keeps the
+/// `retention` newest backups there.
+pub async fn scheduled_backup(
+    app: &App,
+    tenant: &str,
+    now: DateTime<Utc>,
+    retention: usize,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<ScheduledBackup, BackupError> {
+    let root = scheduled_root(app, tenant);
+    let stamp = now.format(STAMP).to_string();
+    let partial = root.join(format!("{PARTIAL_PREFIX}{stamp}"));
+    let dir = root.join(&stamp);
+    if let Err(error) = backup_into(app, tenant, &partial, progress).await {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(error);
+    }
+    std::fs::rename(&partial, &dir).map_err(io(&dir))?;
+    let pruned = prune_scheduled(&root, retention.max(1))?;
+    Ok(ScheduledBackup { dir, pruned })
 }
 
 /// Restores the tenant from `dir` (the directory `backup` wrote, or its parent).
@@ -872,6 +979,44 @@ async fn exec_in_database(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduled_backups_are_complete_timestamped_directories_and_pruning_keeps_the_newest() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, complete) in [
+            ("20260310T100100Z", true),
+            ("20260310T100300Z", true),
+            ("20260310T100200Z", true),
+            // Interrupted: no index. Not a backup, and never the "last" one.
+            ("20260310T100400Z", false),
+            (".partial-20260310T100500Z", false),
+            ("notes", true),
+        ] {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            if complete {
+                std::fs::write(dir.join(INDEX), "{}").unwrap();
+            }
+        }
+        let names = |found: Vec<(DateTime<Utc>, PathBuf)>| -> Vec<String> {
+            found
+                .iter()
+                .map(|(_, p)| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(scheduled_backups(root.path())),
+            ["20260310T100100Z", "20260310T100200Z", "20260310T100300Z"]
+        );
+        let removed = prune_scheduled(root.path(), 2).unwrap();
+        assert_eq!(removed, [root.path().join("20260310T100100Z")]);
+        assert_eq!(
+            names(scheduled_backups(root.path())),
+            ["20260310T100200Z", "20260310T100300Z"]
+        );
+        assert!(!root.path().join(".partial-20260310T100500Z").exists());
+        assert!(root.path().join("notes").exists(), "not ours: left alone");
+    }
 
     #[test]
     fn every_create_role_tolerates_an_existing_role_and_nothing_else_changes() {

@@ -25,6 +25,17 @@ use serde_json::Value;
 const EXTERNAL: &[(&str, &str)] = &[
     ("kubelet_volume_stats_available_bytes", "the kubelet"),
     ("kubelet_volume_stats_capacity_bytes", "the kubelet"),
+    // TenantBackupLate reads the backup CronJob's state.
+    (
+        "kube_cronjob_status_last_successful_time",
+        "kube-state-metrics",
+    ),
+    ("kube_cronjob_created", "kube-state-metrics"),
+    ("kube_cronjob_next_schedule_time", "kube-state-metrics"),
+    (
+        "kube_cronjob_status_last_schedule_time",
+        "kube-state-metrics",
+    ),
 ];
 
 /// Metrics the rules and dashboards use that `iafactory serve` exports. Scraping it
@@ -44,6 +55,12 @@ const APPLIANCE: &[(&str, &str)] = &[
     ),
     (
         "iafactory_appliance_volume_capacity_bytes",
+        "iafactory serve",
+    ),
+    // Asserted by appliance/tests/backup_schedule.rs on the scheduler's registry, which
+    // `serve` registers into its /metrics.
+    (
+        "iafactory_appliance_backup_failures_total",
         "iafactory serve",
     ),
 ];
