@@ -412,6 +412,7 @@ pub fn plan(
                 "{}:{PROMETHEUS_CONFIG_DIR}:ro",
                 dir.join(PROMETHEUS).display()
             )],
+            gateway_hosts: Vec::new(),
             // The image's static busybox: it has no other HTTP client.
             healthcheck: Some(healthcheck(
                 settings,
@@ -483,6 +484,7 @@ pub fn plan(
                         dir.join("grafana/dashboards").display()
                     ),
                 ],
+                gateway_hosts: Vec::new(),
                 // A first start migrates Grafana's database: give it time.
                 healthcheck: Some(healthcheck(settings, test, 120)),
                 nano_cpus: (grafana.cpus * 1e9) as i64,
@@ -702,6 +704,7 @@ impl App {
                 .all(|c| matches!(c.health, "healthy" | "running") && c.up_to_date),
             components,
             registrations: Vec::new(),
+            last_backup: None,
         }))
     }
 
