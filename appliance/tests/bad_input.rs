@@ -93,3 +93,48 @@ async fn a_component_that_never_gets_healthy_is_reported_by_name() {
         "says what changed: {message}"
     );
 }
+
+/// What the appliance does not do is said, by field, and the tenant is still stored;
+/// a refusal names each violated field once, in the manifest's spelling.
+#[tokio::test]
+async fn apply_names_each_field_it_does_not_honour_and_each_refused_field_once() {
+    let box_ = TestAppliance::new();
+    let tenant = format!("w{}", random_suffix());
+    let file = box_.tenant_file(
+        &tenant,
+        "    monitoring: {enabled: false}\n    database: {storage: 5Gi}\n  ingress: {host: rag.example.dz, tls: none}\n",
+    );
+    let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{message}");
+    assert!(
+        stdout(&output).contains(&format!("tenant/{tenant} stored")),
+        "{}",
+        stdout(&output)
+    );
+    for field in [
+        "spec.components.monitoring.enabled",
+        "spec.components.database.storage",
+        "spec.ingress.host",
+        "spec.ingress.tls",
+    ] {
+        let line = format!("warning: tenant {tenant}: {field} is not honoured here: ");
+        assert_eq!(message.matches(&line).count(), 1, "{field}: {message}");
+    }
+    // Only what the manifest sets: it asks for no GPU, no secretName, no models.
+    for quiet in ["ollama.gpu", "secretName", "ollama.models", "requests"] {
+        assert!(!message.contains(quiet), "{quiet}: {message}");
+    }
+
+    // Providers under strict sovereignty: one refusal, at `spec.llmProviders`.
+    let strict = box_.tenant_file(
+        &tenant,
+        "  llmProviders:\n    - {name: openai, kind: openai-compatible, baseUrl: 'https://api.openai.com/v1', secretRef: {name: k, key: apiKey}}\n",
+    );
+    let output = box_.iafactory(&["apply", "--no-up", "-f", strict.to_str().unwrap()]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert_eq!(message.matches("spec.llmProviders").count(), 1, "{message}");
+    assert!(!message.contains("llm_providers"), "{message}");
+    assert!(message.contains("nothing was applied"), "{message}");
+}

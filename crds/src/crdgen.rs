@@ -95,6 +95,10 @@ pub fn resources_markdown() -> String {
                 ));
             }
         }
+        if kind == "Tenant" {
+            doc.push_str("\n### Each field on each driver\n\n");
+            doc.push_str(&crate::support::markdown());
+        }
         doc.push_str("\nStatus, written by the operator or the appliance:\n\n");
         doc.push_str("| field | type | description |\n| --- | --- | --- |\n");
         if let Some(properties) = schema["properties"]["status"]["properties"].as_object() {

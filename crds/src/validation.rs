@@ -77,7 +77,9 @@ impl Collector {
     fn garde(&mut self, prefix: &str, result: Result<(), garde::Report>) {
         if let Err(report) = result {
             for (path, error) in report.iter() {
-                let path = path.to_string();
+                // garde names fields as Rust does (`llm_providers`); a person wrote
+                // the manifest's spelling (`llmProviders`), as the CEL rules report it.
+                let path = manifest_spelling(&path.to_string());
                 let path = if path.is_empty() {
                     prefix.to_owned()
                 } else {
@@ -109,6 +111,32 @@ impl Collector {
             Err(ValidationErrors(self.0))
         }
     }
+}
+
+/// A garde path (`components.vector_store.resources`, `llm_providers[0].base_url`)
+/// in the manifest's camelCase (`components.vectorStore.resources`).
+pub fn manifest_spelling(path: &str) -> String {
+    let mut spelled = String::with_capacity(path.len());
+    let mut upper = false;
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            '_' if !in_index => {
+                upper = true;
+                continue;
+            }
+            _ => {}
+        }
+        if upper {
+            spelled.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            spelled.push(c);
+        }
+    }
+    spelled
 }
 
 /// The CEL rules of one resource, compiled once: compiling them costs more than a

@@ -96,6 +96,43 @@ fn providers_under_strict_sovereignty_are_refused_by_the_cel_rule() {
     );
     assert!(message.contains("spec.llmProviders"), "{message}");
     assert!(message.contains("sovereignty: open"), "{message}");
+    // Once, spelled as in the manifest: not again as the Rust mirror's `llm_providers`.
+    assert_eq!(message.matches("spec.llmProviders").count(), 1, "{message}");
+    assert!(!message.contains("llm_providers"), "{message}");
+}
+
+#[test]
+fn every_violation_is_named_once_in_the_manifests_spelling() {
+    // Each breaks a rule held both in the Rust mirror (garde) and in CEL or the schema.
+    let cases = [
+        "spec:\n  llmProviders:\n    - {name: openai, kind: openai-compatible, baseUrl: 'https://api.openai.com/v1', secretRef: {name: k, key: apiKey}}\n",
+        "spec: {components: {ollama: {enabled: false, models: [llama3.2]}}}\n",
+        "spec: {ingress: {host: a.dz, tls: acme, secretName: s}}\n",
+        "spec: {displayName: ''}\n",
+        "spec: {components: {vectorStore: {image: '-bad'}}}\n",
+        "spec:\n  sovereignty: open\n  llmProviders:\n    - {name: a, kind: openai-compatible, baseUrl: 'not a url', secretRef: {name: k, key: apiKey}}\n",
+    ];
+    for spec in cases {
+        let text = format!(
+            "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {{name: x}}\n{spec}"
+        );
+        let errors = errors(&text);
+        let [ManifestError::Invalid { errors, .. }] = errors.as_slice() else {
+            panic!("{spec}: {errors:?}");
+        };
+        let paths: Vec<&str> = errors.paths().collect();
+        for path in &paths {
+            assert!(
+                !path.contains('_'),
+                "{spec}: {path} is Rust's spelling: {paths:?}"
+            );
+            assert_eq!(
+                paths.iter().filter(|p| *p == path).count(),
+                1,
+                "{spec}: {path} is reported twice: {errors}"
+            );
+        }
+    }
 }
 
 #[test]

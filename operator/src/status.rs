@@ -233,6 +233,8 @@ pub fn tenant_conditions(
     let mut conditions = ConditionSet::new(previous, generation, now);
     let mut waiting = Vec::new();
     let mut failed = Vec::new();
+    // Degrades the tenant without making it unready.
+    let mut degraded: Vec<String> = Vec::new();
     for component in &plan.components {
         let (state, reason, message) = component_condition(
             component,
@@ -247,7 +249,16 @@ pub fn tenant_conditions(
         }
         conditions.set(component.kind.condition_type(), ready, reason, message);
     }
-    if plan.model_preload.is_some() {
+    if let Some(iafactory_crds::plan::ModelPreloadPlan {
+        source: iafactory_crds::plan::ModelSourcePlan::Forbidden { reason },
+        ..
+    }) = &plan.model_preload
+    {
+        // No Job runs. The tenant works, without the models it listed: degraded, and
+        // still Ready when its components are.
+        degraded.push(reason.clone());
+        conditions.set(MODELS_READY, false, "ModelSourceForbidden", reason.clone());
+    } else if plan.model_preload.is_some() {
         let preload = observed
             .model_preload
             .clone()
@@ -303,20 +314,27 @@ pub fn tenant_conditions(
             "nothing is rolling out".to_owned()
         },
     );
-    conditions.set(
-        DEGRADED,
-        !failed.is_empty(),
-        if failed.is_empty() {
-            "Healthy"
-        } else {
-            "ComponentFailed"
-        },
-        if failed.is_empty() {
-            "no component reports a failure".to_owned()
-        } else {
-            failed.join("; ")
-        },
-    );
+    let (is_degraded, reason, message) = if !failed.is_empty() {
+        (
+            true,
+            "ComponentFailed",
+            failed
+                .iter()
+                .chain(&degraded)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    } else if !degraded.is_empty() {
+        (true, "ModelSourceForbidden", degraded.join("; "))
+    } else {
+        (
+            false,
+            "Healthy",
+            "no component reports a failure".to_owned(),
+        )
+    };
+    conditions.set(DEGRADED, is_degraded, reason, message);
     conditions.into_vec()
 }
 
