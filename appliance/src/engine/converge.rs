@@ -14,9 +14,32 @@ use super::desired::{
     ContainerSpec, HOST_NETWORK, LABEL_STACK, RenderSettings, TenantState, instance_labels,
 };
 use super::docker::{DockerError, Engine, Health, Observed, Target};
+use crate::gateway::ROUTE_REFRESH;
+use iafactory_crds::plan::ComponentKind;
 
 /// Grace given to a stopping container (PostgreSQL flushes on SIGTERM).
 const STOP_GRACE_SECONDS: i32 = 30;
+/// How long a draining API replica stays up before it is stopped: two refreshes of the
+/// gateway's routes, so no new request is sent to it once it stops.
+const DRAIN_WAIT: Duration = Duration::from_millis(2 * ROUTE_REFRESH.as_millis() as u64);
+/// Marks an API container out of the gateway's routes, on its way out.
+const DRAINING: &str = "-draining";
+/// Marks a replaced container that still serves until its successor is healthy.
+const SUPERSEDED: &str = "-superseded";
+
+/// Whether the gateway must send no new request to this container.
+pub fn is_draining(name: &str) -> bool {
+    name.ends_with(DRAINING)
+}
+
+fn draining_name(name: &str) -> String {
+    format!("{name}{DRAINING}")
+}
+
+/// Unique per container, so that a run cut short cannot leave a name in the way.
+fn superseded_name(name: &str, id: &str) -> String {
+    format!("{name}{SUPERSEDED}-{}", &id[..id.len().min(12)])
+}
 const HEALTH_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +255,7 @@ impl Converger<'_> {
                 }
             }
             let mut touched = Vec::new();
+            let mut superseded = Vec::new();
             for spec in &specs {
                 let moved = match by_name.get(spec.name.as_str()) {
                     Some(current) if current.spec_hash == spec.spec_hash => {
@@ -245,20 +269,29 @@ impl Converger<'_> {
                             .await?;
                         touched.push(spec.name.as_str());
                     }
+                    Some(current) if moved && !spec.stateful => {
+                        // A stateless container keeps its name when only its image's
+                        // content moved under the same tag (a bundle or a build
+                        // replaced it). The old one steps aside under another name and
+                        // keeps serving until its successor is healthy.
+                        let aside = superseded_name(&current.name, &current.id);
+                        self.engine
+                            .rename_container(&target, &current.name, &aside)
+                            .await?;
+                        superseded.push(aside);
+                        self.create_and_start(&target, spec, report, "replaced")
+                            .await?;
+                        touched.push(spec.name.as_str());
+                    }
                     Some(current) if current.spec_hash != spec.spec_hash || moved => {
-                        // Only a stateful container keeps its name across specs. A
-                        // stateless one keeps it when only its image's content moved
-                        // under the same tag (a bundle or a build replaced it): it is
-                        // then replaced in place, one replica at a time.
+                        // Only a stateful container keeps its name across specs: it
+                        // stops before its successor starts on the same volume.
                         self.engine
                             .stop_container(&target, &current.name, STOP_GRACE_SECONDS)
                             .await?;
                         self.engine.remove_container(&target, &current.name).await?;
                         self.create_and_start(&target, spec, report, "replaced")
                             .await?;
-                        if moved && !spec.stateful {
-                            self.wait_healthy(&target, &spec.name).await?;
-                        }
                         touched.push(spec.name.as_str());
                     }
                     Some(current) if !current.running => {
@@ -279,21 +312,29 @@ impl Converger<'_> {
             }
             // The component's new containers are healthy: its old ones may go.
             let wanted: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            for old in observed
+            let replaced: Vec<String> = observed
                 .iter()
                 .filter(|o| &o.component == component && !wanted.contains(o.name.as_str()))
-            {
-                self.retire(&target, &old.name, " (replaced)", report)
-                    .await?;
-            }
+                .map(|o| o.name.clone())
+                .chain(superseded)
+                .collect();
+            self.retire(&target, &replaced, " (replaced)", report)
+                .await?;
         }
         // Components the plan no longer has (Ollama switched off, a suspended tenant).
+        let mut orphans: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for orphan in observed
             .iter()
             .filter(|o| !components.contains(&o.component.as_str()))
         {
-            let target = Target::component(tenant, &orphan.component);
-            self.retire(&target, &orphan.name, " (not in the plan)", report)
+            orphans
+                .entry(&orphan.component)
+                .or_default()
+                .push(orphan.name.clone());
+        }
+        for (component, names) in orphans {
+            let target = Target::component(tenant, component);
+            self.retire(&target, &names, " (not in the plan)", report)
                 .await?;
         }
         Ok(())
@@ -313,8 +354,40 @@ impl Converger<'_> {
             .collect())
     }
 
-    /// Stops a container (with the grace period), removes it, and reports it.
+    /// Stops containers (with the grace period), removes them, and reports it. API
+    /// replicas are drained first: renamed out of the gateway's routes, given time for
+    /// the gateway to see that, then stopped, which lets the requests they hold finish.
     async fn retire(
+        &self,
+        target: &Target,
+        names: &[String],
+        why: &str,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let mut names = names.to_vec();
+        if target.component.as_deref() == Some(ComponentKind::Api.name()) {
+            let mut renamed = false;
+            for name in names.iter_mut().filter(|n| !is_draining(n)) {
+                let draining = draining_name(name);
+                self.engine
+                    .rename_container(target, name, &draining)
+                    .await?;
+                self.did(report, format!("{target}: draining {name}"));
+                *name = draining;
+                renamed = true;
+            }
+            if renamed {
+                tokio::time::sleep(DRAIN_WAIT).await;
+            }
+        }
+        for name in &names {
+            self.stop_and_remove(target, name, why, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops a container (with the grace period), removes it, and reports it.
+    async fn stop_and_remove(
         &self,
         target: &Target,
         name: &str,
@@ -440,7 +513,9 @@ impl Converger<'_> {
         labels.insert(LABEL_TENANT.into(), tenant.to_owned());
         for container in self.engine.containers(&labels).await? {
             let target = Target::component(tenant, &container.component);
-            self.retire(&target, &container.name, "", report).await?;
+            // The tenant goes as a whole: nothing to drain its API for.
+            self.stop_and_remove(&target, &container.name, "", report)
+                .await?;
         }
         let target = Target::tenant(tenant);
         for (network, _) in self.engine.networks(&labels).await? {
@@ -491,7 +566,8 @@ impl Converger<'_> {
         let Some(state) = desired else {
             for container in observed {
                 let target = Target::component(stack, &container.component);
-                self.retire(&target, &container.name, "", report).await?;
+                self.stop_and_remove(&target, &container.name, "", report)
+                    .await?;
             }
             return Ok(());
         };

@@ -72,6 +72,10 @@ use crate::certs::{CertResolver, ChallengeStore};
 pub use proxy::GatewayMetrics;
 pub use routes::{RouteMiss, RouteTable, SharedRoutes, Upstream};
 
+/// How often `iafactory serve` re-reads the API replicas into the gateway's routes: a
+/// replica that became healthy, or started draining, is seen within this time.
+pub const ROUTE_REFRESH: Duration = Duration::from_secs(1);
+
 /// The gateway's failures: all happen at start-up; requests fail with HTTP statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

@@ -258,8 +258,13 @@ impl TestAppliance {
     /// With the real PostgreSQL image and the real platform API ([`api_image`]); the
     /// model server is the stand-in (an HTTP server on Ollama's port).
     pub fn with_real_api() -> Self {
-        let appliance = Self::with_extra("");
-        appliance.write_config_images("", true, true);
+        Self::with_real_api_and("")
+    }
+
+    /// [`Self::with_real_api`], with `extra` lines (`api.NAME = "value"`: environment).
+    pub fn with_real_api_and(extra: &str) -> Self {
+        let appliance = Self::with_extra(extra);
+        appliance.write_config_images(extra, true, true);
         appliance
     }
 
@@ -293,12 +298,15 @@ impl TestAppliance {
         let image = standin_image();
         let api = if real_api {
             format!(
-                "image = \"{}\"\nuid = 65532\nhealthcheck = [\"/usr/local/bin/iafactory-api\", \"healthcheck\"]\n\n[images.ollama]\nimage = \"{image}\"\nuid = 1000\nargs = [\"httpd\", \"-f\", \"-p\", \"11434\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:11434/\"]\n\n[ollama]\npull_models = false",
-                api_image()
+                "image = \"{}\"\nuid = 65532\nhealthcheck = [\"/usr/local/bin/iafactory-api\", \"healthcheck\"]\n{}\n\n[images.ollama]\nimage = \"{image}\"\nuid = 1000\nargs = [\"httpd\", \"-f\", \"-p\", \"11434\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:11434/\"]\n\n[ollama]\npull_models = false",
+                api_image(),
+                extra_table(extra, "api"),
             )
         } else {
+            // `-Y off`: an open tenant's API is given `http_proxy` (its egress proxy),
+            // and busybox's wget knows no `no_proxy`.
             format!(
-                "image = \"{image}\"\nuid = 65532\nargs = [\"httpd\", \"-f\", \"-p\", \"8180\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8180/\"]"
+                "image = \"{image}\"\nuid = 65532\nargs = [\"httpd\", \"-f\", \"-p\", \"8180\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-Y\", \"off\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8180/\"]"
             )
         };
         let postgres = if real_database {
@@ -336,10 +344,15 @@ http_listen = "127.0.0.1:0"
 {api}
 {api_env}
 "#,
+            // The real API's table is followed by others: its environment is inside.
+            api_env = if real_api {
+                String::new()
+            } else {
+                extra_table(extra, "api")
+            },
             data = self.data_dir().display(),
             instance = self.instance,
             postgres_env = extra_table(extra, "postgres"),
-            api_env = extra_table(extra, "api"),
         );
         std::fs::write(&self.config_file, text).unwrap();
     }
@@ -455,6 +468,30 @@ impl TestAppliance {
             ),
         );
         std::fs::write(&self.config_file, config).unwrap();
+    }
+
+    /// Serves tenants as `<tenant>.<domain>` on these gateway ports of 127.0.0.1.
+    pub fn set_gateway(&self, domain: &str, https_port: u16, http_port: u16) {
+        let config = std::fs::read_to_string(&self.config_file)
+            .unwrap()
+            .replace("[appliance]\n", &format!("domain = \"{domain}\"\n[appliance]\n"))
+            .replace(
+                "https_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"",
+                &format!(
+                    "https_listen = \"127.0.0.1:{https_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\""
+                ),
+            );
+        assert!(
+            config.contains(&format!("127.0.0.1:{https_port}")),
+            "{config}"
+        );
+        std::fs::write(&self.config_file, config).unwrap();
+    }
+
+    /// The appliance's local CA, which signs every tenant's certificate by default.
+    pub fn local_ca(&self) -> Vec<u8> {
+        let path = self.data_dir().join("certs/local-ca/ca.pem");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     /// Starts `iafactory serve` logging at info into `serve.log` in the test's directory
