@@ -6,15 +6,19 @@ use std::path::PathBuf;
 
 use iafactory_crds::manifest::{self, Manifest, ManifestError};
 use iafactory_crds::plan::{
-    ComponentKind, PlanError, TenantPlan, plan, plan_knowledge_base, plan_workflow,
+    ComponentKind, LABEL_COMPONENT, PlanError, TenantPlan, plan, plan_knowledge_base, plan_workflow,
 };
+use iafactory_crds::support::{FieldWarning, appliance_warnings};
 use iafactory_crds::tenant::Retention;
 use iafactory_crds::{KnowledgeBase, Tenant, Workflow, admission};
 use serde::Serialize;
 
-use crate::engine::converge::{ConvergeError, Converger, Report, health_word, is_current};
+use crate::engine::converge::{
+    ConvergeError, Converger, Report, health_word, is_current, is_draining,
+};
 use crate::engine::desired::{
-    DesiredError, NeededSecret, RenderSettings, TenantState, missing_user_secrets, tenant_state,
+    DesiredError, NeededSecret, RenderSettings, TenantState, instance_labels, missing_user_secrets,
+    tenant_state,
 };
 use crate::engine::docker::{DockerError, Engine, Target};
 use crate::monitoring::{self, MonitoringError};
@@ -118,6 +122,9 @@ pub struct TenantStatus {
     pub components: Vec<ComponentStatus>,
     /// Its KnowledgeBases and Workflows, with the tenant API's record of each.
     pub registrations: Vec<RegistrationStatus>,
+    /// When its newest complete scheduled backup (`iafactory serve`) was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One running API container of a tenant, as [`App::api_replicas`] found it.
@@ -127,6 +134,8 @@ pub(crate) struct ApiReplica {
     pub address: String,
     /// Docker's healthcheck passes (or the container has none).
     pub healthy: bool,
+    /// On its way out: the gateway sends it no new request.
+    pub draining: bool,
 }
 
 /// One object `apply` stored.
@@ -138,6 +147,9 @@ pub struct Applied {
     pub name: String,
     /// False when the same manifest was stored already.
     pub changed: bool,
+    /// The fields of a Tenant the appliance accepts but does not act on
+    /// (`iafactory_crds::support`); empty for the other kinds.
+    pub warnings: Vec<FieldWarning>,
 }
 
 impl App {
@@ -318,6 +330,7 @@ impl App {
                 tenant: name.clone(),
                 name: name.clone(),
                 changed,
+                warnings: appliance_warnings(&tenant.spec),
             });
         }
         for (tenant, kb) in checked_kbs {
@@ -327,6 +340,7 @@ impl App {
                 name: kb.metadata.name.clone().unwrap_or_default(),
                 tenant,
                 changed,
+                warnings: Vec::new(),
             });
         }
         for (tenant, workflow) in checked_workflows {
@@ -336,6 +350,7 @@ impl App {
                 name: workflow.metadata.name.clone().unwrap_or_default(),
                 tenant,
                 changed,
+                warnings: Vec::new(),
             });
         }
         Ok(applied)
@@ -498,39 +513,57 @@ impl App {
         Ok(images)
     }
 
+    /// Each desired tenant's network, where its API replicas are reached.
+    pub(crate) fn api_networks(desired: &[TenantState]) -> BTreeMap<String, String> {
+        desired
+            .iter()
+            .map(|state| (state.tenant.clone(), state.network.name.clone()))
+            .collect()
+    }
+
     /// Each tenant's running API replicas, `ip:port` on the tenant's network (the host
-    /// reaches bridge networks directly, internal or not), in the plan's order, each
-    /// with whether Docker's healthcheck passes: Prometheus scrapes them all, the gateway
-    /// routes to the healthy ones. A tenant with none has an empty list. A container
-    /// that cannot be read is logged and left out: the next look asks again.
+    /// reaches bridge networks directly, internal or not), each with whether Docker's
+    /// healthcheck passes: Prometheus scrapes them all, the gateway routes to the healthy
+    /// ones that are not draining. One listing of the engine, whatever the number of
+    /// tenants, because `serve` asks every [`crate::gateway::ROUTE_REFRESH`]. A replica
+    /// superseded by a new one (same name, new image content) is still listed until it
+    /// drains. A tenant with none has an empty list; a failed listing is logged and gives
+    /// no replica at all, and the next look asks again.
     pub(crate) async fn api_replicas(
         &self,
-        desired: &[TenantState],
+        networks: &BTreeMap<String, String>,
     ) -> BTreeMap<String, Vec<ApiReplica>> {
         let port = self.config.platform.api.port;
-        let api = ComponentKind::Api.name();
-        let mut replicas: BTreeMap<String, Vec<ApiReplica>> = BTreeMap::new();
-        for state in desired {
-            let found = replicas.entry(state.tenant.clone()).or_default();
-            for spec in state.containers.iter().filter(|c| c.component == api) {
-                let target = Target::component(&state.tenant, api);
-                match self
-                    .engine
-                    .attachment(&target, &spec.name, &spec.network)
-                    .await
-                {
-                    Ok(Some(attachment)) => {
-                        if let (true, Some(ip)) = (attachment.running, attachment.ip) {
-                            found.push(ApiReplica {
-                                address: format!("{ip}:{port}"),
-                                healthy: attachment.healthy,
-                            });
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!("{error}"),
-                }
+        let mut labels = instance_labels(&self.render_settings());
+        labels.insert(LABEL_COMPONENT.into(), ComponentKind::Api.name().to_owned());
+        let mut replicas: BTreeMap<String, Vec<ApiReplica>> = networks
+            .keys()
+            .map(|tenant| (tenant.clone(), Vec::new()))
+            .collect();
+        let listed = match self.engine.containers(&labels).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!("{error}");
+                return replicas;
             }
+        };
+        for container in listed.into_iter().filter(|c| c.running) {
+            let (Some(found), Some(network)) = (
+                replicas.get_mut(&container.tenant),
+                networks.get(&container.tenant),
+            ) else {
+                continue;
+            };
+            if let Some(ip) = container.addresses.get(network) {
+                found.push(ApiReplica {
+                    address: format!("{ip}:{port}"),
+                    healthy: container.health.is_healthy(),
+                    draining: is_draining(&container.name),
+                });
+            }
+        }
+        for found in replicas.values_mut() {
+            found.sort_by(|a, b| a.address.cmp(&b.address));
         }
         replicas
     }
@@ -603,6 +636,7 @@ impl App {
             };
             statuses.push(TenantStatus {
                 registrations,
+                last_backup: crate::backup::last_scheduled_backup(self, &state.tenant),
                 healthy: components
                     .iter()
                     .all(|c| matches!(c.health, "healthy" | "running") && c.up_to_date),

@@ -4,9 +4,11 @@
 
 pub mod app;
 pub mod backup;
+pub mod backup_schedule;
 pub mod bundle;
 pub mod certs;
 pub mod cli;
+pub mod egress;
 pub mod engine;
 pub mod gateway;
 pub mod metrics;

@@ -256,6 +256,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let state = if a.changed { "stored" } else { "unchanged" };
                 if a.kind == "tenant" {
                     println!("tenant/{} {state}", a.name);
+                    // What the manifest asks that this appliance does not do, by field.
+                    for warning in &a.warnings {
+                        eprintln!("warning: tenant {}: {warning}", a.name);
+                    }
                 } else {
                     println!("{}/{} (tenant {}) {state}", a.kind, a.name, a.tenant);
                 }
@@ -400,6 +404,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             )?;
                         }
                     }
+                    if let Some(line) = last_backups(&statuses) {
+                        writeln!(out)?;
+                        writeln!(out, "{line}")?;
+                    }
                     if statuses.iter().any(|t| !t.registrations.is_empty()) {
                         writeln!(out)?;
                         writeln!(
@@ -528,6 +536,24 @@ async fn up(app: &App) -> anyhow::Result<()> {
     let (report, result) = app.up(&step).await;
     conclude(&progress, &report, result, "up")?;
     report_registrations(&app.register_all().await?)
+}
+
+/// `iafactory status`'s backup lines: each tenant's newest scheduled backup, for the
+/// tenants that have one.
+fn last_backups(statuses: &[iafactory_appliance::app::TenantStatus]) -> Option<String> {
+    let lines: Vec<String> = statuses
+        .iter()
+        .filter_map(|t| {
+            t.last_backup.map(|time| {
+                format!(
+                    "{:<24} {}",
+                    t.tenant,
+                    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+        })
+        .collect();
+    (!lines.is_empty()).then(|| format!("{:<24} LAST BACKUP\n{}", "TENANT", lines.join("\n")))
 }
 
 /// One line per KnowledgeBase or Workflow; a tenant API that is not healthy yet is no

@@ -1,7 +1,8 @@
 //! `iafactory serve`: the daemon. It reconciles on a timer and whenever a stored
 //! manifest changes, rewrites the monitoring stack's Prometheus targets, runs the TLS gateway
-//! (`<tenant>.<domain>` → that tenant's API container, certificates kept fresh), and
-//! serves /metrics, /status and /healthz on localhost. SIGTERM or ctrl-c stops it
+//! (`<tenant>.<domain>` → that tenant's API container, certificates kept fresh), takes
+//! each tenant's scheduled backups (`crate::backup_schedule`), and serves /metrics,
+//! /status and /healthz on localhost. SIGTERM or ctrl-c stops it
 //! gracefully: open gateway requests get the gateway's grace period.
 
 use std::collections::BTreeMap;
@@ -22,7 +23,10 @@ use crate::app::{ApiReplica, App};
 use crate::certs::{
     AcmeSettings, CertError, CertManager, CertResolver, CertSettings, CertSource, ChallengeStore,
 };
-use crate::gateway::{Gateway, GatewayError, GatewaySettings, RouteTable, SharedRoutes, Upstream};
+use crate::egress::Egress;
+use crate::gateway::{
+    Gateway, GatewayError, GatewaySettings, ROUTE_REFRESH, RouteTable, SharedRoutes, Upstream,
+};
 use crate::metrics::Snapshot;
 use crate::settings::{CertificateChoice, SettingsError};
 
@@ -108,9 +112,10 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         tracing::warn!(host, "{error}; a new certificate will be issued");
     }
     let desired = app.desired().unwrap_or_default();
+    let api_networks = Arc::new(Mutex::new(App::api_networks(&desired)));
     let routes = SharedRoutes::new(route_table(
         &domain(&app),
-        &app.api_replicas(&desired).await,
+        &app.api_replicas(&App::api_networks(&desired)).await,
     ));
     let gateway_config = &app.config.appliance.gateway;
     let mut settings =
@@ -124,6 +129,10 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         &mut registry,
     )
     .await?;
+    // Egress of open tenants: a proxy on each one's network gateway (crate::egress),
+    // for the networks there already; each reconcile refreshes them.
+    let egress = Arc::new(Egress::new(&mut registry));
+    egress.refresh(&app).await;
     let cancel = CancellationToken::new();
     let renewal_hosts = hosts.clone();
     let renewals = tokio::spawn(manager.clone().run_renewals(
@@ -132,19 +141,32 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         cancel.clone(),
     ));
 
+    let backup_metrics = crate::backup_schedule::BackupMetrics::register(&mut registry);
     let served = Arc::new(Served { app, registry });
+    let backups = tokio::spawn(scheduled_backups(
+        served.clone(),
+        backup_metrics,
+        cancel.clone(),
+    ));
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(served.clone());
+    let route_refresher = tokio::spawn(refresh_routes_forever(
+        served.clone(),
+        routes.clone(),
+        api_networks.clone(),
+    ));
     let reconciler = tokio::spawn(reconcile_forever(
         served,
         local,
         Refresh {
+            api_networks,
             routes,
             manager,
             hosts,
+            egress: egress.clone(),
         },
     ));
     let result = axum::serve(listener, router)
@@ -152,7 +174,12 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         .await;
     cancel.cancel();
     reconciler.abort();
+    route_refresher.abort();
+    // A backup in progress is abandoned: its `.partial-` directory is removed at the
+    // next one.
+    backups.abort();
     let _ = renewals.await;
+    egress.shutdown();
     gateway.shutdown().await;
     tracing::info!("stopped");
     result.map_err(ServeError::Server)
@@ -236,11 +263,12 @@ fn tenant_hosts(app: &App) -> Vec<String> {
 /// network (the host reaches bridge networks directly, internal or not;
 /// [`App::api_replicas`]); the gateway balances across them. A replica that is running
 /// but whose healthcheck fails (or has not passed yet) is left out; a tenant with no
-/// healthy replica gets 404 from the gateway until the next reconcile.
+/// healthy replica gets 404 from the gateway until one is. A draining replica (being
+/// replaced) gets no new request; the ones it holds finish before it is stopped.
 fn route_table(domain: &str, apis: &BTreeMap<String, Vec<ApiReplica>>) -> RouteTable {
     let mut table = RouteTable::new(domain);
     for (tenant, replicas) in apis {
-        for replica in replicas.iter().filter(|r| r.healthy) {
+        for replica in replicas.iter().filter(|r| r.healthy && !r.draining) {
             match Upstream::http(&replica.address) {
                 Ok(upstream) => table.insert(tenant, upstream),
                 Err(error) => tracing::error!(tenant, "{error}"),
@@ -260,16 +288,43 @@ fn scrape_addresses(apis: &BTreeMap<String, Vec<ApiReplica>>) -> BTreeMap<String
         .collect()
 }
 
+/// Keeps the gateway's routes current between reconciles, and during one: a replica
+/// that turns healthy starts taking requests, and one that starts draining stops, within
+/// [`ROUTE_REFRESH`], whoever (this daemon or `iafactory up`) replaces it.
+async fn refresh_routes_forever(
+    served: Arc<Served>,
+    routes: SharedRoutes,
+    api_networks: Arc<Mutex<BTreeMap<String, String>>>,
+) {
+    let app = &served.app;
+    loop {
+        tokio::time::sleep(ROUTE_REFRESH).await;
+        let networks = api_networks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let table = route_table(&domain(app), &app.api_replicas(&networks).await);
+        if *routes.current() != table {
+            tracing::debug!(hosts = ?table.hostnames(), "the gateway's routes changed");
+            routes.replace(table);
+        }
+    }
+}
+
 /// What a reconcile refreshes besides the containers.
 struct Refresh {
+    /// Each tenant's network, for [`refresh_routes_forever`].
+    api_networks: Arc<Mutex<BTreeMap<String, String>>>,
     routes: SharedRoutes,
     manager: Arc<CertManager>,
     hosts: Hosts,
+    egress: Arc<Egress>,
 }
 
 impl Refresh {
     async fn after_reconcile(&self, app: &App, apis: &BTreeMap<String, Vec<ApiReplica>>) {
         self.routes.replace(route_table(&domain(app), apis));
+        self.egress.refresh(app).await;
         let hosts = tenant_hosts(app);
         let changed = {
             let mut known = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -321,7 +376,12 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
                 Ok(desired) => {
                     // Looked up once: the gateway's routes and Prometheus's targets
                     // are the same addresses.
-                    let apis = app.api_replicas(&desired).await;
+                    let networks = App::api_networks(&desired);
+                    let apis = app.api_replicas(&networks).await;
+                    *refresh
+                        .api_networks
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = networks;
                     write_monitoring_targets(app, listen, &scrape_addresses(&apis));
                     refresh.after_reconcile(app, &apis).await;
                 }
@@ -330,6 +390,16 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
     }
+}
+
+/// Scheduled backups ([`crate::backup_schedule`]), beside the reconcile loop.
+async fn scheduled_backups(
+    served: Arc<Served>,
+    metrics: crate::backup_schedule::BackupMetrics,
+    cancel: CancellationToken,
+) {
+    let scheduler = crate::backup_schedule::BackupScheduler::new(metrics);
+    crate::backup_schedule::run_forever(&served.app, scheduler, cancel).await;
 }
 
 /// Keeps Prometheus's file_sd targets current: this daemon, and every tenant's API.
@@ -384,11 +454,12 @@ mod tests {
         ApiReplica {
             address: address.to_owned(),
             healthy,
+            draining: false,
         }
     }
 
     #[test]
-    fn every_healthy_replica_is_routed_and_every_running_one_scraped() {
+    fn every_healthy_replica_not_draining_is_routed_and_every_running_one_scraped() {
         let apis = BTreeMap::from([
             (
                 "alpha".to_owned(),
@@ -396,6 +467,10 @@ mod tests {
                     replica("172.18.0.3:8180", true),
                     replica("172.18.0.4:8180", false),
                     replica("172.18.0.5:8180", true),
+                    ApiReplica {
+                        draining: true,
+                        ..replica("172.18.0.6:8180", true)
+                    },
                 ],
             ),
             ("beta".to_owned(), vec![replica("172.19.0.3:8180", false)]),
@@ -405,13 +480,14 @@ mod tests {
         let (_, replicas) = table.route("alpha.example.dz").unwrap();
         let routed: Vec<String> = replicas.iter().map(ToString::to_string).collect();
         assert_eq!(routed, ["172.18.0.3:8180", "172.18.0.5:8180"]);
+        // Neither the unhealthy one nor the draining one takes new requests.
         // No healthy replica: not routed at all, so the gateway says 404, not 502.
         assert!(table.route("beta.example.dz").is_err());
         assert!(table.route("gamma.example.dz").is_err());
         assert_eq!(table.hostnames(), ["alpha.example.dz"]);
 
         let scraped = scrape_addresses(&apis);
-        assert_eq!(scraped["alpha"].len(), 3);
+        assert_eq!(scraped["alpha"].len(), 4);
         assert_eq!(scraped["beta"], ["172.19.0.3:8180"]);
     }
 }

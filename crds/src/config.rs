@@ -25,6 +25,14 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/iafactory.toml"
 pub enum ConfigError {
     #[error("the platform configuration is invalid: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("the platform configuration is invalid: {0}")]
+    Timezone(#[from] crate::schedule::ScheduleError),
+    #[error(
+        "backup.target kind \"s3\" is not built yet: scheduled backups write to a PersistentVolumeClaim (backup.target = {{ kind = \"pvc\", size = \"20Gi\" }})"
+    )]
+    S3NotBuilt,
+    #[error("the platform configuration is invalid: ollama.model_source: {0}")]
+    ModelSource(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +48,10 @@ pub struct PlatformConfig {
     pub ollama: OllamaSettings,
     pub network: NetworkSettings,
     pub plans: Plans,
+    /// Where the Kubernetes backup CronJob writes (the appliance writes under its data
+    /// directory).
+    #[serde(default)]
+    pub backup: BackupSettings,
     /// The appliance's own settings (`figment.focus("appliance")`), opaque here.
     #[serde(default, skip_serializing_if = "Dict::is_empty")]
     pub appliance: Dict,
@@ -85,6 +97,115 @@ pub struct OllamaSettings {
     pub pull_models: bool,
     /// How long a loaded model stays in memory after its last request.
     pub keep_alive: String,
+    /// Where preloaded models come from. The public registry, the default, is used
+    /// only for `sovereignty: open` tenants.
+    #[serde(default)]
+    pub model_source: ModelSource,
+}
+
+/// Where the model preload gets `components.ollama.models` (on Kubernetes; the
+/// appliance never pulls, `iafactory models import` loads them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ModelSource {
+    /// Ollama's public registry, over the internet. Only `sovereignty: open` tenants
+    /// use it: a strict tenant sends no packet out, so its models are not preloaded
+    /// and its `ModelsReady` condition says why.
+    #[default]
+    Public,
+    /// A registry inside the site's network (an Ollama registry, or an OCI registry
+    /// holding Ollama models). The model server may reach its `cidrs` only, on the
+    /// port of `registry`.
+    Mirror {
+        /// `host[:port]`, as it prefixes a model name (`models.univ-tlemcen.dz:5000`).
+        registry: String,
+        /// The registry's addresses (NetworkPolicies match addresses, not names).
+        cidrs: Vec<String>,
+        /// Plain HTTP (`ollama pull --insecure`); the default port is then 80.
+        #[serde(default)]
+        insecure: bool,
+    },
+    /// An Ollama models directory (`manifests/` and `blobs/`, as `ollama pull` leaves
+    /// it) on a PersistentVolumeClaim in each tenant's namespace, copied into the
+    /// model server's volume by a Job with no network.
+    Bundle {
+        /// The claim's name, in the tenant's namespace.
+        claim: String,
+        /// The models directory inside the claim; empty for its root.
+        #[serde(default)]
+        path: String,
+    },
+}
+
+impl ModelSource {
+    /// A mirror's registry host and port.
+    pub fn mirror_port(registry: &str, insecure: bool) -> Option<u16> {
+        match registry.rsplit_once(':') {
+            Some((_, port)) => port.parse().ok(),
+            None => Some(if insecure { 80 } else { 443 }),
+        }
+    }
+
+    /// What serde cannot say: a mirror has a host, a port and addresses, none of which
+    /// is the whole internet; a bundle names a claim.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| Err(ConfigError::ModelSource(reason));
+        match self {
+            ModelSource::Public => Ok(()),
+            ModelSource::Mirror {
+                registry,
+                cidrs,
+                insecure,
+            } => {
+                let host = registry
+                    .rsplit_once(':')
+                    .map_or(registry.as_str(), |(h, _)| h);
+                if host.is_empty() || registry.contains('/') || registry.contains("://") {
+                    return invalid(format!(
+                        "registry {registry:?} is not host[:port], like \"models.univ-tlemcen.dz:5000\""
+                    ));
+                }
+                if Self::mirror_port(registry, *insecure).is_none_or(|p| p == 0) {
+                    return invalid(format!("registry {registry:?} has no valid port"));
+                }
+                if cidrs.is_empty() {
+                    return invalid(
+                        "a mirror needs its addresses in cidrs (like [\"10.20.0.5/32\"]): egress is allowed to them only".into(),
+                    );
+                }
+                for cidr in cidrs {
+                    if !is_cidr(cidr) {
+                        return invalid(format!(
+                            "{cidr:?} in cidrs is neither an address nor a CIDR"
+                        ));
+                    }
+                    // A site mirror is a host or a small subnet; anything wider than
+                    // a /8 (a /32 of IPv6) is most of the internet.
+                    let widest = if cidr.contains(':') { 32 } else { 8 };
+                    if cidr
+                        .split_once('/')
+                        .is_some_and(|(_, p)| p.parse::<u8>().is_ok_and(|p| p < widest))
+                    {
+                        return invalid(format!(
+                            "{cidr:?} in cidrs is the whole internet or most of it, not a site mirror's address (at most a /{widest})"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            ModelSource::Bundle { claim, path } => {
+                if !crate::validation::is_dns_label(claim) {
+                    return invalid(format!(
+                        "claim {claim:?} is not a PersistentVolumeClaim name (a DNS-1123 label)"
+                    ));
+                }
+                if path.split('/').any(|part| part == "..") {
+                    return invalid(format!("path {path:?} leaves the claim"));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +268,44 @@ fn is_cidr(entry: &str) -> bool {
     };
     let longest = if address.is_ipv4() { 32 } else { 128 };
     prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= longest))
+}
+
+/// Scheduled backups (`spec.backup` of a Tenant) on Kubernetes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    pub target: BackupTarget,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            target: BackupTarget::Pvc {
+                size: Quantity::parse("5Gi").expect("a valid quantity"),
+                storage_class: None,
+            },
+        }
+    }
+}
+
+/// Where backups are written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackupTarget {
+    /// A PersistentVolumeClaim `backups` in each tenant's namespace, holding
+    /// `retention` copies.
+    Pvc {
+        size: Quantity,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage_class: Option<String>,
+    },
+    /// An S3-compatible bucket. Not built: refused when the configuration is loaded.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        /// The Secret (in each tenant's namespace) with the access key and secret key.
+        secret: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -253,9 +412,22 @@ impl PlatformConfig {
     }
 
     pub fn extract(figment: Figment) -> Result<Self, ConfigError> {
-        figment
+        let config: Self = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.check_backup()?;
+        config.ollama.model_source.check()?;
+        Ok(config)
+    }
+
+    /// What serde cannot say about backups: the timezone exists, and the target is
+    /// one that is built.
+    fn check_backup(&self) -> Result<(), ConfigError> {
+        crate::schedule::parse_timezone(&self.timezone)?;
+        match self.backup.target {
+            BackupTarget::Pvc { .. } => Ok(()),
+            BackupTarget::S3 { .. } => Err(ConfigError::S3NotBuilt),
+        }
     }
 
     /// `image` with the configured registry mirror in front of it.
@@ -351,6 +523,85 @@ mod tests {
                 error.contains("domian") || error.contains("imgae"),
                 "{error}"
             );
+        }
+    }
+
+    #[test]
+    fn the_backup_target_is_a_pvc_and_s3_is_refused_by_name() {
+        let config = PlatformConfig::default();
+        assert!(matches!(config.backup.target, BackupTarget::Pvc { .. }));
+        let figment = PlatformConfig::figment().merge(Toml::string(
+            "[backup.target]\nkind = \"s3\"\nendpoint = \"https://minio.local\"\nbucket = \"b\"\nsecret = \"s3\"",
+        ));
+        let error = PlatformConfig::extract(figment).unwrap_err().to_string();
+        assert!(error.contains("\"s3\" is not built"), "{error}");
+        let figment = PlatformConfig::figment().merge(Toml::string("timezone = \"Africa/Algier\""));
+        let error = PlatformConfig::extract(figment).unwrap_err().to_string();
+        assert!(error.contains("\"Africa/Algier\""), "{error}");
+    }
+
+    #[test]
+    fn a_model_source_is_public_by_default_and_a_mirror_never_the_whole_internet() {
+        assert_eq!(
+            PlatformConfig::default().ollama.model_source,
+            ModelSource::Public
+        );
+        let load = |toml: &str| {
+            PlatformConfig::extract(PlatformConfig::figment().merge(Toml::string(toml)))
+        };
+        let config = load(
+            "[ollama.model_source]\nkind = \"mirror\"\nregistry = \"models.univ.dz:5000\"\ncidrs = [\"10.20.0.5/32\"]",
+        )
+        .unwrap();
+        assert!(matches!(
+            config.ollama.model_source,
+            ModelSource::Mirror { ref registry, .. } if registry == "models.univ.dz:5000"
+        ));
+        let config =
+            load("[ollama.model_source]\nkind = \"bundle\"\nclaim = \"model-bundle\"").unwrap();
+        assert!(matches!(
+            config.ollama.model_source,
+            ModelSource::Bundle { .. }
+        ));
+        for (toml, named) in [
+            (
+                "kind = \"mirror\"\nregistry = \"m.dz\"\ncidrs = [\"0.0.0.0/0\"]",
+                "\"0.0.0.0/0\" in cidrs is the whole internet",
+            ),
+            (
+                "kind = \"mirror\"\nregistry = \"m.dz\"\ncidrs = [\"10.0.0.1/32\", \"128.0.0.0/01\"]",
+                "\"128.0.0.0/01\" in cidrs is the whole internet",
+            ),
+            (
+                "kind = \"mirror\"\nregistry = \"m.dz\"\ncidrs = [\"::/0\"]",
+                "\"::/0\" in cidrs is the whole internet",
+            ),
+            (
+                "kind = \"mirror\"\nregistry = \"m.dz\"\ncidrs = []",
+                "needs its addresses",
+            ),
+            (
+                "kind = \"mirror\"\nregistry = \"https://m.dz\"\ncidrs = [\"10.0.0.1\"]",
+                "is not host[:port]",
+            ),
+            (
+                "kind = \"mirror\"\nregistry = \"m.dz:x\"\ncidrs = [\"10.0.0.1\"]",
+                "has no valid port",
+            ),
+            (
+                "kind = \"bundle\"\nclaim = \"Not_A_Claim\"",
+                "is not a PersistentVolumeClaim name",
+            ),
+            (
+                "kind = \"bundle\"\nclaim = \"b\"\npath = \"../x\"",
+                "leaves the claim",
+            ),
+        ] {
+            let error = load(&format!("[ollama.model_source]\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("ollama.model_source"), "{error}");
+            assert!(error.contains(named), "{toml}: {error}");
         }
     }
 

@@ -83,6 +83,12 @@ pub enum PlanError {
         url: String,
         reason: String,
     },
+    #[error("backup.schedule {schedule:?} of tenant {tenant:?} cannot be scheduled: {reason}")]
+    BadSchedule {
+        tenant: String,
+        schedule: String,
+        reason: String,
+    },
     #[error(
         "component {component} of tenant {tenant:?} requests more {resource} ({requested}) than its limit ({limit})"
     )]
@@ -393,6 +399,100 @@ pub struct ModelPreloadPlan {
     /// The Ollama server the job pulls into.
     pub ollama_url: String,
     pub models_hash: String,
+    /// Where the models come from; under strict sovereignty never the internet.
+    pub source: ModelSourcePlan,
+}
+
+/// Where a tenant's preloaded models come from (`ollama.model_source` of the
+/// platform configuration, decided against the tenant's sovereignty).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum ModelSourcePlan {
+    /// Ollama's public registry: the model server pulls over HTTPS from public
+    /// addresses. Only for `sovereignty: open`.
+    Public,
+    /// A registry on the site's network: the model server pulls `<registry>/<model>`
+    /// from `cidrs` on `port`, then names it as the tenant wrote it.
+    #[serde(rename_all = "camelCase")]
+    Mirror {
+        registry: String,
+        port: u16,
+        cidrs: Vec<String>,
+        insecure: bool,
+    },
+    /// An Ollama models directory on the claim `claim` (at `path`), copied into the
+    /// model server's volume by a Job with no network.
+    #[serde(rename_all = "camelCase")]
+    Bundle { claim: String, path: String },
+    /// Nothing is preloaded: the only configured source is the internet and the
+    /// tenant's sovereignty is strict. The driver reports `reason` (the tenant's
+    /// `ModelsReady` condition) and runs no Job.
+    Forbidden { reason: String },
+}
+
+impl ModelSourcePlan {
+    /// The source for one tenant: the configured one, except that a strict tenant
+    /// never uses the public registry.
+    pub fn decide(source: &crate::config::ModelSource, sovereignty: Sovereignty) -> Self {
+        use crate::config::ModelSource;
+        match source {
+            ModelSource::Public if sovereignty == Sovereignty::Strict => ModelSourcePlan::Forbidden {
+                reason: "components.ollama.models are not preloaded: the tenant's sovereignty is strict and the platform's only model source is the public registry (ollama.model_source kind \"public\"); configure a site mirror or a bundle (docs/operator.md, \"Models under strict sovereignty\")".into(),
+            },
+            ModelSource::Public => ModelSourcePlan::Public,
+            ModelSource::Mirror {
+                registry,
+                cidrs,
+                insecure,
+            } => ModelSourcePlan::Mirror {
+                registry: registry.clone(),
+                port: ModelSource::mirror_port(registry, *insecure).unwrap_or(443),
+                cidrs: cidrs.clone(),
+                insecure: *insecure,
+            },
+            ModelSource::Bundle { claim, path } => ModelSourcePlan::Bundle {
+                claim: claim.clone(),
+                path: path.clone(),
+            },
+        }
+    }
+}
+
+/// `model` as it is named on a mirror: the mirror's host in place of any registry,
+/// and Ollama's `library/` namespace when the name has none (`llama3.2:3b` →
+/// `models.dz:5000/library/llama3.2:3b`).
+pub fn mirror_reference(registry: &str, model: &str) -> String {
+    let parts: Vec<&str> = model.split('/').collect();
+    let path = match parts.as_slice() {
+        [name] => format!("library/{name}"),
+        [first, rest @ ..] if rest.len() >= 2 || first.contains('.') || first.contains(':') => {
+            rest.join("/")
+        }
+        _ => model.to_owned(),
+    };
+    let path = if path.contains('/') {
+        path
+    } else {
+        format!("library/{path}")
+    };
+    format!("{registry}/{path}")
+}
+
+/// Where Ollama keeps the manifest of `model`, under its models directory
+/// (`llama3.2:3b` → `manifests/registry.ollama.ai/library/llama3.2/3b`).
+pub fn ollama_manifest_path(model: &str) -> String {
+    let (name, tag) = match model.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (model, "latest"),
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    let (host, namespace, model) = match parts.as_slice() {
+        [model] => ("registry.ollama.ai", "library".to_owned(), *model),
+        [namespace, model] => ("registry.ollama.ai", (*namespace).to_owned(), *model),
+        [host, rest @ .., model] => (*host, rest.join("/"), *model),
+        [] => ("registry.ollama.ai", "library".to_owned(), name),
+    };
+    format!("manifests/{host}/{namespace}/{model}/{tag}")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -428,6 +528,58 @@ pub struct BackupPlan {
     pub schedule: String,
     pub retention: i32,
     pub timezone: String,
+    /// The longest wait between two ticks of the schedule: no successful backup
+    /// within twice this is a late backup (`TenantBackupLate`).
+    pub interval_seconds: u64,
+    /// The tenant's own database image, whose pg_dump matches its server.
+    pub image: String,
+    /// The database image's user: the backup runs as it, never as root.
+    pub uid: i64,
+    /// Where the Kubernetes CronJob writes (the appliance writes under its data directory).
+    pub target: crate::config::BackupTarget,
+    /// The Qdrant server whose snapshot goes with the dump; None for pgvector tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdrant_url: Option<String>,
+}
+
+/// The object name (CronJob, its pods' component label, the PVC prefix) of backups.
+pub const BACKUP_NAME: &str = "backup";
+
+fn backup_plan(
+    tenant: &str,
+    spec: &crate::TenantSpec,
+    config: &PlatformConfig,
+    components: &[ComponentPlan],
+) -> Result<Option<BackupPlan>, PlanError> {
+    let Some(backup) = &spec.backup else {
+        return Ok(None);
+    };
+    let bad = |reason: String| PlanError::BadSchedule {
+        tenant: tenant.to_owned(),
+        schedule: backup.schedule.clone(),
+        reason,
+    };
+    let interval = crate::schedule::Schedule::new(&backup.schedule, &config.timezone)
+        .and_then(|s| s.longest_interval())
+        .map_err(|e| bad(e.to_string()))?;
+    let database = components
+        .iter()
+        .find(|c| c.kind == ComponentKind::Database)
+        .expect("every tenant has a database");
+    let qdrant_url = components
+        .iter()
+        .find(|c| c.kind == ComponentKind::VectorStore)
+        .map(|q| format!("http://{}:{QDRANT_HTTP_PORT}", q.name));
+    Ok(Some(BackupPlan {
+        schedule: backup.schedule.clone(),
+        retention: backup.retention,
+        timezone: config.timezone.clone(),
+        interval_seconds: interval.as_secs(),
+        image: database.image.clone(),
+        uid: config.images.postgres.uid,
+        target: config.backup.target.clone(),
+        qdrant_url,
+    }))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -572,6 +724,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
             models,
             ollama_url: format!("http://{}:{OLLAMA_PORT}", ComponentKind::Ollama.name()),
             models_hash,
+            source: ModelSourcePlan::decide(&config.ollama.model_source, spec.sovereignty),
         }
     });
 
@@ -605,6 +758,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
         });
     }
 
+    let backup = backup_plan(&name, spec, config, &components)?;
     let plan = TenantPlan {
         labels: BTreeMap::from([
             ("app.kubernetes.io/name".to_owned(), "iafactory".to_owned()),
@@ -637,11 +791,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
         components,
         model_preload,
         ingress,
-        backup: spec.backup.as_ref().map(|b| BackupPlan {
-            schedule: b.schedule.clone(),
-            retention: b.retention,
-            timezone: config.timezone.clone(),
-        }),
+        backup,
         monitoring: MonitoringPlan {
             enabled: spec.components.monitoring.enabled,
             targets,
@@ -1406,6 +1556,14 @@ fn check_quota(plan: &TenantPlan, tier: &TierPolicy) -> Result<(), PlanError> {
                 storage += size.value();
             }
         }
+    }
+    // The backup volume counts against the same quota.
+    if let Some(BackupPlan {
+        target: crate::config::BackupTarget::Pvc { size, .. },
+        ..
+    }) = &plan.backup
+    {
+        storage += size.value();
     }
     let over = |resource: &'static str, requested: String, quota: &Quantity| PlanError::OverQuota {
         tenant: plan.tenant.clone(),

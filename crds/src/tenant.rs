@@ -114,7 +114,9 @@ pub struct TenantSpec {
     #[garde(dive, custom(tls_or_secret))]
     pub ingress: Option<IngressSpec>,
 
-    /// Scheduled backups of the database and the vector store.
+    /// Scheduled backups of the database and the vector store: a CronJob `backup` on
+    /// Kubernetes (to the PVC `backups`), `iafactory serve` on the appliance (to
+    /// `<data_dir>/backups/<tenant>/<timestamp>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[garde(dive)]
     pub backup: Option<BackupSpec>,
@@ -432,7 +434,7 @@ pub struct BackupSpec {
         custom(crate::validation::cron_schedule)
     )]
     pub schedule: String,
-    /// How many backups to keep.
+    /// How many backups to keep: after each successful backup, older ones are removed.
     #[serde(default = "default_backup_retention")]
     #[garde(range(min = 1, max = 365))]
     pub retention: i32,
@@ -458,6 +460,21 @@ pub struct TenantStatus {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<TenantEndpoints>,
+    /// Scheduled backups, when `spec.backup` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<TenantBackupStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantBackupStatus {
+    /// When the last backup that succeeded finished (the CronJob's
+    /// `status.lastSuccessfulTime` on Kubernetes); absent until one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the last backup was started, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -5,14 +5,16 @@
 
 use std::collections::BTreeMap;
 
+use iafactory_crds::config::BackupTarget;
+use iafactory_crds::plan::{BACKUP_NAME, BackupPlan};
 use iafactory_crds::plan::{
-    ComponentKind, ComponentPlan, EnvValue, IngressPlan, ModelPreloadPlan, ProbeAction, ProbePlan,
-    TenantPlan, TlsPlan, VolumeKind,
+    ComponentKind, ComponentPlan, EnvValue, IngressPlan, ModelPreloadPlan, ModelSourcePlan,
+    ProbeAction, ProbePlan, TenantPlan, TlsPlan, VolumeKind,
 };
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim,
@@ -205,11 +207,16 @@ pub fn build(plan: &TenantPlan, ctx: &BuildContext) -> TenantObjects {
     for component in &plan.components {
         children.extend(component_objects(plan, ctx, component));
     }
-    if let Some(preload) = &plan.model_preload {
-        children.push(model_preload_job(plan, ctx, preload));
+    if let Some(preload) = &plan.model_preload
+        && let Some(job) = model_preload_job(plan, ctx, preload)
+    {
+        children.push(job);
     }
     if let Some(ingress) = &plan.ingress {
         children.push(ingress_object(plan, ctx, ingress));
+    }
+    if let Some(backup) = &plan.backup {
+        children.extend(backup_objects(plan, ctx, backup));
     }
     if plan.monitoring.enabled && ctx.service_monitors {
         children.push(service_monitor(plan, ctx));
@@ -371,14 +378,19 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
         .iter()
         .filter(|c| !c.clients.is_empty())
         .collect();
-    let unrestricted = if restricted.is_empty() {
+    // The backup job's pods get only what `backup_policy` admits.
+    let mut confined: Vec<String> = restricted.iter().map(|c| c.name.clone()).collect();
+    if plan.backup.is_some() {
+        confined.push(BACKUP_NAME.to_owned());
+    }
+    let unrestricted = if confined.is_empty() {
         everyone.clone()
     } else {
         LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: LABEL_COMPONENT.to_owned(),
                 operator: "NotIn".into(),
-                values: Some(restricted.iter().map(|c| c.name.clone()).collect()),
+                values: Some(confined),
             }]),
             ..LabelSelector::default()
         }
@@ -538,31 +550,62 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
             ));
         }
     }
-    // Pulling models downloads weights; no tenant data leaves. Only the preload Job
-    // gets HTTPS out, and only while it runs.
-    if plan.model_preload.is_some() {
-        policies.push(policy(
-            plan,
-            ctx,
-            "allow-model-pull",
-            NetworkPolicySpec {
-                pod_selector: Some(pods_of(plan, "model-preload")),
-                egress: Some(vec![NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        ip_block: Some(IPBlock {
-                            cidr: "0.0.0.0/0".into(),
-                            except: Some(PRIVATE_RANGES.iter().map(|r| (*r).to_owned()).collect()),
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: Some(vec![tcp_port(443)]),
-                }]),
-                policy_types: Some(vec!["Egress".into()]),
-                ..NetworkPolicySpec::default()
-            },
-        ));
+    if let Some(policy) = model_pull_policy(plan, ctx) {
+        policies.push(policy);
     }
     policies
+}
+
+/// Egress for the model preload. The tenant's model server does the download (the
+/// Job only asks it, `ollama pull` against `OLLAMA_HOST`), so the policy selects the
+/// server's pods, for as long as the tenant has models to preload:
+/// - the public registry (open tenants only): HTTPS to public addresses, never
+///   private ranges;
+/// - a site mirror: its addresses on its port, and nothing else;
+/// - a bundle, or a strict tenant with no usable source: no policy, no packet out.
+fn model_pull_policy(plan: &TenantPlan, ctx: &BuildContext) -> Option<Child> {
+    let preload = plan.model_preload.as_ref()?;
+    let ollama = plan.component(ComponentKind::Ollama)?;
+    let (peers, port) = match &preload.source {
+        ModelSourcePlan::Public => (
+            vec![NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: "0.0.0.0/0".into(),
+                    except: Some(PRIVATE_RANGES.iter().map(|r| (*r).to_owned()).collect()),
+                }),
+                ..NetworkPolicyPeer::default()
+            }],
+            443,
+        ),
+        ModelSourcePlan::Mirror { cidrs, port, .. } => (
+            cidrs
+                .iter()
+                .map(|cidr| NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: cidr.clone(),
+                        except: None,
+                    }),
+                    ..NetworkPolicyPeer::default()
+                })
+                .collect(),
+            *port,
+        ),
+        ModelSourcePlan::Bundle { .. } | ModelSourcePlan::Forbidden { .. } => return None,
+    };
+    Some(policy(
+        plan,
+        ctx,
+        "allow-model-pull",
+        NetworkPolicySpec {
+            pod_selector: Some(pods_of(plan, &ollama.name)),
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: Some(peers),
+                ports: Some(vec![tcp_port(port)]),
+            }]),
+            policy_types: Some(vec!["Egress".into()]),
+            ..NetworkPolicySpec::default()
+        },
+    ))
 }
 
 fn probe(plan: &ProbePlan) -> Probe {
@@ -921,7 +964,16 @@ fn component_objects(
     objects
 }
 
-fn model_preload_job(plan: &TenantPlan, ctx: &BuildContext, preload: &ModelPreloadPlan) -> Child {
+/// The Job that preloads the tenant's models, by its source (none when the source is
+/// forbidden). Model names arrive as positional arguments: none is ever parsed by a
+/// shell as code.
+fn model_preload_job(
+    plan: &TenantPlan,
+    ctx: &BuildContext,
+    preload: &ModelPreloadPlan,
+) -> Option<Child> {
+    use k8s_openapi::api::core::v1::{Affinity, PodAffinity, PodAffinityTerm};
+
     let ollama = plan.component(ComponentKind::Ollama);
     let security = ollama.map(|o| o.security.clone());
     let (uid, gid, fs_group) = security.map_or((65532, 65532, 65532), |s| {
@@ -930,72 +982,423 @@ fn model_preload_job(plan: &TenantPlan, ctx: &BuildContext, preload: &ModelPrelo
     let mut labels = base_labels(plan);
     labels.insert("app.kubernetes.io/component".into(), "model-preload".into());
     labels.extend(selector_labels(plan, "model-preload"));
-    // The models arrive as positional arguments: no model name is ever parsed by a
-    // shell as code.
-    let mut args = vec![
-        "-c".to_owned(),
-        r#"for model in "$@"; do echo "pulling $model"; ollama pull "$model" || exit 1; done"#
-            .to_owned(),
-        "preload".to_owned(),
-    ];
-    args.extend(preload.models.iter().cloned());
-    Child::new(Job {
-        metadata: meta(plan, ctx, &preload.name, labels.clone()),
-        spec: Some(JobSpec {
-            backoff_limit: Some(6),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
+    let mut env = Vec::new();
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut affinity = None;
+    let ollama_host = EnvVar {
+        name: "OLLAMA_HOST".into(),
+        value: Some(preload.ollama_url.clone()),
+        ..EnvVar::default()
+    };
+    let (script, arguments): (&str, Vec<String>) = match &preload.source {
+        ModelSourcePlan::Forbidden { .. } => return None,
+        // The tenant's model server downloads; the Job asks it to.
+        ModelSourcePlan::Public => {
+            env.push(ollama_host);
+            (
+                r#"for model in "$@"; do echo "pulling $model"; ollama pull "$model" || exit 1; done"#,
+                preload.models.clone(),
+            )
+        }
+        // Pulled from the mirror under the mirror's name, then named as the tenant
+        // wrote it (what the API asks for).
+        ModelSourcePlan::Mirror {
+            registry, insecure, ..
+        } => {
+            env.push(ollama_host);
+            (
+                if *insecure {
+                    r#"while [ $# -gt 1 ]; do echo "pulling $1 as $2"; ollama pull --insecure "$1" && ollama cp "$1" "$2" || exit 1; shift 2; done"#
+                } else {
+                    r#"while [ $# -gt 1 ]; do echo "pulling $1 as $2"; ollama pull "$1" && ollama cp "$1" "$2" || exit 1; shift 2; done"#
+                },
+                preload
+                    .models
+                    .iter()
+                    .flat_map(|model| {
+                        [
+                            iafactory_crds::plan::mirror_reference(registry, model),
+                            model.clone(),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
+        // No network: every blob of the bundle is checked against its name, every
+        // listed model must be in it, then the directory is copied into the model
+        // server's volume (on the server's node: the volume is ReadWriteOnce).
+        ModelSourcePlan::Bundle { claim, path } => {
+            let ollama = ollama?;
+            let models_volume = ollama
+                .volumes
+                .iter()
+                .find(|v| matches!(v.kind, VolumeKind::Persistent { .. }))?;
+            mounts.push(VolumeMount {
+                name: "bundle".into(),
+                mount_path: "/bundle".into(),
+                sub_path: (!path.is_empty()).then(|| path.clone()),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            mounts.push(VolumeMount {
+                name: "models".into(),
+                mount_path: "/models".into(),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: "bundle".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("OnFailure".into()),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(restricted_pod_security(uid, gid, fs_group)),
-                    containers: vec![Container {
-                        name: "pull".into(),
-                        image: Some(preload.image.clone()),
-                        image_pull_policy: Some("IfNotPresent".into()),
-                        command: Some(vec!["/bin/sh".into()]),
-                        args: Some(args),
-                        env: Some(vec![
-                            EnvVar {
-                                name: "OLLAMA_HOST".into(),
-                                value: Some(preload.ollama_url.clone()),
-                                ..EnvVar::default()
-                            },
-                            EnvVar {
-                                name: "HOME".into(),
-                                value: Some("/tmp".into()),
-                                ..EnvVar::default()
-                            },
-                        ]),
-                        security_context: Some(restricted_container_security(true)),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "tmp".into(),
-                            mount_path: "/tmp".into(),
-                            ..VolumeMount::default()
-                        }]),
-                        resources: Some(ResourceRequirements {
-                            requests: Some(cpu_memory(&plan.limit_range.default_request)),
-                            limits: Some(cpu_memory(&plan.limit_range.default_request)),
-                            ..ResourceRequirements::default()
-                        }),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
+                ..Volume::default()
+            });
+            volumes.push(Volume {
+                name: "models".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    // The StatefulSet's claim of its only replica.
+                    claim_name: format!("{}-{}-0", models_volume.name, ollama.name),
+                    read_only: None,
                 }),
-            },
-            ..JobSpec::default()
+                ..Volume::default()
+            });
+            affinity = Some(Affinity {
+                pod_affinity: Some(PodAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(vec![
+                        PodAffinityTerm {
+                            label_selector: Some(pods_of(plan, &ollama.name)),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..PodAffinityTerm::default()
+                        },
+                    ]),
+                    ..PodAffinity::default()
+                }),
+                ..Affinity::default()
+            });
+            (
+                r#"cd /bundle || exit 1
+for blob in blobs/sha256-*; do
+  [ "sha256-$(sha256sum "$blob" | cut -d ' ' -f 1)" = "${blob#blobs/}" ] || { echo "corrupt blob $blob in the bundle"; exit 1; }
+done
+for manifest in "$@"; do
+  [ -f "$manifest" ] || { echo "the bundle has no $manifest"; exit 1; }
+done
+cp -R manifests blobs /models/ && echo "copied $# model(s) from the bundle""#,
+                preload
+                    .models
+                    .iter()
+                    .map(|model| iafactory_crds::plan::ollama_manifest_path(model))
+                    .collect(),
+            )
+        }
+    };
+    env.push(EnvVar {
+        name: "HOME".into(),
+        value: Some("/tmp".into()),
+        ..EnvVar::default()
+    });
+    let mut args = vec!["-c".to_owned(), script.to_owned(), "preload".to_owned()];
+    args.extend(arguments);
+    Some(
+        Child::new(Job {
+            metadata: meta(plan, ctx, &preload.name, labels.clone()),
+            spec: Some(JobSpec {
+                backoff_limit: Some(6),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        restart_policy: Some("OnFailure".into()),
+                        automount_service_account_token: Some(false),
+                        security_context: Some(restricted_pod_security(uid, gid, fs_group)),
+                        affinity,
+                        containers: vec![Container {
+                            name: "pull".into(),
+                            image: Some(preload.image.clone()),
+                            image_pull_policy: Some("IfNotPresent".into()),
+                            command: Some(vec!["/bin/sh".into()]),
+                            args: Some(args),
+                            env: Some(env),
+                            security_context: Some(restricted_container_security(true)),
+                            volume_mounts: Some(mounts),
+                            resources: Some(ResourceRequirements {
+                                requests: Some(cpu_memory(&plan.limit_range.default_request)),
+                                limits: Some(cpu_memory(&plan.limit_range.default_request)),
+                                ..ResourceRequirements::default()
+                            }),
+                            ..Container::default()
+                        }],
+                        volumes: Some(volumes),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..JobSpec::default()
+            }),
+            status: None,
+        })
+        .create_only(),
+    )
+}
+
+/// Where the backup volume is mounted in the backup job's pods.
+pub const BACKUP_DIR: &str = "/backups";
+/// The PersistentVolumeClaim the backups are written to.
+pub const BACKUP_CLAIM: &str = "backups";
+
+/// The backup job's script, for the busybox shell of the tenant's database image
+/// (images/postgres: PostgreSQL's client tools, a static busybox). Each run writes
+/// `$BACKUP_DIR/<UTC timestamp>/` (`postgres.dump`, pg_dump's custom format, one
+/// snapshot; `qdrant.snapshot` for Qdrant tenants) through a `.partial-` directory
+/// renamed at the end, so a failed run never counts as a backup; then it keeps the
+/// `$RETENTION` newest and removes the rest.
+pub const BACKUP_SCRIPT: &str = r#"set -eu
+umask 077
+dir="$BACKUP_DIR"
+stamp="$(busybox date -u +%Y%m%dT%H%M%SZ)"
+work="$dir/.partial-$stamp"
+rm -rf "$dir"/.partial-*
+mkdir -p "$work"
+pg_dump --format=custom --no-owner --file="$work/postgres.dump"
+if [ -n "${QDRANT_URL:-}" ]; then
+  reply="$(busybox wget -q -O - --header "api-key: $QDRANT_API_KEY" --post-data '' "$QDRANT_URL/snapshots?wait=true")"
+  name="$(printf '%s' "$reply" | busybox sed -n 's/.*"name":"\([^"]*\)".*/\1/p')"
+  if [ -z "$name" ]; then echo "the Qdrant snapshot failed: $reply" >&2; exit 1; fi
+  busybox wget -q -O "$work/qdrant.snapshot" --header "api-key: $QDRANT_API_KEY" "$QDRANT_URL/snapshots/$name"
+  # busybox wget cannot send DELETE: the request that frees Qdrant's copy is written out.
+  server="${QDRANT_URL#http://}"
+  printf 'DELETE /snapshots/%s HTTP/1.0\r\nHost: %s\r\napi-key: %s\r\n\r\n' "$name" "$server" "$QDRANT_API_KEY" \
+    | busybox nc "${server%:*}" "${server##*:}" >/dev/null
+fi
+busybox mv "$work" "$dir/$stamp"
+echo "wrote the backup $dir/$stamp"
+set -- $(busybox ls -1 "$dir" | busybox grep -E '^[0-9]{8}T[0-9]{6}Z$' | busybox sort)
+extra=$(($# - RETENTION))
+while [ "$extra" -gt 0 ]; do
+  rm -rf "${dir:?}/$1"
+  echo "removed the old backup $1"
+  shift
+  extra=$((extra - 1))
+done
+"#;
+
+fn literal_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The backup: its volume, a CronJob running [`BACKUP_SCRIPT`] on the tenant's
+/// schedule and timezone, and the NetworkPolicy that lets its pods reach the
+/// database (and Qdrant) and nothing else.
+fn backup_objects(plan: &TenantPlan, ctx: &BuildContext, backup: &BackupPlan) -> Vec<Child> {
+    let mut labels = base_labels(plan);
+    labels.insert("app.kubernetes.io/component".into(), BACKUP_NAME.into());
+    labels.extend(selector_labels(plan, BACKUP_NAME));
+    let mut objects = Vec::new();
+    let BackupTarget::Pvc {
+        size,
+        storage_class,
+    } = &backup.target
+    else {
+        // PlatformConfig::extract refuses every other target.
+        unreachable!("only the pvc backup target is built");
+    };
+    objects.push(Child::new(PersistentVolumeClaim {
+        metadata: meta(plan, ctx, BACKUP_CLAIM, labels.clone()),
+        spec: Some(PersistentVolumeClaimSpec {
+            storage_class_name: storage_class.clone(),
+            ..claim_spec(size)
         }),
         status: None,
-    })
-    .create_only()
+    }));
+    let secret = |name: &str, secret: &str, key: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let database = plan.component(ComponentKind::Database);
+    let mut env = vec![
+        literal_env(
+            "PGHOST",
+            database.map_or(ComponentKind::Database.name(), |d| d.name.as_str()),
+        ),
+        literal_env(
+            "PGPORT",
+            database
+                .and_then(|d| d.ports.first())
+                .map_or(5432, |p| p.port)
+                .to_string(),
+        ),
+        literal_env("PGUSER", iafactory_crds::plan::DATABASE_USER),
+        literal_env("PGDATABASE", iafactory_crds::plan::DATABASE_NAME),
+        secret(
+            "PGPASSWORD",
+            iafactory_crds::plan::SECRET_DATABASE,
+            "password",
+        ),
+        literal_env("HOME", "/tmp"),
+        literal_env("TZ", backup.timezone.clone()),
+        literal_env("BACKUP_DIR", BACKUP_DIR),
+        literal_env("RETENTION", backup.retention.to_string()),
+    ];
+    if let Some(url) = &backup.qdrant_url {
+        env.push(literal_env("QDRANT_URL", url.clone()));
+        env.push(secret(
+            "QDRANT_API_KEY",
+            iafactory_crds::plan::SECRET_QDRANT,
+            "apiKey",
+        ));
+    }
+    let pod = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            security_context: Some(restricted_pod_security(backup.uid, backup.uid, backup.uid)),
+            containers: vec![Container {
+                name: BACKUP_NAME.into(),
+                image: Some(backup.image.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                command: Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    BACKUP_SCRIPT.into(),
+                    BACKUP_NAME.into(),
+                ]),
+                env: Some(env),
+                security_context: Some(restricted_container_security(true)),
+                volume_mounts: Some(vec![
+                    VolumeMount {
+                        name: BACKUP_CLAIM.into(),
+                        mount_path: BACKUP_DIR.into(),
+                        ..VolumeMount::default()
+                    },
+                    VolumeMount {
+                        name: "tmp".into(),
+                        mount_path: "/tmp".into(),
+                        ..VolumeMount::default()
+                    },
+                ]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(cpu_memory(&plan.limit_range.default_request)),
+                    limits: Some(cpu_memory(&plan.limit_range.default_limit)),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            }],
+            volumes: Some(vec![
+                Volume {
+                    name: BACKUP_CLAIM.into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: BACKUP_CLAIM.into(),
+                        read_only: None,
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+            ]),
+            ..PodSpec::default()
+        }),
+    };
+    objects.push(Child::new(CronJob {
+        metadata: meta(plan, ctx, BACKUP_NAME, labels.clone()),
+        spec: Some(CronJobSpec {
+            schedule: backup.schedule.clone(),
+            time_zone: Some(backup.timezone.clone()),
+            // A slow backup is not overlapped by the next one.
+            concurrency_policy: Some("Forbid".into()),
+            // A missed tick (the controller was down) still runs within the interval.
+            starting_deadline_seconds: Some(
+                i64::try_from(backup.interval_seconds.min(86_400)).unwrap_or(86_400),
+            ),
+            suspend: Some(plan.suspended),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(2),
+                    template: pod,
+                    ..JobSpec::default()
+                }),
+            },
+        }),
+        status: None,
+    }));
+    objects.push(backup_policy(plan, ctx, backup));
+    objects
+}
+
+/// The backup pods reach the database (and Qdrant) on their ports, and DNS
+/// (`allow-dns`); nothing reaches them.
+fn backup_policy(plan: &TenantPlan, ctx: &BuildContext, backup: &BackupPlan) -> Child {
+    let mut to = Vec::new();
+    for kind in [ComponentKind::Database, ComponentKind::VectorStore] {
+        let Some(component) = plan.component(kind) else {
+            continue;
+        };
+        if kind == ComponentKind::VectorStore && backup.qdrant_url.is_none() {
+            continue;
+        }
+        let ports: Vec<NetworkPolicyPort> = match kind {
+            // Qdrant's snapshots are on its HTTP port only.
+            ComponentKind::VectorStore => component
+                .ports
+                .iter()
+                .filter(|p| p.name == "http")
+                .map(|p| tcp_port(p.port))
+                .collect(),
+            _ => component.ports.iter().map(|p| tcp_port(p.port)).collect(),
+        };
+        to.push(NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(pods_of(plan, &component.name)),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(ports),
+        });
+    }
+    policy(
+        plan,
+        ctx,
+        "allow-backup",
+        NetworkPolicySpec {
+            pod_selector: Some(pods_of(plan, BACKUP_NAME)),
+            egress: Some(to),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ..NetworkPolicySpec::default()
+        },
+    )
 }
 
 fn ingress_object(plan: &TenantPlan, ctx: &BuildContext, ingress: &IngressPlan) -> Child {
@@ -1098,6 +1501,7 @@ pub fn workload_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<Deployment>(&()),
         ApiResource::erase::<StatefulSet>(&()),
         ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<CronJob>(&()),
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<Ingress>(&()),
         ApiResource::erase::<PodDisruptionBudget>(&()),
@@ -1117,6 +1521,7 @@ pub fn owned_kinds(service_monitors: bool) -> Vec<ApiResource> {
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<PodDisruptionBudget>(&()),
         ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<CronJob>(&()),
         ApiResource::erase::<Ingress>(&()),
     ];
     if service_monitors {

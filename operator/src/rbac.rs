@@ -30,6 +30,8 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["namespaces"], OWN),
     // Created once, never updated; read for the operator token of the tenant's API.
     ("", &["secrets"], &["get", "list", "watch", "create"]),
+    // Read (one by name) for the `configMap` sources of KnowledgeBases.
+    ("", &["configmaps"], &["get"]),
     (
         "",
         &[
@@ -42,7 +44,7 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
         OWN,
     ),
     ("apps", &["deployments", "statefulsets"], OWN),
-    ("batch", &["jobs"], OWN),
+    ("batch", &["jobs", "cronjobs"], OWN),
     ("networking.k8s.io", &["networkpolicies", "ingresses"], OWN),
     ("policy", &["poddisruptionbudgets"], OWN),
     ("monitoring.coreos.com", &["servicemonitors"], OWN),

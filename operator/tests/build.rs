@@ -505,6 +505,8 @@ fn used_resources() -> BTreeSet<(String, String)> {
         ("iafactory.dz", "workflows"),
         ("iafactory.dz", "tenants/status"),
         ("iafactory.dz", "knowledgebases/status"),
+        // KnowledgeBase configMap sources (controller/knowledge_base.rs).
+        ("", "configmaps"),
         ("iafactory.dz", "workflows/status"),
         ("coordination.k8s.io", "leases"),
         ("events.k8s.io", "events"),
@@ -580,9 +582,15 @@ fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
                 objects.all().all(|c| c.name() != "redis"),
                 "{name}: one API replica, no redis object"
             );
+            // Backup pods get only their own policy (allow-backup).
+            let expected = if plan.backup.is_some() {
+                serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["backup"]}]})
+            } else {
+                serde_json::json!({})
+            };
             assert_eq!(
                 field(same_namespace, "/spec/podSelector"),
-                &serde_json::json!({}),
+                &expected,
                 "{name}"
             );
             continue;
@@ -601,10 +609,16 @@ fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
         assert_eq!(container["args"], serde_json::json!(redis.args));
         let service = find(&objects, "Service", "redis");
         assert_eq!(field(service, "/spec/ports/0/port"), 6379, "{name}");
-        // The namespace-wide allowance leaves redis out: its own policy decides.
+        // The namespace-wide allowance leaves redis (and the backup pods) out: their
+        // own policies decide.
+        let confined = if plan.backup.is_some() {
+            serde_json::json!(["redis", "backup"])
+        } else {
+            serde_json::json!(["redis"])
+        };
         assert_eq!(
             field(same_namespace, "/spec/podSelector"),
-            &serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["redis"]}]}),
+            &serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": confined}]}),
             "{name}"
         );
         let admits = find(&objects, "NetworkPolicy", "allow-redis-clients");
@@ -636,4 +650,127 @@ fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_backup_is_a_restricted_cron_job_in_the_platform_timezone_that_reaches_only_its_stores() {
+    let mut with_backup = 0;
+    for (name, tenant) in tenant_samples() {
+        let (plan, objects) = build_sample(&tenant, false);
+        let Some(backup) = &plan.backup else {
+            assert!(
+                objects.all().all(|c| c.resource.kind != "CronJob"
+                    && c.name() != "allow-backup"
+                    && c.name() != "backups"),
+                "{name}: no backup, no backup objects"
+            );
+            continue;
+        };
+        with_backup += 1;
+        let cron_job = find(&objects, "CronJob", "backup");
+        let spec = &tenant.spec.backup.as_ref().unwrap();
+        assert_eq!(field(cron_job, "/spec/schedule"), spec.schedule.as_str());
+        assert_eq!(
+            field(cron_job, "/spec/timeZone"),
+            "Africa/Algiers",
+            "{name}"
+        );
+        assert_eq!(field(cron_job, "/spec/concurrencyPolicy"), "Forbid");
+        let labels = cron_job.object.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["iafactory.dz/managed-by"], "iafactory-operator");
+        assert_eq!(labels["iafactory.dz/tenant"], plan.tenant);
+        assert_eq!(
+            cron_job.object.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "00000000-0000-4000-8000-000000000001"
+        );
+        let pod = field(cron_job, "/spec/jobTemplate/spec/template/spec");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let container = &pod["containers"][0];
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
+        // The tenant's own database image: its pg_dump matches the server.
+        let database = plan
+            .component(iafactory_crds::plan::ComponentKind::Database)
+            .unwrap();
+        assert_eq!(container["image"], database.image.as_str());
+        let env: Vec<&str> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"PGPASSWORD") && env.contains(&"RETENTION"),
+            "{env:?}"
+        );
+        assert_eq!(
+            env.contains(&"QDRANT_URL"),
+            backup.qdrant_url.is_some(),
+            "{name}"
+        );
+        let claim = find(&objects, "PersistentVolumeClaim", "backups");
+        assert_eq!(field(claim, "/spec/resources/requests/storage"), "5Gi");
+
+        // Out: the database's port, Qdrant's HTTP port for a Qdrant tenant; nothing in.
+        let policy = find(&objects, "NetworkPolicy", "allow-backup");
+        assert_eq!(
+            field(
+                policy,
+                "/spec/podSelector/matchLabels/iafactory.dz~1component"
+            ),
+            "backup"
+        );
+        assert_eq!(
+            field(policy, "/spec/policyTypes"),
+            &serde_json::json!(["Ingress", "Egress"])
+        );
+        assert!(policy.object.data.pointer("/spec/ingress").is_none());
+        let mut expected = vec![serde_json::json!({
+            "to": [{"podSelector": {"matchLabels": {"iafactory.dz/component": "postgres", "iafactory.dz/tenant": plan.tenant}}}],
+            "ports": [{"port": 5432, "protocol": "TCP"}],
+        })];
+        if backup.qdrant_url.is_some() {
+            expected.push(serde_json::json!({
+                "to": [{"podSelector": {"matchLabels": {"iafactory.dz/component": "qdrant", "iafactory.dz/tenant": plan.tenant}}}],
+                "ports": [{"port": 6333, "protocol": "TCP"}],
+            }));
+        }
+        assert_eq!(
+            field(policy, "/spec/egress"),
+            &serde_json::json!(expected),
+            "{name}"
+        );
+    }
+    assert!(with_backup >= 2, "the samples have backups");
+
+    // The platform configuration's timezone is the CronJob's.
+    let (_, tenant) = tenant_samples()
+        .into_iter()
+        .find(|(_, t)| t.spec.backup.is_some())
+        .unwrap();
+    let figment = PlatformConfig::figment().merge(figment::providers::Serialized::default(
+        "timezone",
+        "Europe/Paris",
+    ));
+    let config = PlatformConfig::extract(figment).unwrap();
+    let plan = iafactory_crds::plan(&tenant, &config).unwrap();
+    let objects = build(
+        &plan,
+        &BuildContext {
+            owner: owner(&plan.tenant),
+            service_monitors: false,
+        },
+    );
+    assert_eq!(
+        field(find(&objects, "CronJob", "backup"), "/spec/timeZone"),
+        "Europe/Paris"
+    );
 }

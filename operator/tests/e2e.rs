@@ -675,12 +675,13 @@ async fn a_failing_workload_makes_the_tenant_degraded() {
         .server
         .set_failing("iaf-cabinet-benali", "api", true);
     apply_sample(&cluster, "tenant-small-firm.yaml").await;
+    // Degraded by the failure, not only by its models (strict, with no source allowed).
     let tenant = wait_condition(
         &cluster,
         "cabinet-benali",
         "Degraded",
         "True",
-        None,
+        Some("ComponentFailed"),
         Duration::from_secs(30),
     )
     .await;
@@ -732,6 +733,8 @@ fn stored_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)> {
         ("", "services", "Service"),
         ("policy", "poddisruptionbudgets", "PodDisruptionBudget"),
         ("batch", "jobs", "Job"),
+        ("batch", "cronjobs", "CronJob"),
+        ("", "persistentvolumeclaims", "PersistentVolumeClaim"),
         ("networking.k8s.io", "ingresses", "Ingress"),
     ] {
         let objects = if resource == "namespaces" {
@@ -746,6 +749,12 @@ fn stored_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)> {
         };
         for object in objects {
             if object["metadata"]["labels"]["iafactory.dz/tenant"] != name {
+                continue;
+            }
+            // Claims made from a StatefulSet's templates are not built by us.
+            if kind == "PersistentVolumeClaim"
+                && object["metadata"]["annotations"]["iafactory.dz/applied-hash"].is_null()
+            {
                 continue;
             }
             let hash = object["metadata"]["annotations"]["iafactory.dz/applied-hash"]
@@ -938,8 +947,9 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
             .unwrap(),
     )
     .unwrap();
+    let database_url = tenant_database().await;
     let config = iafactory_api::config::Config {
-        database_url: tenant_database().await,
+        database_url: database_url.clone(),
         jwt_secret: iafactory_api::config::Secret(
             "operator-e2e-secret-operator-e2e-secret-00".into(),
         ),
@@ -975,7 +985,154 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
     )
     .await;
     assert!(kb["status"]["apiId"].is_string());
-    assert_eq!(kb["status"]["documents"], 0);
+    // Its two inline sources are ingested, one document each.
+    assert_eq!(kb["status"]["documents"], 2, "{}", kb["status"]);
+    assert_eq!(
+        kb["status"]["sources"],
+        json!([
+            {"id": "inline:Calendrier des examens", "documents": 1},
+            {"id": "inline:التسجيل في الماستر", "documents": 1},
+        ])
+    );
+    assert_eq!(
+        condition(&kb, "SourcesReady").map(|c| c.0),
+        Some("True".to_owned())
+    );
+
+    // ConfigMap sources: the operator reads the ConfigMap (every key, or one) and
+    // sends it; a missing ConfigMap is a condition that names it.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(cluster.client.clone(), ns);
+    let mut programmes: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "programmes"},
+        "data": {"licence.md": "# Licence\n\nTrois années.", "master.txt": "Deux années."},
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &programmes)
+        .await
+        .unwrap();
+    let kbs: Api<iafactory_crds::KnowledgeBase> = Api::namespaced(cluster.client.clone(), ns);
+    let mut from_config_maps: iafactory_crds::KnowledgeBase = serde_json::from_value(json!({
+        "apiVersion": "iafactory.dz/v1alpha1", "kind": "KnowledgeBase",
+        "metadata": {"name": "programmes", "namespace": ns},
+        "spec": {"languages": ["fr"], "embedding": {"provider": "ollama", "model": "bge-m3", "dimensions": 1024},
+                 "sources": [{"configMap": {"name": "programmes"}},
+                             {"configMap": {"name": "programmes", "key": "master.txt"}},
+                             {"configMap": {"name": "absente"}}]},
+    }))
+    .unwrap();
+    kbs.create(&PostParams::default(), &from_config_maps)
+        .await
+        .unwrap();
+    let sources_of = |kb: &Value| -> Vec<(String, i64, bool)> {
+        kb["status"]["sources"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|s| {
+                        (
+                            s["id"].as_str().unwrap_or_default().to_owned(),
+                            s["documents"].as_i64().unwrap_or(-1),
+                            s["lastError"].is_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let kb = eventually(
+        "the ConfigMap sources are ingested, the missing one named",
+        Duration::from_secs(60),
+        || {
+            let kb = cluster
+                .object("iafactory.dz", "knowledgebases", ns, "programmes")
+                .ok_or("no kb")?;
+            match condition(&kb, "SourcesReady") {
+                Some((s, r, m)) if s == "False" && r == "SourceFailed" => Ok((kb, m)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let (kb, message) = kb;
+    assert!(
+        message.contains("configMap:absente")
+            && message.contains("ConfigMap iaf-univ-tlemcen/absente does not exist"),
+        "{message}"
+    );
+    assert_eq!(
+        sources_of(&kb),
+        [
+            ("configMap:programmes".to_owned(), 2, false),
+            ("configMap:programmes/master.txt".to_owned(), 1, false),
+            ("configMap:absente".to_owned(), 0, true),
+        ]
+    );
+    assert_eq!(
+        condition(&kb, "Ready").map(|c| c.0),
+        Some("True".to_owned())
+    );
+
+    // A changed ConfigMap is read again at the next reconcile (here a spec change;
+    // otherwise the minute's refresh): its documents are replaced; the removed
+    // source's documents go.
+    programmes
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("master.txt".into(), "Deux années, en français.".into());
+    programmes.metadata.resource_version = None;
+    config_maps
+        .replace("programmes", &PostParams::default(), &programmes)
+        .await
+        .unwrap();
+    from_config_maps.spec.sources.truncate(2);
+    from_config_maps.spec.description = Some("programmes, modifiés".into());
+    kbs.patch(
+        "programmes",
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&from_config_maps),
+    )
+    .await
+    .unwrap();
+    let owner = sqlx::PgPool::connect(&database_url).await.unwrap();
+    eventually(
+        "the changed ConfigMap is re-ingested",
+        Duration::from_secs(60),
+        || {
+            let kb = cluster
+                .object("iafactory.dz", "knowledgebases", ns, "programmes")
+                .ok_or("no kb")?;
+            match condition(&kb, "SourcesReady") {
+                Some((s, _, _)) if s == "True" && sources_of(&kb).len() == 2 => Ok(()),
+                other => Err(format!("{other:?} {:?}", sources_of(&kb))),
+            }
+        },
+    )
+    .await;
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT convert_from(b.content, 'UTF8') FROM document_blobs b JOIN documents d ON d.id = b.document_id
+         WHERE d.source_id LIKE 'configMap:programmes%' ORDER BY 1",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        texts,
+        [
+            "# Licence\n\nTrois années.",
+            "Deux années, en français.",
+            "Deux années, en français."
+        ]
+    );
+    let absent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM knowledge_base_sources WHERE source_id = 'configMap:absente'",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(absent, 0);
     let workflow = eventually(
         "the Workflow is registered",
         Duration::from_secs(60),
@@ -1025,7 +1182,6 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
     .unwrap();
     invalid["metadata"]["name"] = json!("needs-qdrant");
     invalid["spec"]["vectorStore"] = json!("qdrant");
-    let kbs: Api<iafactory_crds::KnowledgeBase> = Api::namespaced(cluster.client.clone(), ns);
     kbs.create(
         &PostParams::default(),
         &serde_json::from_value(invalid).unwrap(),
@@ -1065,4 +1221,110 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
 
     let _ = stop.send(());
     api.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_backup_cron_job_is_applied_and_its_last_success_shows_in_the_tenant_status() {
+    let cluster = Cluster::start().await;
+    let operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-univ-tlemcen.yaml").await;
+    wait_condition(
+        &cluster,
+        "univ-tlemcen",
+        "Ready",
+        "True",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let ns = "iaf-univ-tlemcen";
+    let cron_job = cluster
+        .object("batch", "cronjobs", ns, "backup")
+        .expect("the backup CronJob is applied");
+    assert_eq!(cron_job["spec"]["schedule"], "30 1 * * *");
+    assert_eq!(cron_job["spec"]["timeZone"], "Africa/Algiers");
+    assert_eq!(
+        cron_job["metadata"]["managedFields"][0]["manager"], "iafactory-operator",
+        "server-side applied by the one field manager"
+    );
+    assert!(
+        cluster
+            .object("", "persistentvolumeclaims", ns, "backups")
+            .is_some()
+    );
+    assert!(names(&cluster, "networking.k8s.io", "networkpolicies", ns).contains("allow-backup"));
+    // No backup has run yet.
+    let tenant = cluster.tenant("univ-tlemcen").unwrap();
+    assert!(
+        tenant["status"]["backup"]["lastSuccessfulTime"].is_null(),
+        "{}",
+        tenant["status"]
+    );
+
+    // The CronJob controller records a successful run; the Tenant shows it.
+    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(cluster.client.clone(), ns);
+    cron_jobs
+        .patch_status(
+            "backup",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "lastScheduleTime": "2026-03-10T00:30:00Z",
+                "lastSuccessfulTime": "2026-03-10T00:31:12Z",
+            }})),
+        )
+        .await
+        .unwrap();
+    let tenants: Api<Tenant> = Api::all(cluster.client.clone());
+    tenants
+        .patch(
+            "univ-tlemcen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/touch": "backup"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "status.backup.lastSuccessfulTime",
+        Duration::from_secs(20),
+        || {
+            let tenant = cluster.tenant("univ-tlemcen").ok_or("no tenant")?;
+            let backup = &tenant["status"]["backup"];
+            if backup["lastSuccessfulTime"] == "2026-03-10T00:31:12Z"
+                && backup["lastScheduleTime"] == "2026-03-10T00:30:00Z"
+            {
+                Ok(())
+            } else {
+                Err(backup.to_string())
+            }
+        },
+    )
+    .await;
+
+    // Without spec.backup the CronJob and its policy go; the volume claim stays.
+    tenants
+        .patch(
+            "univ-tlemcen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"backup": null}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the CronJob is removed",
+        Duration::from_secs(20),
+        || match cluster.object("batch", "cronjobs", ns, "backup") {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        },
+    )
+    .await;
+    assert!(
+        cluster
+            .object("", "persistentvolumeclaims", ns, "backups")
+            .is_some(),
+        "the backups are data: their claim is kept"
+    );
+    assert!(!names(&cluster, "networking.k8s.io", "networkpolicies", ns).contains("allow-backup"));
+    operator.kill().await;
 }

@@ -97,6 +97,23 @@ pub enum DockerError {
         name: String,
         source: Box<BollardError>,
     },
+    #[error("cannot inspect network {name} ({target}): {source}")]
+    InspectNetwork {
+        target: Target,
+        name: String,
+        source: Box<BollardError>,
+    },
+    #[error(
+        "network {name} ({target}) has no IPv4 subnet and gateway; the egress proxy needs them (`docker network inspect {name}`)"
+    )]
+    NoNetworkGateway { target: Target, name: String },
+    #[error("cannot rename container {name} to {to} ({target}): {source}")]
+    RenameContainer {
+        target: Target,
+        name: String,
+        to: String,
+        source: Box<BollardError>,
+    },
     #[error("cannot inspect volume {name} ({target}): {source}")]
     InspectVolume {
         target: Target,
@@ -175,6 +192,13 @@ pub enum DockerError {
     },
 }
 
+/// A bridge network's IPv4 gateway and subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkAddresses {
+    pub gateway: std::net::IpAddr,
+    pub subnet: ipnet::IpNet,
+}
+
 /// A container's state and its address on one network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attachment {
@@ -196,6 +220,8 @@ pub struct Observed {
     pub running: bool,
     pub health: Health,
     pub labels: BTreeMap<String, String>,
+    /// Its IPv4 address on each network it is attached to, by network name.
+    pub addresses: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -314,6 +340,18 @@ impl Engine {
                     running,
                     health,
                     labels,
+                    addresses: c
+                        .network_settings
+                        .and_then(|n| n.networks)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(network, endpoint)| {
+                            endpoint
+                                .ip_address
+                                .filter(|ip| !ip.is_empty())
+                                .map(|ip| (network, ip))
+                        })
+                        .collect(),
                 }
             })
             .collect())
@@ -461,6 +499,46 @@ impl Engine {
         }
     }
 
+    /// The IPv4 gateway (the host's side of the bridge) and subnet of network `name`;
+    /// None when there is no such network. The egress proxy listens on the gateway,
+    /// and admits only the subnet.
+    pub async fn network_addresses(
+        &self,
+        target: &Target,
+        name: &str,
+    ) -> Result<Option<NetworkAddresses>, DockerError> {
+        let inspected = match self.docker.inspect_network(name, None).await {
+            Ok(inspected) => inspected,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(source) => {
+                return Err(DockerError::InspectNetwork {
+                    target: target.clone(),
+                    name: name.to_owned(),
+                    source: Box::new(source),
+                });
+            }
+        };
+        inspected
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|config| {
+                let subnet: ipnet::Ipv4Net = config.subnet?.parse().ok()?;
+                let gateway: std::net::Ipv4Addr =
+                    config.gateway?.split('/').next()?.parse().ok()?;
+                Some(NetworkAddresses {
+                    gateway: gateway.into(),
+                    subnet: subnet.into(),
+                })
+            })
+            .map(Some)
+            .ok_or_else(|| DockerError::NoNetworkGateway {
+                target: target.clone(),
+                name: name.to_owned(),
+            })
+    }
+
     pub async fn create_network(
         &self,
         target: &Target,
@@ -546,6 +624,26 @@ impl Engine {
             start_period: Some(h.start_period_ns),
             start_interval: None,
         });
+        // Names that resolve to the network's gateway (the egress proxy): known only
+        // now that the network exists, so not part of the spec's hash.
+        let extra_hosts = if spec.gateway_hosts.is_empty() {
+            None
+        } else {
+            let gateway = self
+                .network_addresses(target, &spec.network)
+                .await?
+                .ok_or_else(|| DockerError::NoNetworkGateway {
+                    target: target.clone(),
+                    name: spec.network.clone(),
+                })?
+                .gateway;
+            Some(
+                spec.gateway_hosts
+                    .iter()
+                    .map(|host| format!("{host}:{gateway}"))
+                    .collect(),
+            )
+        };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
@@ -572,6 +670,7 @@ impl Engine {
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 network_mode: Some(spec.network.clone()),
+                extra_hosts,
                 // A small init as PID 1 forwards SIGTERM and reaps zombies, so every
                 // component stops promptly, whatever its own process does with signals.
                 init: Some(true),
@@ -645,6 +744,30 @@ impl Engine {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Renames a container; it keeps running, with its address and connections.
+    pub async fn rename_container(
+        &self,
+        target: &Target,
+        name: &str,
+        to: &str,
+    ) -> Result<(), DockerError> {
+        self.mutated();
+        self.docker
+            .rename_container(
+                name,
+                bollard::query_parameters::RenameContainerOptions {
+                    name: to.to_owned(),
+                },
+            )
+            .await
+            .map_err(|e| DockerError::RenameContainer {
+                target: target.clone(),
+                name: name.to_owned(),
+                to: to.to_owned(),
+                source: Box::new(e),
+            })
     }
 
     pub async fn remove_container(&self, target: &Target, name: &str) -> Result<(), DockerError> {

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use iafactory_crds::plan::{ComponentKind, NAMESPACE_PREFIX, TenantPlan};
-use iafactory_crds::tenant::{Retention, TenantEndpoints};
+use iafactory_crds::plan::{BACKUP_NAME, ComponentKind, NAMESPACE_PREFIX, TenantPlan};
+use iafactory_crds::tenant::{Retention, TenantBackupStatus, TenantEndpoints};
 use iafactory_crds::{Tenant, TenantStatus};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
@@ -61,7 +62,12 @@ fn observe(plan: &TenantPlan, ctx: &Context) -> TenantObservation {
                 .insert(component.name.clone(), observed);
         }
     }
-    if let Some(preload) = &plan.model_preload {
+    if let Some(preload) = &plan.model_preload
+        && !matches!(
+            preload.source,
+            iafactory_crds::plan::ModelSourcePlan::Forbidden { .. }
+        )
+    {
         observation.model_preload = Some(
             ctx.caches
                 .jobs
@@ -148,11 +154,16 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         &stamp,
     );
     let ready = is_ready(&conditions);
+    let backup = match &plan.backup {
+        Some(_) => Some(backup_status(ctx, &plan.namespace).await?),
+        None => None,
+    };
     let status = TenantStatus {
         conditions,
         observed_generation: generation,
         namespace: Some(plan.namespace.clone()),
         endpoints: Some(endpoints(&plan)),
+        backup,
     };
     record_conditions(ctx, tenant, &status.conditions);
     announce(ctx, tenant, &previous.conditions, &status.conditions, READY).await;
@@ -170,6 +181,20 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     } else {
         RETRY
     }))
+}
+
+/// The backup CronJob's last run and last success, as the cluster reports them.
+async fn backup_status(ctx: &Context, namespace: &str) -> Result<TenantBackupStatus> {
+    let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), namespace);
+    let cron_job = api
+        .get_opt(BACKUP_NAME)
+        .await
+        .map_err(|e| Error::kube("reading", format!("CronJob/{BACKUP_NAME}"), e))?;
+    let status = cron_job.and_then(|c| c.status).unwrap_or_default();
+    Ok(TenantBackupStatus {
+        last_successful_time: status.last_successful_time,
+        last_schedule_time: status.last_schedule_time,
+    })
 }
 
 fn record_conditions(
