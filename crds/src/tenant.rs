@@ -16,6 +16,9 @@ pub(crate) const TENANT_NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]
 const TENANT_NAME_MESSAGE: &str = "a Tenant name must be a DNS-1123 label of at most 59 characters, because its namespace is iaf-<name>";
 const PROVIDERS_NEED_OPEN_RULE: &str = "!has(self.spec.llmProviders) || size(self.spec.llmProviders) == 0 || (has(self.spec.sovereignty) && self.spec.sovereignty == 'open')";
 const PROVIDERS_NEED_OPEN_MESSAGE: &str = "llmProviders are only allowed with sovereignty: open; strict sovereignty keeps every model call inside the tenant";
+const PROVIDER_NAME_RESERVED_RULE: &str =
+    "!has(self.spec.llmProviders) || self.spec.llmProviders.all(p, p.name != 'ollama')";
+const PROVIDER_NAME_RESERVED_MESSAGE: &str = "the provider name ollama is reserved for the tenant's own model server, which every tenant has; give the external provider another name";
 const MODELS_NEED_OLLAMA_RULE: &str = "!has(self.spec.components) || !has(self.spec.components.ollama) || !has(self.spec.components.ollama.models) || size(self.spec.components.ollama.models) == 0 || !has(self.spec.components.ollama.enabled) || self.spec.components.ollama.enabled";
 const MODELS_NEED_OLLAMA_MESSAGE: &str =
     "components.ollama.models lists models to preload, but components.ollama.enabled is false";
@@ -55,6 +58,7 @@ const TLS_OR_SECRET_MESSAGE: &str =
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new(TENANT_NAME_RULE).message(TENANT_NAME_MESSAGE),
     validation = Rule::new(PROVIDERS_NEED_OPEN_RULE).message(PROVIDERS_NEED_OPEN_MESSAGE).reason(Reason::FieldValueForbidden).field_path(".spec.llmProviders"),
+    validation = Rule::new(PROVIDER_NAME_RESERVED_RULE).message(PROVIDER_NAME_RESERVED_MESSAGE).reason(Reason::FieldValueInvalid).field_path(".spec.llmProviders"),
     validation = Rule::new(MODELS_NEED_OLLAMA_RULE).message(MODELS_NEED_OLLAMA_MESSAGE).field_path(".spec.components.ollama.models"),
     validation = Rule::new(TLS_OR_SECRET_RULE).message(TLS_OR_SECRET_MESSAGE).field_path(".spec.ingress"),
 )]
@@ -98,6 +102,7 @@ pub struct TenantSpec {
         length(max = 16),
         dive,
         custom(unique_provider_names),
+        custom(provider_names_not_reserved),
         custom(providers_need_open(self.sovereignty))
     )]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -213,6 +218,16 @@ fn providers_need_open(
         } else {
             Err(garde::Error::new(PROVIDERS_NEED_OPEN_MESSAGE))
         }
+    }
+}
+
+/// The API answers with the tenant's own model server under the name `ollama`, and
+/// refuses to start with a provider that takes it.
+fn provider_names_not_reserved(providers: &[LlmProvider], _: &()) -> garde::Result {
+    if providers.iter().any(|p| p.name == "ollama") {
+        Err(garde::Error::new(PROVIDER_NAME_RESERVED_MESSAGE))
+    } else {
+        Ok(())
     }
 }
 

@@ -102,6 +102,15 @@ fn providers_under_strict_sovereignty_are_refused_by_the_cel_rule() {
 }
 
 #[test]
+fn a_provider_named_like_the_tenants_own_model_server_is_refused() {
+    let message = message(
+        "apiVersion: iafactory.dz/v1alpha1\nkind: Tenant\nmetadata: {name: x}\nspec:\n  sovereignty: open\n  llmProviders:\n    - {name: ollama, kind: openai-compatible, baseUrl: 'https://llm.example.dz/v1', secretRef: {name: k, key: apiKey}}\n",
+    );
+    assert!(message.contains("ollama is reserved"), "{message}");
+    assert_eq!(message.matches("spec.llmProviders").count(), 1, "{message}");
+}
+
+#[test]
 fn every_violation_is_named_once_in_the_manifests_spelling() {
     // Each breaks a rule held both in the Rust mirror (garde) and in CEL or the schema.
     let cases = [
@@ -111,6 +120,7 @@ fn every_violation_is_named_once_in_the_manifests_spelling() {
         "spec: {displayName: ''}\n",
         "spec: {components: {vectorStore: {image: '-bad'}}}\n",
         "spec:\n  sovereignty: open\n  llmProviders:\n    - {name: a, kind: openai-compatible, baseUrl: 'not a url', secretRef: {name: k, key: apiKey}}\n",
+        "spec:\n  sovereignty: open\n  llmProviders:\n    - {name: ollama, kind: openai-compatible, baseUrl: 'https://a.dz/v1', secretRef: {name: k, key: apiKey}}\n",
     ];
     for spec in cases {
         let text = format!(
