@@ -106,6 +106,23 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|address| address.to_canonical())
 }
 
+/// A list setting as one comma-separated string: the environment gives `a,b`, a
+/// configuration file may give `["a", "b"]`.
+pub(crate) fn comma_separated<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(list) => list.join(","),
+        ListOrString::String(text) => text,
+    })
+}
+
 impl Serialize for TrustedProxies {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(ToString::to_string))
@@ -114,17 +131,7 @@ impl Serialize for TrustedProxies {
 
 impl<'de> Deserialize<'de> for TrustedProxies {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum ListOrString {
-            List(Vec<String>),
-            String(String),
-        }
-        let list = match ListOrString::deserialize(deserializer)? {
-            ListOrString::List(list) => list.join(","),
-            ListOrString::String(text) => text,
-        };
-        Self::parse(&list).map_err(serde::de::Error::custom)
+        Self::parse(&comma_separated(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -112,17 +112,8 @@ impl Serialize for SourceNetworks {
 
 impl<'de> Deserialize<'de> for SourceNetworks {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum ListOrString {
-            List(Vec<String>),
-            String(String),
-        }
-        let list = match ListOrString::deserialize(deserializer)? {
-            ListOrString::List(list) => list.join(","),
-            ListOrString::String(text) => text,
-        };
-        Self::parse(&list).map_err(serde::de::Error::custom)
+        Self::parse(&crate::client_address::comma_separated(deserializer)?)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::{
-    TestAppliance, api_image, docker, docker_ok, free_port, get, ip_of, random_suffix,
-    run_image_build, stderr, wait_for,
+    TestAppliance, api_image, docker, docker_ok, free_port, ip_of, random_suffix, run_image_build,
+    stderr, wait_for, wait_tenants_healthy,
 };
 
 const DOMAIN: &str = "drain.test";
@@ -92,17 +92,7 @@ async fn replicas_share_the_load_and_are_replaced_under_load_without_a_lost_requ
 
     let (_daemon, log) = box_.spawn_serve_logged();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("serve answers /healthz", 60, || async {
-        get(status_port, "/healthz").await.is_some()
-    })
-    .await;
-    wait_for("serve converges the tenant", 300, || async {
-        get(status_port, "/status").await.is_some_and(|body| {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            json[0]["healthy"] == true
-        })
-    })
-    .await;
+    wait_tenants_healthy(status_port, 1, 300).await;
 
     let host = format!("{tenant}.{DOMAIN}");
     let url = format!("https://{host}:{https_port}/healthz");

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{TestAppliance, free_port, get, random_suffix, stderr, wait_for};
+use support::{TestAppliance, free_port, random_suffix, stderr, wait_for, wait_tenants_healthy};
 
 const DOMAIN: &str = "lockout.test";
 /// Unauthenticated requests allowed per client address and minute, in this test.
@@ -73,17 +73,7 @@ async fn one_clients_failed_logins_lock_out_only_that_client() {
 
     let (_daemon, log) = box_.spawn_serve_logged();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("serve answers /healthz", 60, || async {
-        get(status_port, "/healthz").await.is_some()
-    })
-    .await;
-    wait_for("serve converges the tenant", 240, || async {
-        get(status_port, "/status").await.is_some_and(|body| {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            json[0]["healthy"] == true
-        })
-    })
-    .await;
+    wait_tenants_healthy(status_port, 1, 240).await;
 
     let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_iafactory"))
         .args(["--config", box_.config_file.to_str().unwrap()])

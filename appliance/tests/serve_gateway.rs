@@ -8,7 +8,9 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{TestAppliance, free_port, get, random_suffix, stderr, wait_for};
+use support::{
+    TestAppliance, free_port, get, random_suffix, stderr, wait_for, wait_tenants_healthy,
+};
 
 const DOMAIN: &str = "gw.test";
 
@@ -56,19 +58,7 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
     }
     let (mut daemon, log) = box_.spawn_serve_logged();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("serve answers /healthz", 60, || async {
-        get(status_port, "/healthz").await.is_some()
-    })
-    .await;
-    let both_healthy = || async {
-        get(status_port, "/status").await.is_some_and(|body| {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            json.as_array().is_some_and(|tenants| {
-                tenants.len() == 2 && tenants.iter().all(|t| t["healthy"] == true)
-            })
-        })
-    };
-    wait_for("serve converges both tenants", 180, both_healthy).await;
+    wait_tenants_healthy(status_port, 2, 180).await;
 
     let ca_path = box_.data_dir().join("certs/local-ca/ca.pem");
     let ca_pem = std::fs::read(&ca_path).unwrap_or_else(|e| {

@@ -582,6 +582,24 @@ where
     }
 }
 
+/// Waits until `serve` (its status listener on `status_port`) answers, then until it
+/// reports `count` tenants, every one healthy.
+pub async fn wait_tenants_healthy(status_port: u16, count: usize, seconds: u64) {
+    wait_for("serve answers /healthz", 60, || async {
+        get(status_port, "/healthz").await.is_some()
+    })
+    .await;
+    wait_for("serve converges the tenants", seconds, || async {
+        get(status_port, "/status").await.is_some_and(|body| {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            json.as_array().is_some_and(|tenants| {
+                tenants.len() == count && tenants.iter().all(|t| t["healthy"] == true)
+            })
+        })
+    })
+    .await;
+}
+
 /// The body of a successful GET on 127.0.0.1:PORT, or None.
 pub async fn get(port: u16, path: &str) -> Option<String> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
