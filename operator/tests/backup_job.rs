@@ -9,22 +9,15 @@
 //! emptyDir at /tmp, and the backup volume made writable by the pod's fsGroup (here,
 //! chowned to it once, as the kubelet does).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use iafactory_crds::manifest::{self, Manifest};
-use iafactory_crds::{PlatformConfig, Tenant};
-use iafactory_operator::build::{BuildContext, build};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use iafactory_crds::PlatformConfig;
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{build_objects, sample_tenant};
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")
@@ -62,16 +55,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn sample_tenant(file: &str) -> Tenant {
-    let path = repo_root().join("config/samples").join(file);
-    for loaded in manifest::load_paths(std::slice::from_ref(&path)).unwrap() {
-        if let Manifest::Tenant(tenant) = loaded.manifest {
-            return *tenant;
-        }
-    }
-    panic!("{file} holds no Tenant");
-}
-
 /// The CronJob's pod template, built from the sample with `retention: 2`.
 fn backup_pod() -> (String, Value) {
     let mut tenant = sample_tenant("tenant-univ-tlemcen.yaml");
@@ -81,21 +64,7 @@ fn backup_pod() -> (String, Value) {
         .as_mut()
         .expect("the sample has a backup")
         .retention = 2;
-    let plan = iafactory_crds::plan(&tenant, &PlatformConfig::default()).unwrap();
-    let objects = build(
-        &plan,
-        &BuildContext {
-            owner: OwnerReference {
-                api_version: "iafactory.dz/v1alpha1".into(),
-                kind: "Tenant".into(),
-                name: plan.tenant.clone(),
-                uid: "00000000-0000-4000-8000-000000000001".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-            service_monitors: false,
-        },
-    );
+    let (plan, objects) = build_objects(&tenant, &PlatformConfig::default(), false);
     let cron_job = objects
         .all()
         .find(|c| c.resource.kind == "CronJob" && c.name() == "backup")

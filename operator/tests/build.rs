@@ -2,21 +2,17 @@
 //! object passes `kubernetes-validate --strict`, and the properties the issue asks for
 //! hold (isolation, restricted pods, owner references, preload job naming, RBAC).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use iafactory_crds::manifest::{self, Manifest};
 use iafactory_crds::{PlatformConfig, Tenant, TenantPlan};
 use iafactory_operator::build::{BuildContext, Child, TenantObjects, build, owned_kinds};
 use iafactory_operator::rbac;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{build_objects, owner, repo_root};
 
 fn tenant_samples() -> Vec<(String, Tenant)> {
     let mut samples = Vec::new();
@@ -40,27 +36,8 @@ fn tenant_samples() -> Vec<(String, Tenant)> {
     samples
 }
 
-fn owner(name: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: "iafactory.dz/v1alpha1".into(),
-        kind: "Tenant".into(),
-        name: name.into(),
-        uid: "00000000-0000-4000-8000-000000000001".into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn build_sample(tenant: &Tenant, service_monitors: bool) -> (TenantPlan, TenantObjects) {
-    let plan = iafactory_crds::plan(tenant, &PlatformConfig::default()).unwrap();
-    let objects = build(
-        &plan,
-        &BuildContext {
-            owner: owner(&plan.tenant),
-            service_monitors,
-        },
-    );
-    (plan, objects)
+    build_objects(tenant, &PlatformConfig::default(), service_monitors)
 }
 
 fn to_yaml(objects: &TenantObjects) -> String {

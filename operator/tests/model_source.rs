@@ -2,31 +2,19 @@
 //! every model source, what the preload builds (the Job and the NetworkPolicies), with
 //! the invariant that no NetworkPolicy of a strict tenant allows 0.0.0.0/0 or ::/0.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use iafactory_crds::config::ModelSource;
-use iafactory_crds::manifest::{self, Manifest};
 use iafactory_crds::plan::ModelSourcePlan;
 use iafactory_crds::tenant::{PlanTier, Sovereignty};
 use iafactory_crds::{PlatformConfig, Tenant, TenantPlan};
-use iafactory_operator::build::{BuildContext, Child, TenantObjects, build};
+use iafactory_operator::build::{Child, TenantObjects};
 use iafactory_operator::status::{TenantObservation, WorkloadObservation, tenant_conditions};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn sample(file: &str) -> Tenant {
-    let path = repo_root().join("config/samples").join(file);
-    match manifest::load_paths(&[path]).unwrap().remove(0).manifest {
-        Manifest::Tenant(tenant) => *tenant,
-        _ => panic!("{file} is a Tenant"),
-    }
-}
+use common::{build_objects, repo_root, sample_tenant};
 
 fn mirror(cidrs: &[&str], registry: &str, insecure: bool) -> ModelSource {
     ModelSource::Mirror {
@@ -51,22 +39,7 @@ fn config_with(source: &ModelSource, pull_models: bool) -> PlatformConfig {
 }
 
 fn build_with(tenant: &Tenant, config: &PlatformConfig) -> (TenantPlan, TenantObjects) {
-    let plan = iafactory_crds::plan(tenant, config).unwrap();
-    let objects = build(
-        &plan,
-        &BuildContext {
-            owner: OwnerReference {
-                api_version: "iafactory.dz/v1alpha1".into(),
-                kind: "Tenant".into(),
-                name: plan.tenant.clone(),
-                uid: "00000000-0000-4000-8000-000000000001".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-            service_monitors: false,
-        },
-    );
-    (plan, objects)
+    build_objects(tenant, config, false)
 }
 
 fn policies(objects: &TenantObjects) -> Vec<&Child> {
@@ -126,7 +99,7 @@ fn strict_tenants_never_allow_the_whole_internet_whatever_the_model_source() {
         mirror(&["172.16.9.9"], "mirror.local", false),
         bundle(),
     ];
-    let base = sample("tenant-univ-tlemcen.yaml");
+    let base = sample_tenant("tenant-univ-tlemcen.yaml");
     let mut checked = 0;
     for sovereignty in [Sovereignty::Strict, Sovereignty::Open] {
         for source in &sources {
@@ -273,7 +246,7 @@ fn assert_server_selected(case: &str, pull: &Child) {
 /// and says so: ModelsReady and Degraded name the reason; Ready follows its components.
 #[test]
 fn a_forbidden_source_degrades_the_tenant_with_a_condition_naming_it() {
-    let tenant = sample("tenant-univ-tlemcen.yaml");
+    let tenant = sample_tenant("tenant-univ-tlemcen.yaml");
     let (plan, objects) = build_with(&tenant, &PlatformConfig::default());
     assert!(job(&objects).is_none());
     let mut observed = TenantObservation::default();
@@ -327,7 +300,7 @@ fn model_objects_yaml(objects: &TenantObjects) -> String {
 /// open one).
 #[test]
 fn each_model_source_builds_the_committed_objects() {
-    let tenant = sample("tenant-univ-tlemcen.yaml");
+    let tenant = sample_tenant("tenant-univ-tlemcen.yaml");
     let validate = std::env::var("IAF_TEST_KUBERNETES_VALIDATE").expect(
         "IAF_TEST_KUBERNETES_VALIDATE is unset: run scripts/engines.sh up kubevalidate and source /tmp/iafactory-engines/env",
     );
@@ -446,7 +419,7 @@ fn write_bundle(dir: &Path, models: &[&str]) {
 /// Runs the bundle Job's container as built (its command, arguments and user), with
 /// no network, the bundle read-only on /bundle and a models volume on /models.
 fn run_bundle_job(image: &str, bundle: &Path, models: &Path) -> std::process::Output {
-    let tenant = sample("tenant-univ-tlemcen.yaml");
+    let tenant = sample_tenant("tenant-univ-tlemcen.yaml");
     let config = config_with(
         &ModelSource::Bundle {
             claim: "model-bundle".into(),
@@ -573,7 +546,7 @@ fn the_bundle_job_copies_a_verified_bundle_with_no_network() {
 fn the_mirror_job_pulls_from_the_mirror_and_names_models_as_written() {
     use std::os::unix::fs::PermissionsExt;
     let image = busybox_image();
-    let tenant = sample("tenant-univ-tlemcen.yaml");
+    let tenant = sample_tenant("tenant-univ-tlemcen.yaml");
     let source = mirror(&["10.20.0.5/32"], "models.univ-tlemcen.dz:5000", true);
     let (_, objects) = build_with(&tenant, &config_with(&source, true));
     let job = job(&objects).expect("a mirror Job");
