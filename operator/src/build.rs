@@ -1224,17 +1224,14 @@ fn backup_objects(plan: &TenantPlan, ctx: &BuildContext, backup: &BackupPlan) ->
         }),
         status: None,
     }));
-    let secret = |name: &str, secret: &str, key: &str| EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_owned(),
+    let secret = |name: &str, secret: &str, key: &str| {
+        env_var(
+            name,
+            &EnvValue::Secret {
+                secret: secret.to_owned(),
                 key: key.to_owned(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
+            },
+        )
     };
     let database = plan.component(ComponentKind::Database);
     let mut env = vec![

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -84,16 +84,7 @@ pub async fn run(
 }
 
 fn text(status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(message + "\n"))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let mut response = crate::gateway::plain(status, message);
     // A refused client gets no second try on the same connection (nor do the bytes it
     // sent after a refused CONNECT count as a request of their own).
     response.headers_mut().insert(

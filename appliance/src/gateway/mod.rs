@@ -70,6 +70,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertResolver, ChallengeStore};
 pub use proxy::GatewayMetrics;
+pub(crate) use proxy::plain;
 pub use routes::{RouteMiss, RouteTable, SharedRoutes, Upstream};
 
 /// How often `iafactory serve` re-reads the API replicas into the gateway's routes: a

@@ -468,7 +468,8 @@ impl Body for Counted {
     }
 }
 
-fn plain(status: StatusCode, message: String) -> Response<ProxyBody> {
+/// A short text answer of the appliance itself (an error, a refusal).
+pub(crate) fn plain(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(message + "\n"))
             .map_err(|never| match never {})
