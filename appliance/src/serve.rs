@@ -112,11 +112,12 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         tracing::warn!(host, "{error}; a new certificate will be issued");
     }
     let desired = app.desired().unwrap_or_default();
-    let api_networks = Arc::new(Mutex::new(App::api_networks(&desired)));
+    let networks = App::api_networks(&desired);
     let routes = SharedRoutes::new(route_table(
         &domain(&app),
-        &app.api_replicas(&App::api_networks(&desired)).await,
+        &app.api_replicas(&networks).await,
     ));
+    let api_networks = Arc::new(Mutex::new(networks));
     let gateway_config = &app.config.appliance.gateway;
     let mut settings =
         GatewaySettings::new(gateway_config.https_listen, gateway_config.http_listen);
