@@ -82,6 +82,9 @@ enum Command {
     Upgrade {
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Load the bundle even if it is unsigned or signed by an untrusted key.
+        #[arg(long, requires = "bundle")]
+        allow_unsigned: bool,
     },
     /// The daemon: reconcile continuously, serve /metrics and /status on localhost.
     Serve,
@@ -148,10 +151,28 @@ enum ImagesCommand {
     Export {
         #[arg(long)]
         to: PathBuf,
+        /// Sign the bundle's index with this Ed25519 private key (PKCS#8 PEM, from
+        /// `images keygen` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
         images: Vec<String>,
     },
-    /// Verify a bundle's checksums, then load its images.
-    Import { bundle: PathBuf },
+    /// Verify a bundle (its signature against [appliance.bundles] trusted_keys, its
+    /// checksums, the references each image carries), then load its images.
+    #[command(alias = "load")]
+    Import {
+        bundle: PathBuf,
+        /// Load it even if it is unsigned or signed by a key the site does not trust
+        /// (a signature that does not match the bundle is refused all the same).
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
+    /// Make an Ed25519 key pair for signing bundles: the private key goes to KEYFILE
+    /// (0600, never overwritten); the public key is printed, for trusted_keys.
+    Keygen {
+        #[arg(long = "out", value_name = "KEYFILE")]
+        out: PathBuf,
+    },
     /// Build the platform's own images (static musl, FROM scratch) from a source tree.
     Build {
         /// The IAFactory source tree (default: the current directory).
@@ -302,9 +323,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
-        Command::Upgrade { bundle: path } => {
+        Command::Upgrade {
+            bundle: path,
+            allow_unsigned,
+        } => {
             if let Some(path) = path {
-                images(config.clone(), ImagesCommand::Import { bundle: path }).await?;
+                images(
+                    config.clone(),
+                    ImagesCommand::Import {
+                        bundle: path,
+                        allow_unsigned,
+                    },
+                )
+                .await?;
             }
             up(&App::open(config).await?).await?;
         }
@@ -596,7 +627,9 @@ async fn delete_tenant(app: &App, tenant: &str) -> anyhow::Result<()> {
 
 async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
     match command {
-        ImagesCommand::Export { to, images } => {
+        ImagesCommand::Export { to, sign, images } => {
+            // Read the key first: a wrong path fails before minutes of exporting.
+            let key = sign.as_deref().map(bundle::read_signing_key).transpose()?;
             let app = App::open(config).await?;
             let images = if images.is_empty() {
                 app.wanted_images().await?
@@ -609,11 +642,18 @@ async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
                 to.display()
             ));
             let step = |line: &str| progress.step(line);
-            match bundle::export(&app.engine, &images, &to, &step).await {
+            match bundle::export(&app.engine, &images, &to, key.as_ref(), &step).await {
                 Ok(manifest) => progress.finish(&format!(
-                    "wrote {} with {} image(s); carry it in and run `iafactory images import {}`",
+                    "wrote {} with {} image(s){}; carry it in and run `iafactory images import {}`",
                     to.display(),
                     manifest.images.len(),
+                    match &key {
+                        Some(key) => format!(
+                            ", signed by {}",
+                            bundle::public_key_text(&key.verifying_key())
+                        ),
+                        None => " (unsigned)".to_owned(),
+                    },
                     to.file_name().unwrap_or_default().to_string_lossy()
                 )),
                 Err(e) => {
@@ -622,7 +662,12 @@ async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        ImagesCommand::Import { bundle: path } => {
+        ImagesCommand::Import {
+            bundle: path,
+            allow_unsigned,
+        } => {
+            let trust =
+                bundle::Trust::from_texts(&config.appliance.bundles.trusted_keys, allow_unsigned)?;
             let path = if path.exists() || path.components().count() > 1 {
                 path
             } else {
@@ -631,8 +676,8 @@ async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
             let app = App::open(config).await?;
             let progress = Progress::start(&format!("importing {}", path.display()));
             let step = |line: &str| progress.step(line);
-            match bundle::import(&app.engine, &path, &step).await {
-                Ok(manifest) => progress.finish(&format!(
+            match bundle::import(&app.engine, &path, &trust, &step).await {
+                Ok((manifest, _)) => progress.finish(&format!(
                     "loaded {} image(s); `iafactory up` uses them",
                     manifest.images.len()
                 )),
@@ -641,6 +686,14 @@ async fn images(config: Config, command: ImagesCommand) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             }
+        }
+        ImagesCommand::Keygen { out } => {
+            let public = bundle::generate_signing_key(&out)?;
+            println!(
+                "wrote the private key to {} (keep it off the sites); trust its bundles with:\n\n[appliance.bundles]\ntrusted_keys = [\"{}\"]",
+                out.display(),
+                bundle::public_key_text(&public)
+            );
         }
         ImagesCommand::Build {
             source,

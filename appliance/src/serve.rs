@@ -122,6 +122,11 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
     let mut settings =
         GatewaySettings::new(gateway_config.https_listen, gateway_config.http_listen);
     settings.public_https_port = gateway_config.public_https_port;
+    settings.header_read_timeout =
+        Duration::from_secs(gateway_config.header_read_timeout_seconds.max(1));
+    settings.idle_timeout = Duration::from_secs(gateway_config.idle_timeout_seconds.max(1));
+    settings.max_connections = gateway_config.max_connections.max(1);
+    settings.max_connections_per_client = gateway_config.max_connections_per_client.max(1);
     let gateway = Gateway::start(
         settings,
         routes.clone(),

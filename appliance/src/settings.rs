@@ -81,6 +81,14 @@ pub struct GatewayConfig {
     pub cert_dir: Option<PathBuf>,
     /// How often certificates are checked for renewal.
     pub renewal_check_seconds: u64,
+    /// HTTP/1: how long a request head may take to arrive.
+    pub header_read_timeout_seconds: u64,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Open client connections on both listeners together.
+    pub max_connections: usize,
+    /// Open client connections from one client address.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for GatewayConfig {
@@ -95,6 +103,10 @@ impl Default for GatewayConfig {
             acme_server_root: None,
             cert_dir: None,
             renewal_check_seconds: 3600,
+            header_read_timeout_seconds: 30,
+            idle_timeout_seconds: 60,
+            max_connections: 4096,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -221,6 +233,17 @@ pub struct ApplianceSettings {
     pub gateway: GatewayConfig,
     /// The shared Prometheus and Grafana.
     pub monitoring: MonitoringConfig,
+    /// Which signed offline bundles `images import` accepts.
+    pub bundles: BundlesConfig,
+}
+
+/// `[appliance.bundles]`: whose signatures an offline bundle may carry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundlesConfig {
+    /// Ed25519 public keys, each the base64 of its 32 bytes (`iafactory images keygen`
+    /// prints it). A bundle signed by none of them is refused unless `--allow-unsigned`.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for ApplianceSettings {
@@ -237,6 +260,7 @@ impl Default for ApplianceSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             gateway: GatewayConfig::default(),
             monitoring: MonitoringConfig::default(),
+            bundles: BundlesConfig::default(),
         }
     }
 }
@@ -390,6 +414,19 @@ data_dir = "{}"
 # cert_dir = "/var/lib/iafactory/certs"
 # How often certificates are checked for renewal (renewed with 30 days or less left).
 # renewal_check_seconds = 3600
+# Slow and greedy clients: an HTTP/1 request head must arrive within
+# header_read_timeout_seconds; a connection with no request in flight is closed after
+# idle_timeout_seconds; connections beyond a cap are closed on accept.
+# header_read_timeout_seconds = 30
+# idle_timeout_seconds = 60
+# max_connections = 4096
+# max_connections_per_client = 256
+
+[appliance.bundles]
+# Offline bundles (`iafactory images import`) must be signed by one of these Ed25519
+# public keys (base64 of the 32 bytes, as `iafactory images keygen` prints them);
+# others are refused unless `--allow-unsigned`.
+# trusted_keys = ["5bVq0cMu3Xr0n1nVZ0ZpJ4l3H0a8o2b7Wm0q3n6T8yE="]
 
 [appliance.monitoring]
 # The shared Prometheus (scraping this appliance and every tenant's API) and Grafana

@@ -1,5 +1,6 @@
 //! Offline bundles through the real binary and the real engine: a round trip restores
-//! the images; a corrupt bundle is rejected before anything is loaded.
+//! the images; a corrupt bundle is rejected before anything is loaded. These bundles
+//! are unsigned (`--allow-unsigned`); signatures are tests/bundle_signatures.rs's.
 
 mod support;
 
@@ -52,7 +53,12 @@ fn export_then_import_restores_the_images() {
         docker_ok(&["rmi", tag]);
         assert!(!present(tag));
     }
-    let output = box_.iafactory(&["images", "import", bundle.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "images",
+        "import",
+        "--allow-unsigned",
+        bundle.to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stdout(&output).contains("verified 2 image(s)"),
@@ -100,7 +106,12 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
 
     let damaged = box_.dir.path().join("damaged.tar");
     corrupt(&bundle, &damaged, "images/1.tar");
-    let output = box_.iafactory(&["images", "import", damaged.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "images",
+        "import",
+        "--allow-unsigned",
+        damaged.to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(message.contains("images/1.tar is corrupt"), "{message}");
@@ -113,7 +124,12 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
     // Not a bundle at all, and a truncated one.
     let garbage = box_.dir.path().join("garbage.tar");
     std::fs::write(&garbage, b"this is not a tar file at all").unwrap();
-    let output = box_.iafactory(&["images", "import", garbage.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "images",
+        "import",
+        "--allow-unsigned",
+        garbage.to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("nothing was loaded"),
@@ -123,7 +139,12 @@ fn a_corrupt_bundle_is_rejected_before_anything_is_loaded() {
     let bytes = std::fs::read(&bundle).unwrap();
     let truncated = box_.dir.path().join("truncated.tar");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let output = box_.iafactory(&["images", "import", truncated.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "images",
+        "import",
+        "--allow-unsigned",
+        truncated.to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(tags.iter().all(|t| !present(t)));
 }
@@ -219,7 +240,12 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
     let before = box_.container_ids();
     let damaged = box_.dir.path().join("damaged.tar");
     corrupt(&bundle, &damaged, "images/0.tar");
-    let output = box_.iafactory(&["upgrade", "--bundle", damaged.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "upgrade",
+        "--allow-unsigned",
+        "--bundle",
+        damaged.to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     assert!(
         stderr(&output).contains("nothing was loaded"),
@@ -233,7 +259,12 @@ fn upgrade_from_a_bundle_moves_to_the_new_images_and_keeps_the_data() {
     );
     assert!(!present(&release));
 
-    let output = box_.iafactory(&["upgrade", "--bundle", bundle.to_str().unwrap()]);
+    let output = box_.iafactory(&[
+        "upgrade",
+        "--allow-unsigned",
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
     assert!(
         output.status.success(),
         "{}\n{}",

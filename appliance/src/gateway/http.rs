@@ -5,9 +5,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use super::conn::Listener;
 use super::routes::normalise_host;
 use crate::certs::ChallengeStore;
 
@@ -31,14 +34,30 @@ pub(super) async fn serve(
     listener: TcpListener,
     challenges: ChallengeStore,
     https_port: u16,
-    cancel: CancellationToken,
+    conns: Arc<Listener>,
 ) {
-    if let Err(err) = axum::serve(listener, app(challenges, https_port))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %err, "the gateway's HTTP listener stopped");
+    let app = app(challenges, https_port);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = conns.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(admitted) = conns.admit(peer) else {
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conns = conns.clone();
+        tokio::spawn(async move { conns.serve(admitted, peer, tcp, service).await });
     }
+    drop(listener);
+    conns.drain().await;
 }
 
 async fn challenge(State(state): State<HttpState>, Path(token): Path<String>) -> Response {

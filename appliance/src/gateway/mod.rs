@@ -51,10 +51,19 @@
 //!   [`ChallengeStore`], everything else gets **308** to the same URL over HTTPS.
 //! - Metrics, in the caller's registry: `iafactory_appliance_gateway_requests_total{tenant,code}`
 //!   `iafactory_appliance_gateway_tls_handshake_failures_total`,
-//!   `iafactory_appliance_gateway_upstream_connect_failures_total{tenant}` and
-//!   `iafactory_appliance_gateway_retries_total{tenant}`.
+//!   `iafactory_appliance_gateway_upstream_connect_failures_total{tenant}`,
+//!   `iafactory_appliance_gateway_retries_total{tenant}`, and the connection ones below.
+//! - Slow and greedy clients (`conn`), on both listeners: a TLS handshake must finish
+//!   within [`GatewaySettings::tls_handshake_timeout`], an HTTP/1 request head within
+//!   [`GatewaySettings::header_read_timeout`]; a connection with no request in flight
+//!   is closed after [`GatewaySettings::idle_timeout`]; HTTP/2 clients are pinged.
+//!   Connections are capped per client address and in all; one beyond a cap is closed
+//!   on accept and counted in `iafactory_appliance_gateway_connections_refused_total{listener,reason}`.
+//!   Also `iafactory_appliance_gateway_open_connections{listener}` and
+//!   `iafactory_appliance_gateway_connection_timeouts_total{listener,kind}`.
 
 mod balance;
+mod conn;
 mod http;
 mod proxy;
 mod routes;
@@ -69,6 +78,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertResolver, ChallengeStore};
+pub use conn::ConnMetrics;
 pub use proxy::GatewayMetrics;
 pub(crate) use proxy::plain;
 pub use routes::{RouteMiss, RouteTable, SharedRoutes, Upstream};
@@ -112,6 +122,20 @@ pub struct GatewaySettings {
     /// tenant has another): long enough for `serve`'s next look at the containers to
     /// take a dead one out of the routes.
     pub replica_eject_for: Duration,
+    /// HTTP/1: how long a request's head may take to arrive, counted from the moment
+    /// the connection waits for it (after TLS, or after the previous response).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// HTTP/2: how often the gateway pings a client.
+    pub http2_keep_alive_interval: Duration,
+    /// HTTP/2: how long a ping may go unanswered before the connection is dropped.
+    pub keep_alive_timeout: Duration,
+    /// Open client connections, on both listeners together; one more is closed on accept.
+    pub max_connections: usize,
+    /// Open client connections from one client address, on both listeners together.
+    pub max_connections_per_client: usize,
 }
 
 impl GatewaySettings {
@@ -124,6 +148,12 @@ impl GatewaySettings {
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             replica_eject_for: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+            max_connections: 4096,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -170,18 +200,31 @@ impl Gateway {
         let http_addr = local(&http, settings.http_listen)?;
         let tls = proxy::tls_config(resolver)?;
         let metrics = GatewayMetrics::register(registry);
+        let limits = conn::ConnLimits::new(&settings, ConnMetrics::register(registry));
         let cancel = CancellationToken::new();
         let redirect_port = settings.public_https_port.unwrap_or(https_addr.port());
+        let listener = |name| {
+            Arc::new(conn::Listener::new(
+                name,
+                limits.clone(),
+                &settings,
+                cancel.clone(),
+            ))
+        };
         let tasks = vec![
             tokio::spawn(proxy::serve(
                 https,
                 tls,
                 proxy::ProxyState::new(routes, metrics, &settings),
                 settings.tls_handshake_timeout,
-                settings.shutdown_grace,
-                cancel.clone(),
+                listener("https"),
             )),
-            tokio::spawn(http::serve(http, challenges, redirect_port, cancel.clone())),
+            tokio::spawn(http::serve(
+                http,
+                challenges,
+                redirect_port,
+                listener("http"),
+            )),
         ];
         tracing::info!(%https_addr, %http_addr, "gateway listening");
         Ok(Self {

@@ -19,9 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,9 +27,9 @@ use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, InFlight};
+use super::conn::Listener;
 use super::routes::{RouteMiss, SharedRoutes, Upstream, normalise_host};
 use super::{GatewayError, GatewaySettings};
 use crate::certs::CertResolver;
@@ -146,14 +144,12 @@ pub(super) async fn serve(
     tls: Arc<ServerConfig>,
     state: Arc<ProxyState>,
     handshake_timeout: Duration,
-    shutdown_grace: Duration,
-    cancel: CancellationToken,
+    conns: Arc<Listener>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => break,
+            () = conns.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -164,10 +160,14 @@ pub(super) async fn serve(
                 }
             },
         };
+        // At the cap: closed now, before any TLS work is spent on it.
+        let Some(admitted) = conns.admit(peer) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
-        let watcher = graceful.watcher();
+        let conns = conns.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -188,20 +188,11 @@ pub(super) async fn serve(
                 let sni = sni.clone();
                 async move { Ok::<_, Infallible>(forward(&state, peer, sni.as_deref(), request).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %err, "HTTPS connection ended with an error");
-            }
+            conns.serve(admitted, peer, tls, service).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("gateway shutdown: some connections were still open after the grace period");
-    }
+    conns.drain().await;
 }
 
 /// Routes one request and streams it to its upstream; every failure is an HTTP answer.

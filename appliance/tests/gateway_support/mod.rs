@@ -148,6 +148,15 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(dir: &std::path::Path, tenants: &[(&str, Upstream)]) -> Self {
+        Self::start_with(dir, tenants, local_settings()).await
+    }
+
+    /// As [`Self::start`], with these settings (their listen addresses included).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        tenants: &[(&str, Upstream)],
+        settings: GatewaySettings,
+    ) -> Self {
         let mut routes = RouteTable::new(DOMAIN);
         for (tenant, upstream) in tenants {
             routes.insert(tenant, upstream.clone());
@@ -175,7 +184,7 @@ impl TestGateway {
         }
         let ca_pem = manager.local_ca().unwrap().cert_pem().to_owned();
         let gateway = Gateway::start(
-            local_settings(),
+            settings,
             routes.clone(),
             resolver.clone(),
             challenges.clone(),
