@@ -113,6 +113,17 @@ pub struct Config {
     /// How long a worker holds a job between heartbeats; a crashed worker's job is
     /// picked up again once it lapses.
     pub ingestion_lease_seconds: u64,
+    /// The program that parses PDF, DOCX and HTML documents in a bounded child
+    /// process (`PROGRAM parse`): the running binary when unset. Tests that run the
+    /// API inside their own binary point it at the built `iafactory-api`.
+    #[serde(default)]
+    pub parser_executable: Option<String>,
+    /// Memory a document's parser may map beyond what it has at start (RLIMIT_AS).
+    pub parser_memory_mib: u64,
+    /// Processor time a document's parser may use (RLIMIT_CPU).
+    pub parser_cpu_seconds: u64,
+    /// Wall-clock time a document's parser may take before it is killed.
+    pub parser_timeout_seconds: u64,
     /// `strict` (the default) or `open`: whether workflows may call the external
     /// providers of `llm_providers` (set by the operator from the Tenant).
     pub sovereignty: String,
@@ -245,6 +256,10 @@ impl Default for Config {
             reranker_model: "bge-reranker-v2-m3".into(),
             ingestion_workers: 2,
             ingestion_lease_seconds: 120,
+            parser_executable: None,
+            parser_memory_mib: 1024,
+            parser_cpu_seconds: 60,
+            parser_timeout_seconds: 120,
             sovereignty: "strict".into(),
             source_networks: crate::sources::SourceNetworks::default(),
             source_fetch_timeout_seconds: 30,

@@ -28,18 +28,37 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8180/readyz")]
         url: String,
     },
+    /// Internal: parse one document from stdin in a process the API has bounded
+    /// (see rag::sandbox). Not for people.
+    #[command(hide = true)]
+    Parse {
+        #[arg(long)]
+        content_type: String,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    // The document parser runs alone: no runtime, no threads, no logging set up, so
+    // that the memory it is allowed goes to the document.
+    if let Some(Command::Parse { content_type }) = &cli.command {
+        return Ok(iafactory_api::rag::sandbox::child_main(content_type));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("IAF_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .json()
         .init();
-    let cli = Cli::parse();
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(run(cli))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Parse { .. } => unreachable!("handled before the runtime starts"),
         Command::Healthcheck { url } => {
             let response = reqwest::Client::new()
                 .get(&url)

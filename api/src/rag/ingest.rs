@@ -3,6 +3,11 @@
 //! crashed worker's job is picked up again when it lapses), retried with exponential
 //! backoff on transient failures, and failed for good, with a readable error, when the
 //! document itself is at fault.
+//!
+//! Every claim counts as an attempt, and a job that has had [`MAX_ATTEMPTS`] is failed
+//! instead of claimed, even when its last worker died with the job still running:
+//! a document that crashes whatever runs it cannot loop through restarts for ever.
+//! Documents are parsed in a bounded child process (`rag::sandbox`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::embed::{EmbedError, Embedder};
-use super::parse::{self, Format, ParseError};
+use super::parse::{self, Format, ParseError, ParsedDocument};
+use super::sandbox::{self, ParserLimits, SandboxError};
 use super::search::search_text;
 use super::store::{Scope, StoreError, VectorPoint};
 use super::text;
@@ -29,7 +35,7 @@ pub enum IngestError {
     Parse {
         document: String,
         #[source]
-        source: ParseError,
+        source: SandboxError,
     },
     #[error("{0}")]
     Embed(#[from] EmbedError),
@@ -52,7 +58,8 @@ impl IngestError {
             IngestError::Embed(e) => e.is_transient(),
             IngestError::Store(e) => e.is_transient(),
             IngestError::Database(_) => true,
-            IngestError::Parse { .. } | IngestError::Dimensions { .. } | IngestError::Gone => false,
+            IngestError::Parse { source, .. } => source.is_transient(),
+            IngestError::Dimensions { .. } | IngestError::Gone => false,
         }
     }
 }
@@ -107,8 +114,9 @@ async fn worker(state: AppState, stop: CancellationToken) {
 }
 
 async fn claim(state: &AppState) -> Result<Option<Claimed>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM claim_ingestion_job($1)")
+    sqlx::query_as("SELECT * FROM claim_ingestion_job($1, $2)")
         .bind(state.config.ingestion_lease_seconds as i32)
+        .bind(MAX_ATTEMPTS)
         .fetch_optional(&state.db)
         .await
 }
@@ -129,8 +137,9 @@ async fn run(state: &AppState, job: Claimed, stop: &CancellationToken) {
         outcome = ingest(state, job) => outcome,
         _ = heartbeat => unreachable!("the heartbeat loops forever"),
         _ = stop.cancelled() => {
-            // Shutting down: hand the job back at once rather than wait for the lease.
-            if let Err(error) = finish(state, job, "queued", None, Some(Duration::ZERO)).await {
+            // Shutting down: hand the job back at once rather than wait for the lease,
+            // with its attempt (the document did not use it up).
+            if let Err(error) = release(state, job).await {
                 tracing::warn!(%error, "ingestion: cannot release the job; it is retried when its lease lapses");
             }
             return;
@@ -194,6 +203,17 @@ async fn renew_lease(state: &AppState, job: Claimed) -> Result<(), sqlx::Error> 
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+/// Hands a job back to the queue, attempt and all.
+async fn release(state: &AppState, job: Claimed) -> Result<(), sqlx::Error> {
+    let mut tx = tenant_tx(&state.db, job.tenant_id).await?;
+    sqlx::query("UPDATE ingestion_jobs SET attempts = greatest(attempts - 1, 0) WHERE id = $1")
+        .bind(job.job_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    finish(state, job, "queued", None, Some(Duration::ZERO)).await
 }
 
 async fn finish(
@@ -268,13 +288,20 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
     let format = Format::from_content_type(&work.content_type).unwrap_or(Format::Text);
     let chunking: iafactory_crds::knowledgebase::ChunkingSpec =
         serde_json::from_value(work.chunking).unwrap_or_default();
-    let content = work.content;
-    let prepared = tokio::task::spawn_blocking(move || prepare(format, &content, &chunking))
+    let parse_error = |source| IngestError::Parse {
+        document: work.filename.clone(),
+        source,
+    };
+    let limits = ParserLimits::from_config(&state.config).map_err(parse_error)?;
+    let parsed = sandbox::extract(&limits, format, work.content)
         .await
-        .unwrap_or_else(|_| Err(ParseError::Pdf("the parser crashed".into())))
-        .map_err(|source| IngestError::Parse {
-            document: work.filename.clone(),
-            source,
+        .map_err(parse_error)?;
+    let prepared = tokio::task::spawn_blocking(move || prepare_parsed(parsed, &chunking))
+        .await
+        .map_err(|_| {
+            parse_error(SandboxError::Crashed {
+                status: "chunking panicked".into(),
+            })
         })?;
     state
         .rag
@@ -410,13 +437,22 @@ pub struct Prepared {
     pub pages: Option<u32>,
 }
 
-/// Parses and chunks a document (CPU only: run it off the async workers).
+/// Parses and chunks a document in this process (CPU only: run it off the async
+/// workers). Ingestion parses in a bounded child process instead
+/// ([`sandbox::extract`]), then calls [`prepare_parsed`].
 pub fn prepare(
     format: Format,
     content: &[u8],
     chunking: &iafactory_crds::knowledgebase::ChunkingSpec,
 ) -> Result<Prepared, ParseError> {
-    let parsed = parse::extract(format, content)?;
+    Ok(prepare_parsed(parse::extract(format, content)?, chunking))
+}
+
+/// Chunks a parsed document (CPU only: run it off the async workers).
+pub fn prepare_parsed(
+    parsed: ParsedDocument,
+    chunking: &iafactory_crds::knowledgebase::ChunkingSpec,
+) -> Prepared {
     let language = text::detect_language(&parsed.text());
     let chunks = text::chunk_sections(
         &parsed.sections,
@@ -424,7 +460,7 @@ pub fn prepare(
         chunking.overlap as usize,
         language,
     );
-    Ok(Prepared {
+    Prepared {
         chunks: chunks
             .into_iter()
             .map(|chunk| PreparedChunk {
@@ -434,7 +470,7 @@ pub fn prepare(
             .collect(),
         language,
         pages: parsed.pages(),
-    })
+    }
 }
 
 /// Embeds `texts`, reusing the tenant's cached vectors of identical texts.

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod parse;
 pub mod qdrant;
 pub mod routes;
+pub mod sandbox;
 pub mod search;
 pub mod store;
 pub mod text;

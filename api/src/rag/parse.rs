@@ -1,8 +1,16 @@
 //! Documents to text: txt, md, html, pdf, docx, csv. Each parser returns plain text
 //! with paragraph breaks, or an error that names the document and says what is wrong
 //! with it; none panics on a corrupt file (a panic in a dependency is caught too).
+//!
+//! Nothing here inflates without a bound: a PDF stream or a DOCX entry that
+//! decompresses to more than [`MAX_INFLATED_BYTES`] fails the document, and so does a
+//! text longer than [`MAX_TEXT_BYTES`]. These caps give a clear reason; the hard
+//! bound on memory and time is the child process the ingestion runs the parsers in
+//! (see `rag::sandbox`).
 
 use std::io::{Cursor, Read};
+
+use serde::{Deserialize, Serialize};
 
 use super::arabic;
 
@@ -63,7 +71,16 @@ impl Format {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The most one compressed part of a document (a PDF stream, a DOCX entry) may
+/// inflate to.
+pub const MAX_INFLATED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most text a document may hold once extracted.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024 * 1024;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ParseError {
     #[error("the file is not valid UTF-8 text (save it as UTF-8)")]
     NotUtf8,
@@ -75,11 +92,17 @@ pub enum ParseError {
     Csv(String),
     #[error("the document contains no text (a scanned PDF needs OCR first)")]
     Empty,
+    /// A compressed part inflates past [`MAX_INFLATED_BYTES`] (a decompression bomb,
+    /// or a document too large to ingest).
+    #[error("{part} inflates to more than {limit_mib} MiB")]
+    TooLarge { part: String, limit_mib: u64 },
+    #[error("the document's text is longer than {limit_mib} MiB")]
+    TooMuchText { limit_mib: u64 },
 }
 
 /// A part of a document: a page of a PDF, or the text under a heading (Markdown,
 /// HTML, DOCX). Citations point into it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
     /// The page, from 1, in paged formats.
     pub page: Option<u32>,
@@ -89,7 +112,7 @@ pub struct Section {
 }
 
 /// A document's text, in reading order, with its structure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParsedDocument {
     /// Never empty, and no section is empty.
     pub sections: Vec<Section>,
@@ -116,7 +139,7 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<ParsedDocument, ParseErro
     let raw = match format {
         Format::Text => vec![unstructured(utf8(bytes)?)],
         Format::Markdown => by_headings(&utf8(bytes)?),
-        Format::Html => by_headings(&html(bytes)),
+        Format::Html => by_headings(&html(bytes)?),
         Format::Pdf => pdf(bytes)?,
         Format::Docx => docx(bytes)?,
         Format::Csv => vec![unstructured(csv(bytes)?)],
@@ -130,6 +153,12 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<ParsedDocument, ParseErro
         })
         .filter(|section| !section.text.trim().is_empty())
         .collect();
+    let length: usize = sections.iter().map(|s| s.text.len()).sum();
+    if length > MAX_TEXT_BYTES {
+        return Err(ParseError::TooMuchText {
+            limit_mib: MAX_TEXT_BYTES as u64 / MIB,
+        });
+    }
     if sections.is_empty() {
         Err(ParseError::Empty)
     } else {
@@ -200,18 +229,99 @@ fn inline_markup(line: &str) -> String {
         .replace('\u{2502}', " ")
 }
 
-fn html(bytes: &[u8]) -> String {
+/// HTML holds nothing compressed, but rendering can still grow it (tables are padded
+/// to their columns): the rendered text is capped like every other document's.
+fn html(bytes: &[u8]) -> Result<String, ParseError> {
     // Wide lines: we re-flow into chunks ourselves, wrapping would only cut sentences.
-    html2text::from_read(bytes, 10_000)
-        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+    let text = html2text::from_read(bytes, 10_000)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned());
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ParseError::TooMuchText {
+            limit_mib: MAX_TEXT_BYTES as u64 / MIB,
+        });
+    }
+    Ok(text)
+}
+
+/// Marks a PDF stream that inflates past the cap (see [`cap_pdf_stream`]).
+const OVERSIZE_MARK: &[u8] = b"IAFactoryOversize";
+
+/// A lopdf load filter: every stream compressed with Flate is inflated into a sink,
+/// at most [`MAX_INFLATED_BYTES`] of it, before lopdf inflates it for real (with
+/// `read_to_end`, unbounded). A stream past the cap is emptied and marked, so that
+/// nothing ever inflates it; [`pdf`] then fails the document unless the stream is an
+/// image, whose pixels text extraction never reads.
+fn cap_pdf_stream(
+    id: (u32, u16),
+    object: &mut pdf_extract::Object,
+) -> Option<((u32, u16), pdf_extract::Object)> {
+    if let pdf_extract::Object::Stream(stream) = object {
+        let flate_first = stream
+            .filters()
+            .ok()
+            .and_then(|filters| filters.first().map(|f| *f == b"FlateDecode"))
+            .unwrap_or(false);
+        if flate_first && inflates_past_cap(&stream.content) {
+            // Not an object stream any more (lopdf would try to unpack it), and not
+            // empty (lopdf would read an empty stream's content again from the file).
+            stream.dict.remove(b"Type");
+            stream.set_plain_content(b" ".to_vec());
+            stream.dict.set(OVERSIZE_MARK, true);
+        }
+    }
+    // lopdf keeps `object` (the one changed in place) for objects at the top level,
+    // and the returned copy for those inside object streams.
+    Some((id, object.clone()))
+}
+
+/// Whether zlib data (or raw deflate, as lopdf falls back to) inflates to more than
+/// the cap. Reads into a sink: nothing is kept.
+fn inflates_past_cap(compressed: &[u8]) -> bool {
+    let limit = MAX_INFLATED_BYTES + 1;
+    let zlib = std::io::copy(
+        &mut flate2::read::ZlibDecoder::new(compressed).take(limit),
+        &mut std::io::sink(),
+    );
+    let inflated = match zlib {
+        Ok(n) => n,
+        // lopdf retries a stream with a corrupt zlib wrapper as raw deflate.
+        Err(_) if compressed.len() > 2 => std::io::copy(
+            &mut flate2::read::DeflateDecoder::new(&compressed[2..]).take(limit),
+            &mut std::io::sink(),
+        )
+        .unwrap_or(0),
+        Err(_) => 0,
+    };
+    inflated > MAX_INFLATED_BYTES
 }
 
 fn pdf(bytes: &[u8]) -> Result<Vec<Section>, ParseError> {
     // pdf-extract panics on some malformed files; a bad upload must fail alone.
     let bytes = bytes.to_vec();
     let pages = std::panic::catch_unwind(move || -> Result<Vec<PageGlyphs>, ParseError> {
-        let document =
-            pdf_extract::Document::load_mem(&bytes).map_err(|e| ParseError::Pdf(e.to_string()))?;
+        let document = pdf_extract::Document::load_mem_with_options(
+            &bytes,
+            pdf_extract::LoadOptions::with_filter(cap_pdf_stream),
+        )
+        .map_err(|e| ParseError::Pdf(e.to_string()))?;
+        let oversize = document.objects.values().find_map(|object| match object {
+            pdf_extract::Object::Stream(stream)
+                if stream.dict.has(OVERSIZE_MARK)
+                    && !matches!(
+                        stream.dict.get(b"Subtype").and_then(|s| s.as_name()),
+                        Ok(b"Image")
+                    ) =>
+            {
+                Some(stream)
+            }
+            _ => None,
+        });
+        if oversize.is_some() {
+            return Err(ParseError::TooLarge {
+                part: "a stream of the PDF".into(),
+                limit_mib: MAX_INFLATED_BYTES / MIB,
+            });
+        }
         if document.is_encrypted() {
             return Err(ParseError::Pdf(
                 "it is encrypted: upload it without a password".into(),
@@ -363,14 +473,35 @@ impl pdf_extract::OutputDev for GlyphLines {
 fn docx(bytes: &[u8]) -> Result<Vec<Section>, ParseError> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| ParseError::Docx(format!("not a DOCX (zip) file: {e}")))?;
-    let mut xml = String::new();
-    archive
+    let entry = archive
         .by_name("word/document.xml")
-        .map_err(|_| ParseError::Docx("word/document.xml is missing".into()))?
-        .take(64 * 1024 * 1024)
-        .read_to_string(&mut xml)
-        .map_err(|e| ParseError::Docx(e.to_string()))?;
+        .map_err(|_| ParseError::Docx("word/document.xml is missing".into()))?;
+    let declared = entry.size();
+    let xml = read_capped(entry, Some(declared), "word/document.xml")?;
+    let xml = String::from_utf8(xml)
+        .map_err(|_| ParseError::Docx("word/document.xml is not UTF-8".into()))?;
     docx_sections(&xml)
+}
+
+/// A zip entry's bytes, at most [`MAX_INFLATED_BYTES`]: its declared size is
+/// checked first, and the actual one while reading (a zip can lie about the first).
+fn read_capped(entry: impl Read, declared: Option<u64>, name: &str) -> Result<Vec<u8>, ParseError> {
+    let too_large = || ParseError::TooLarge {
+        part: name.to_owned(),
+        limit_mib: MAX_INFLATED_BYTES / MIB,
+    };
+    if declared.is_some_and(|size| size > MAX_INFLATED_BYTES) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    entry
+        .take(MAX_INFLATED_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ParseError::Docx(format!("{name}: {e}")))?;
+    if bytes.len() as u64 > MAX_INFLATED_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Whether a paragraph style makes a heading: Word's and LibreOffice's `Heading1`...,
@@ -573,6 +704,120 @@ mod tests {
         assert_eq!(extract(Format::Text, b"   \n "), Err(ParseError::Empty));
         let truncated = &b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"[..];
         assert!(extract(Format::Pdf, truncated).is_err());
+    }
+
+    /// A one-page PDF: `content` draws the page; `extra` are more stream objects
+    /// (dictionary entries, data), all Flate-compressed.
+    fn pdf_with(content: &[u8], extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        use std::io::Write;
+        let zlib = |data: &[u8]| {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        };
+        let stream = |entries: &str, data: &[u8]| {
+            let compressed = zlib(data);
+            let mut object = format!(
+                "<< {entries} /Length {} /Filter /FlateDecode >>\nstream\n",
+                compressed.len()
+            )
+            .into_bytes();
+            object.extend_from_slice(&compressed);
+            object.extend_from_slice(b"\nendstream");
+            object
+        };
+        let mut objects = vec![
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_vec(),
+            stream("", content),
+        ];
+        for (entries, data) in extra {
+            objects.push(stream(entries, data));
+        }
+        let mut out = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, object) in objects.iter().enumerate() {
+            offsets.push(out.len());
+            out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+            out.extend_from_slice(object);
+            out.extend_from_slice(b"\nendobj\n");
+        }
+        let xref = out.len();
+        out.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for offset in offsets {
+            out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        out
+    }
+
+    const TEXT: &[u8] = b"BT /F1 12 Tf 72 720 Td (Deux sessions par an.) Tj ET";
+
+    #[test]
+    fn a_pdf_stream_inflating_past_the_cap_fails_the_document() {
+        let mut bomb = TEXT.to_vec();
+        bomb.resize(MAX_INFLATED_BYTES as usize + 1, b' ');
+        assert_eq!(
+            extract(Format::Pdf, &pdf_with(&bomb, &[])),
+            Err(ParseError::TooLarge {
+                part: "a stream of the PDF".into(),
+                limit_mib: 64
+            })
+        );
+        // Exactly at the cap is fine, and so is an image past it (its pixels are
+        // never read: it is emptied, not inflated).
+        let mut full = TEXT.to_vec();
+        full.resize(MAX_INFLATED_BYTES as usize, b' ');
+        let image = vec![0u8; MAX_INFLATED_BYTES as usize + 1];
+        let parsed = extract(
+            Format::Pdf,
+            &pdf_with(
+                &full,
+                &[("/Type /XObject /Subtype /Image /Width 1 /Height 1", image)],
+            ),
+        )
+        .unwrap();
+        assert_eq!(parsed.text(), "Deux sessions par an.");
+    }
+
+    #[test]
+    fn a_docx_entry_inflating_past_the_cap_fails_the_document() {
+        use std::io::Write;
+        let docx = |size: usize| {
+            let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file("word/document.xml", options).unwrap();
+            let head =
+                b"<w:document><w:body><w:p><w:r><w:t>Salut</w:t></w:r></w:p></w:body></w:document>";
+            zip.write_all(head).unwrap();
+            zip.write_all(&vec![b' '; size - head.len()]).unwrap();
+            zip.finish().unwrap().into_inner()
+        };
+        assert_eq!(
+            extract(Format::Docx, &docx(MAX_INFLATED_BYTES as usize + 1)),
+            Err(ParseError::TooLarge {
+                part: "word/document.xml".into(),
+                limit_mib: 64
+            })
+        );
+        assert_eq!(
+            extract(Format::Docx, &docx(MAX_INFLATED_BYTES as usize))
+                .unwrap()
+                .text(),
+            "Salut"
+        );
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub fn config(db: &TestDb) -> Config {
         jwt_secret: Secret(JWT_SECRET.into()),
         operator_token: Secret(OPERATOR_TOKEN.into()),
         database_max_connections: 8,
+        // The API runs inside the test binary: documents are parsed by the real one.
+        parser_executable: Some(env!("CARGO_BIN_EXE_iafactory-api").into()),
         ..Config::default()
     }
 }
