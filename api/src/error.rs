@@ -182,6 +182,15 @@ impl From<sqlx::Error> for ApiError {
             if db.is_check_violation() {
                 return ApiError::validation(db.constraint().unwrap_or("value"), "is not allowed");
             }
+            // character_not_in_repertoire (text) and untranslatable_character (jsonb):
+            // PostgreSQL cannot store U+0000, which JSON can carry (`\u0000`); the value
+            // is the client's, so is the refusal.
+            if matches!(db.code().as_deref(), Some("22021" | "22P05")) {
+                return ApiError::validation(
+                    "body",
+                    "text may not contain the NUL character (\\u0000)",
+                );
+            }
         }
         if matches!(error, sqlx::Error::PoolTimedOut) {
             return ApiError::Unavailable("the database is not answering");

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// `{"status":"success","data":...,"meta":...}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Envelope<T: Serialize> {
+    /// Always `success`.
     pub status: &'static str,
     pub data: T,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,13 +102,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// `?page=&limit=&sort=&order=`.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based.
+    #[param(minimum = 1)]
     pub page: Option<u32>,
     /// At most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// A column of the list (each list says which).
     pub sort: Option<String>,
     /// `asc` or `desc`.
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
 }
 

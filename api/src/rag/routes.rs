@@ -33,19 +33,21 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKnowledgeBase {
+    #[schema(min_length = 1, max_length = 253)]
     pub name: String,
     pub description: Option<String>,
     /// `ar`, `fr`, `en`; all three by default.
+    #[schema(value_type = Option<Vec<crate::openapi::crd::Language>>, min_items = 1)]
     pub languages: Option<Vec<String>>,
     /// `{provider, model, dimensions}`; the platform's model by default.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Embedding>)]
     pub embedding: Option<EmbeddingSpec>,
     /// `{size, overlap}` in characters; 800 and 120 by default.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Chunking>)]
     pub chunking: Option<ChunkingSpec>,
     /// `{provider, model}`: what answers queries over this knowledge base when they
     /// name no provider; the tenant's own model server when absent.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Generation>)]
     pub generation: Option<GenerationSpec>,
 }
 
@@ -53,15 +55,16 @@ pub struct CreateKnowledgeBase {
 #[serde(deny_unknown_fields)]
 pub struct UpdateKnowledgeBase {
     pub description: Option<String>,
+    #[schema(value_type = Option<Vec<crate::openapi::crd::Language>>, min_items = 1)]
     pub languages: Option<Vec<String>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Chunking>)]
     pub chunking: Option<ChunkingSpec>,
     /// Only while the knowledge base holds no document: its vectors would not match.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Embedding>)]
     pub embedding: Option<EmbeddingSpec>,
     /// `{provider, model}` sets the default model; `null` removes it; absent keeps it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::crd::Generation>)]
     pub generation: Option<Option<GenerationSpec>>,
 }
 
@@ -137,7 +140,8 @@ fn check_garde(field: &str, result: Result<(), garde::Report>) -> Result<(), Api
 }
 
 #[utoipa::path(post, path = "/api/knowledge-bases", tag = "knowledge bases", request_body = CreateKnowledgeBase,
-    responses((status = 201, description = "created; data.id"), (status = 409, description = "the name is taken"), (status = 422, description = "invalid field")),
+    responses((status = 201, description = "created", body = Envelope<KnowledgeBaseView>),
+              (status = 409, description = "the name is taken", body = crate::error::ErrorEnvelope), crate::openapi::responses::Secured, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create_knowledge_base(
     State(state): State<AppState>,
@@ -262,7 +266,8 @@ async fn searchable_knowledge_bases(
 }
 
 #[utoipa::path(get, path = "/api/knowledge-bases", tag = "knowledge bases", params(PageQuery),
-    responses((status = 200, description = "the tenant's knowledge bases")), security(("bearer" = []), ("api_key" = [])))]
+    responses((status = 200, description = "the tenant's knowledge bases", body = Envelope<Vec<KnowledgeBaseView>>), crate::openapi::responses::Secured, crate::openapi::responses::Paged),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_knowledge_bases(
     State(state): State<AppState>,
     auth: Auth,
@@ -287,8 +292,9 @@ pub async fn list_knowledge_bases(
     Ok(counted_page(rows, &page_request))
 }
 
-#[utoipa::path(get, path = "/api/knowledge-bases/{id}", tag = "knowledge bases",
-    responses((status = 200, description = "the knowledge base"), (status = 404, description = "not the tenant's")), security(("bearer" = []), ("api_key" = [])))]
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}", tag = "knowledge bases", params(("id" = Uuid, Path, description = "the knowledge base")),
+    responses((status = 200, description = "the knowledge base", body = Envelope<KnowledgeBaseView>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_knowledge_base(
     State(state): State<AppState>,
     auth: Auth,
@@ -298,8 +304,10 @@ pub async fn get_knowledge_base(
     Ok(ok(visible_knowledge_base(&state, &auth, id).await?))
 }
 
-#[utoipa::path(patch, path = "/api/knowledge-bases/{id}", tag = "knowledge bases", request_body = UpdateKnowledgeBase,
-    responses((status = 200, description = "updated"), (status = 404, description = "not the tenant's"), (status = 409, description = "embedding change with documents")),
+#[utoipa::path(patch, path = "/api/knowledge-bases/{id}", tag = "knowledge bases", params(("id" = Uuid, Path, description = "the knowledge base")), request_body = UpdateKnowledgeBase,
+    responses((status = 200, description = "updated", body = Envelope<KnowledgeBaseView>),
+              (status = 409, description = "an embedding change while it holds documents", body = crate::error::ErrorEnvelope),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn update_knowledge_base(
     State(state): State<AppState>,
@@ -355,8 +363,8 @@ pub async fn update_knowledge_base(
     Ok(ok(view))
 }
 
-#[utoipa::path(delete, path = "/api/knowledge-bases/{id}", tag = "knowledge bases",
-    responses((status = 200, description = "deleted with its documents and vectors"), (status = 404, description = "not the tenant's")),
+#[utoipa::path(delete, path = "/api/knowledge-bases/{id}", tag = "knowledge bases", params(("id" = Uuid, Path, description = "the knowledge base")),
+    responses((status = 200, description = "deleted with its documents and vectors", body = Envelope<crate::openapi::bodies::Deleted>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete_knowledge_base(
     State(state): State<AppState>,
@@ -389,7 +397,9 @@ pub async fn delete_knowledge_base(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextDocument {
+    #[schema(min_length = 1, max_length = 500)]
     pub title: String,
+    #[schema(min_length = 1)]
     pub text: String,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -523,11 +533,14 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
     }
 }
 
-#[utoipa::path(post, path = "/api/knowledge-bases/{id}/documents", tag = "documents",
-    responses((status = 202, description = "accepted for ingestion; data.id, data.status"),
-              (status = 200, description = "the same content was already there (data.duplicate)"),
-              (status = 404, description = "not the tenant's knowledge base"), (status = 413, description = "over the size limit"),
-              (status = 415, description = "an unsupported type")),
+#[utoipa::path(post, path = "/api/knowledge-bases/{id}/documents", tag = "documents", params(("id" = Uuid, Path, description = "the knowledge base")),
+    request_body(description = "a file (multipart, field `file`), or a text as JSON",
+        content((crate::openapi::bodies::UploadForm = "multipart/form-data"), (TextDocument = "application/json"))),
+    responses((status = 202, description = "accepted for ingestion", body = Envelope<UploadAccepted>),
+              (status = 200, description = "the same content was already there (data.duplicate)", body = Envelope<UploadAccepted>),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::JsonBody,
+              (status = 413, description = "over the upload limit (`IAF_MAX_UPLOAD_BYTES`)", body = crate::error::ErrorEnvelope),
+              (status = 415, description = "neither multipart nor JSON, or a file of an unsupported type", body = crate::error::ErrorEnvelope)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn upload_document(
     State(state): State<AppState>,
@@ -590,8 +603,9 @@ pub async fn upload_document(
     }))
 }
 
-#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents", tag = "documents", params(PageQuery),
-    responses((status = 200, description = "documents with their status")), security(("bearer" = []), ("api_key" = [])))]
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents", tag = "documents", params(("id" = Uuid, Path, description = "the knowledge base"), PageQuery),
+    responses((status = 200, description = "documents with their status", body = Envelope<Vec<DocumentView>>), crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::Paged),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_documents(
     State(state): State<AppState>,
     auth: Auth,
@@ -616,8 +630,8 @@ pub async fn list_documents(
     Ok(counted_page(rows, &page_request))
 }
 
-#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents",
-    responses((status = 200, description = "data.status and, when it failed, data.error"), (status = 404, description = "not found")),
+#[utoipa::path(get, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents", params(("id" = Uuid, Path, description = "the knowledge base"), ("doc_id" = Uuid, Path, description = "the document")),
+    responses((status = 200, description = "data.status and, when it failed, data.error", body = Envelope<DocumentView>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_document(
     State(state): State<AppState>,
@@ -640,8 +654,8 @@ pub async fn get_document(
     document.map(ok).ok_or(ApiError::NotFound("document"))
 }
 
-#[utoipa::path(delete, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents",
-    responses((status = 200, description = "deleted with its chunks and vectors"), (status = 404, description = "not found")),
+#[utoipa::path(delete, path = "/api/knowledge-bases/{id}/documents/{doc_id}", tag = "documents", params(("id" = Uuid, Path, description = "the knowledge base"), ("doc_id" = Uuid, Path, description = "the document")),
+    responses((status = 200, description = "deleted with its chunks and vectors", body = Envelope<crate::openapi::bodies::Deleted>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete_document(
     State(state): State<AppState>,
@@ -696,8 +710,9 @@ pub struct ChunkView {
 }
 
 /// One passage, in full: what a citation opens.
-#[utoipa::path(get, path = "/api/chunks/{id}", tag = "documents",
-    responses((status = 200, description = "the passage"), (status = 404, description = "not found")), security(("bearer" = []), ("api_key" = [])))]
+#[utoipa::path(get, path = "/api/chunks/{id}", tag = "documents", params(("id" = Uuid, Path, description = "the passage (a citation's chunk_id)")),
+    responses((status = 200, description = "the passage", body = Envelope<ChunkView>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_chunk(
     State(state): State<AppState>,
     auth: Auth,
@@ -724,9 +739,12 @@ pub async fn get_chunk(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    #[schema(min_length = 1, max_length = 2000)]
     pub query: String,
+    #[schema(min_items = 1, max_items = 20)]
     pub knowledge_base_ids: Vec<Uuid>,
     /// 1 to 50; 5 by default.
+    #[schema(minimum = 1, maximum = 50)]
     pub top_k: Option<usize>,
     pub filters: Option<SearchFilters>,
 }
@@ -734,8 +752,12 @@ pub struct SearchRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
+    #[schema(min_length = 1, max_length = 2000)]
     pub query: String,
+    #[schema(min_items = 1, max_items = 20)]
     pub knowledge_base_ids: Vec<Uuid>,
+    /// 1 to 50; 5 by default.
+    #[schema(minimum = 1, maximum = 50)]
     pub top_k: Option<usize>,
     /// Stream the answer over server-sent events.
     #[serde(default)]
@@ -744,9 +766,19 @@ pub struct QueryRequest {
     /// Who answers: `ollama` (the tenant's model server) or one of the tenant's
     /// providers (`GET /api/providers`). By default, the first of the knowledge bases
     /// with a `generation` default names it, else `ollama`.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9-]*$"
+    )]
     pub provider: Option<String>,
     /// The model at that provider. By default, the knowledge base's default model (when
     /// its provider is the one answering), else the tenant's model for `ollama`.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._:/+-]*$"
+    )]
     pub model: Option<String>,
 }
 
@@ -936,8 +968,8 @@ pub(crate) async fn retrieve(
 }
 
 #[utoipa::path(post, path = "/api/search", tag = "search", request_body = SearchRequest,
-    responses((status = 200, description = "data.results: document_id, title, chunk_id, snippet, score, language"),
-              (status = 404, description = "a knowledge base that is not the tenant's")),
+    responses((status = 200, description = "the best passages", body = Envelope<SearchResponse>),
+              (status = 404, description = "a knowledge base that is not the tenant's", body = crate::error::ErrorEnvelope), crate::openapi::responses::Secured, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn search_route(
     State(state): State<AppState>,
@@ -1058,7 +1090,7 @@ fn check_choice(state: &AppState, body: &QueryRequest) -> Result<(), ApiError> {
 
 /// The tenant's providers: which a query (or a knowledge base's default) may name.
 #[utoipa::path(get, path = "/api/providers", tag = "search",
-    responses((status = 200, description = "data: [{name, kind, allowed, default_model}]")),
+    responses((status = 200, description = "the providers a query may name", body = Envelope<Vec<ProviderView>>), crate::openapi::responses::Secured),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_providers(
     State(state): State<AppState>,
@@ -1069,9 +1101,10 @@ pub async fn list_providers(
 }
 
 #[utoipa::path(post, path = "/api/query", tag = "search", request_body = QueryRequest,
-    responses((status = 200, description = "data.answer, data.citations, data.timings, data.extractive, data.provider, data.model; with stream: an SSE stream of tokens, then the citations"),
-              (status = 404, description = "a knowledge base that is not the tenant's"),
-              (status = 422, description = "an unknown provider, or an external one under strict sovereignty: the message names it")),
+    responses((status = 200, description = "the answer with its citations; with `stream: true`, server-sent events: `token` events (text), then one `done` event (JSON: citations, timings, extractive, language, provider, model)",
+               content((Envelope<QueryResponse> = "application/json"), (String = "text/event-stream"))),
+              (status = 404, description = "a knowledge base that is not the tenant's", body = crate::error::ErrorEnvelope),
+              crate::openapi::responses::Secured, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn query_route(
     State(state): State<AppState>,

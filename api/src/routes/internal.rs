@@ -96,7 +96,8 @@ async fn tenant_id(state: &AppState, slug: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Creates or updates a tenant by slug.
-#[utoipa::path(put, path = "/internal/tenants/{slug}", tag = "internal", request_body = TenantUpsert,
+#[utoipa::path(put, path = "/internal/tenants/{slug}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug")), request_body = TenantUpsert,
     responses((status = 200, description = "the tenant")), security(("operator_token" = [])))]
 pub async fn upsert_tenant(
     State(state): State<AppState>,
@@ -156,6 +157,7 @@ pub struct AdminPassword {
 /// whose API has self-registration closed, and how a lost admin password is reset. An
 /// address that belongs to another tenant is refused, never moved.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/admins/{email}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("email" = String, Path, description = "the administrator's address")),
     request_body = AdminPassword,
     responses((status = 200, description = "the administrator"), (status = 404, description = "no such tenant"),
               (status = 409, description = "the address belongs to another tenant"), (status = 422, description = "invalid field")),
@@ -251,6 +253,7 @@ async fn knowledge_base_record(
 /// is the spec, plus `configMaps`: the content of its `configMap` sources, read by the
 /// driver.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the knowledge base's resource name")),
     responses((status = 200, description = "registered, with its document and chunk counts and each source's documents and last error"), (status = 404, description = "no such tenant"),
               (status = 422, description = "invalid spec, or a generation provider the tenant may not call")), security(("operator_token" = [])))]
 pub async fn upsert_knowledge_base(
@@ -309,6 +312,7 @@ pub async fn upsert_knowledge_base(
 }
 
 #[utoipa::path(get, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the knowledge base's resource name")),
     responses((status = 200, description = "document and chunk counts"), (status = 404, description = "not registered")),
     security(("operator_token" = [])))]
 pub async fn get_knowledge_base(
@@ -334,6 +338,7 @@ pub async fn get_knowledge_base(
 }
 
 #[utoipa::path(delete, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the knowledge base's resource name")),
     responses((status = 200, description = "deleted with its documents and vectors")), security(("operator_token" = [])))]
 pub async fn delete_knowledge_base(
     State(state): State<AppState>,
@@ -395,6 +400,7 @@ pub fn validate_workflow(spec: &WorkflowSpec) -> Result<(), ApiError> {
 
 /// Registers a `Workflow` resource: creates or updates it by name.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the workflow's resource name")),
     responses((status = 200, description = "registered"), (status = 422, description = "invalid graph, naming the agent")),
     security(("operator_token" = [])))]
 pub async fn upsert_workflow(
@@ -452,6 +458,7 @@ async fn last_execution(
 }
 
 #[utoipa::path(get, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the workflow's resource name")),
     responses((status = 200, description = "validity and last execution"), (status = 404, description = "not registered")),
     security(("operator_token" = [])))]
 pub async fn get_workflow(
@@ -482,6 +489,7 @@ pub async fn get_workflow(
 }
 
 #[utoipa::path(delete, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the workflow's resource name")),
     responses((status = 200, description = "deleted")), security(("operator_token" = [])))]
 pub async fn delete_workflow(
     State(state): State<AppState>,

@@ -71,6 +71,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
