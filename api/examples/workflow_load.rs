@@ -200,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
                 spec,
                 input: "go".into(),
                 trigger: "api",
+                key: None,
             };
             let mut tx = iafactory_api::db::tenant_tx(&state.db, tenant_id).await?;
             let id = engine::create(&mut tx, &request).await?;

@@ -36,13 +36,15 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
         .route("/api/auth/register", post(accounts::register))
         .route("/api/auth/login", post(accounts::login))
         .route("/api/auth/me", get(accounts::me))
+        .route("/api/auth/logout", post(accounts::logout))
+        .route("/api/auth/password", post(accounts::change_password))
         .route(
             "/api/users",
             post(accounts::create_user).get(accounts::list_users),
         )
         .route(
             "/api/users/{id}",
-            axum::routing::delete(accounts::delete_user),
+            axum::routing::delete(accounts::delete_user).patch(accounts::update_user),
         )
         .route("/api/keys", post(keys::create_key).get(keys::list_keys))
         .route(

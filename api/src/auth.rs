@@ -1,5 +1,9 @@
 //! Who is calling: passwords (argon2), JWTs (HS256) and API keys, and the extractor
 //! that turns a request's credential into an [`Auth`] with its tenant and scopes.
+//!
+//! A JWT is only as good as its session: the bearer path checks the user's current
+//! token version, role and status and the tenant's status ([`authenticate_bearer`],
+//! cached at most [`MAX_SESSION_CACHE`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,6 +109,8 @@ pub struct KeyIdentity {
     pub id: Uuid,
     pub knowledge_base_ids: Option<Vec<Uuid>>,
     pub rate_limit_per_minute: u32,
+    /// A key it mints expires no later than this.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl Auth {
@@ -117,6 +123,22 @@ impl Auth {
                 scope.as_str()
             )))
         }
+    }
+
+    /// User management (create, delete, role or status changes) and password changes:
+    /// only a signed-in tenant administrator, never an API key, whatever its scopes.
+    pub fn require_signed_in_admin(&self) -> Result<(), ApiError> {
+        if self.key.is_some() {
+            return Err(ApiError::Forbidden(
+                "managing users needs a signed-in tenant administrator (Authorization: Bearer <token>): an API key cannot create, delete or change users, whatever its scopes".into(),
+            ));
+        }
+        if !matches!(self.role, Role::TenantAdmin | Role::Admin) {
+            return Err(ApiError::Forbidden(
+                "only a tenant administrator can manage users".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whom this caller's requests count against (see [`crate::ratelimit`]).
@@ -196,6 +218,9 @@ pub struct Claims {
     pub role: Role,
     pub exp: i64,
     pub iat: i64,
+    /// The user's token version when this token was issued: once the version moves on
+    /// (sign-out, a password, role or status change) the token is refused.
+    pub ver: i64,
 }
 
 #[derive(Clone)]
@@ -220,7 +245,14 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, tenant_id: Uuid, role: Role) -> Result<String, ApiError> {
+    /// A token for this user at their current `token_version`.
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        tenant_id: Uuid,
+        role: Role,
+        token_version: i64,
+    ) -> Result<String, ApiError> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
@@ -229,6 +261,7 @@ impl JwtKeys {
             role,
             exp: now + self.ttl_seconds,
             iat: now,
+            ver: token_version,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::internal("signing a token", e))
@@ -289,10 +322,26 @@ impl KeyCache {
     }
 
     pub async fn evict_key(&self, key_id: Uuid) {
+        self.evict_keys(&[key_id]).await;
+    }
+
+    /// Evicts these keys (a revoked key and what it minted).
+    pub async fn evict_keys(&self, key_ids: &[Uuid]) {
+        self.entries.write().await.retain(|_, cached| {
+            cached
+                .auth
+                .key
+                .as_ref()
+                .is_none_or(|k| !key_ids.contains(&k.id))
+        });
+    }
+
+    /// Evicts every key of this user (deleted, demoted or suspended).
+    pub async fn evict_user(&self, user_id: Uuid) {
         self.entries
             .write()
             .await
-            .retain(|_, cached| cached.auth.key.as_ref().map(|k| k.id) != Some(key_id));
+            .retain(|_, cached| cached.auth.user_id != user_id);
     }
 
     async fn get(&self, hash: &[u8]) -> Option<Auth> {
@@ -331,6 +380,10 @@ struct KeyRow {
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
     tenant_status: String,
+    owner_role: String,
+    owner_status: String,
+    /// A key in the chain that minted this one is revoked.
+    lineage_revoked: bool,
 }
 
 async fn authenticate_key(state: &AppState, key: &str) -> Result<Auth, ApiError> {
@@ -348,8 +401,11 @@ async fn authenticate_key(state: &AppState, key: &str) -> Result<Auth, ApiError>
     let Some(row) = row else {
         return Err(ApiError::Unauthorized("the API key is invalid"));
     };
-    if row.revoked_at.is_some() {
+    if row.revoked_at.is_some() || row.lineage_revoked {
         return Err(ApiError::Unauthorized("the API key has been revoked"));
+    }
+    if row.owner_status != "active" {
+        return Err(ApiError::Unauthorized("the API key's owner is suspended"));
     }
     if row.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::Unauthorized("the API key has expired"));
@@ -357,15 +413,23 @@ async fn authenticate_key(state: &AppState, key: &str) -> Result<Auth, ApiError>
     if row.tenant_status != "active" {
         return Err(ApiError::Forbidden("the tenant is suspended".into()));
     }
+    let owner_role = Role::parse(&row.owner_role).unwrap_or(Role::User);
     let auth = Auth {
         tenant_id: row.tenant_id,
         user_id: row.user_id,
         role: Role::User,
-        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        // Never more than its owner may do now: a demoted owner's key loses `admin`.
+        scopes: row
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s))
+            .filter(|s| owner_role.scopes().contains(s))
+            .collect(),
         key: Some(KeyIdentity {
             id: row.id,
             knowledge_base_ids: row.knowledge_base_ids,
             rate_limit_per_minute: u32::try_from(row.rate_limit_per_minute).unwrap_or(1),
+            expires_at: row.expires_at,
         }),
     };
     state
@@ -373,6 +437,122 @@ async fn authenticate_key(state: &AppState, key: &str) -> Result<Auth, ApiError>
         .put(hash, auth.clone(), row.expires_at)
         .await;
     Ok(auth)
+}
+
+// ---- sessions ----------------------------------------------------------------------
+
+/// The longest a replica trusts what it last read of a user's session.
+pub const MAX_SESSION_CACHE: Duration = Duration::from_secs(5);
+
+/// What a bearer token's user is now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct SessionRow {
+    tenant_id: Uuid,
+    role: String,
+    status: String,
+    token_version: i64,
+    tenant_status: String,
+}
+
+/// Users' session state by user id, read at most [`MAX_SESSION_CACHE`] ago. Changes made
+/// through this replica evict at once; other replicas see them within the TTL.
+#[derive(Clone)]
+pub struct SessionCache {
+    entries: Arc<RwLock<HashMap<Uuid, CachedSession>>>,
+    ttl: Duration,
+}
+
+/// `row: None`: the user does not exist.
+struct CachedSession {
+    row: Option<SessionRow>,
+    read_at: Instant,
+}
+
+impl SessionCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Arc::default(),
+            ttl: ttl.min(MAX_SESSION_CACHE),
+        }
+    }
+
+    pub async fn evict(&self, user_id: Uuid) {
+        self.entries.write().await.remove(&user_id);
+    }
+
+    /// Evicts every user (a tenant suspended through this replica).
+    pub async fn clear(&self) {
+        self.entries.write().await.clear();
+    }
+
+    /// The user's session, from the cache unless it is older than the TTL or older
+    /// than a token of version `seen` (versions only go up: a token newer than the
+    /// cache, issued at a log-in on another replica, means the cache is stale). A user
+    /// found missing stays missing (ids are never reused).
+    async fn load(
+        &self,
+        db: &sqlx::PgPool,
+        user_id: Uuid,
+        seen: i64,
+    ) -> Result<Option<SessionRow>, ApiError> {
+        if let Some(cached) = self.entries.read().await.get(&user_id)
+            && cached.read_at.elapsed() < self.ttl
+            && cached.row.as_ref().is_none_or(|r| r.token_version >= seen)
+        {
+            return Ok(cached.row.clone());
+        }
+        let row: Option<SessionRow> = sqlx::query_as("SELECT * FROM auth_session($1)")
+            .bind(user_id)
+            .fetch_optional(db)
+            .await?;
+        let mut entries = self.entries.write().await;
+        if entries.len() > 10_000 {
+            let ttl = self.ttl;
+            entries.retain(|_, cached| cached.read_at.elapsed() < ttl);
+        }
+        entries.insert(
+            user_id,
+            CachedSession {
+                row: row.clone(),
+                read_at: Instant::now(),
+            },
+        );
+        Ok(row)
+    }
+}
+
+/// Checks a JWT and that its session still holds: the user exists in the token's
+/// tenant, is active, has the token's role and token version, and the tenant is active.
+pub async fn authenticate_bearer(state: &AppState, token: &str) -> Result<Auth, ApiError> {
+    let claims = state.jwt.verify(token)?;
+    let Some(session) = state
+        .sessions
+        .load(&state.db, claims.user_id, claims.ver)
+        .await?
+    else {
+        return Err(ApiError::Unauthorized("the account no longer exists"));
+    };
+    if session.tenant_id != claims.tenant_id {
+        return Err(ApiError::Unauthorized("the token is invalid"));
+    }
+    if session.tenant_status != "active" {
+        return Err(ApiError::Unauthorized("the tenant is suspended"));
+    }
+    if session.status != "active" {
+        return Err(ApiError::Unauthorized("the account is suspended"));
+    }
+    if session.token_version != claims.ver || session.role != claims.role.as_str() {
+        return Err(ApiError::Unauthorized(
+            "the session has ended (signed out, or the account changed): log in again",
+        ));
+    }
+    Ok(Auth {
+        tenant_id: claims.tenant_id,
+        user_id: claims.user_id,
+        role: claims.role,
+        scopes: claims.role.scopes().to_vec(),
+        key: None,
+    })
 }
 
 impl FromRequestParts<AppState> for Auth {
@@ -399,16 +579,7 @@ impl FromRequestParts<AppState> for Auth {
             });
         let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
         let auth = match (bearer, api_key) {
-            (Some(Ok(token)), _) => {
-                let claims = state.jwt.verify(token.trim())?;
-                Auth {
-                    tenant_id: claims.tenant_id,
-                    user_id: claims.user_id,
-                    role: claims.role,
-                    scopes: claims.role.scopes().to_vec(),
-                    key: None,
-                }
-            }
+            (Some(Ok(token)), _) => authenticate_bearer(state, token.trim()).await?,
             (Some(Err(())), _) => {
                 return Err(ApiError::Unauthorized("use Authorization: Bearer <token>"));
             }
@@ -441,11 +612,11 @@ mod tests {
     fn tokens_round_trip_and_other_keys_are_refused() {
         let keys = JwtKeys::new(&[7; 32], 60);
         let (user, tenant) = (Uuid::new_v4(), Uuid::new_v4());
-        let token = keys.issue(user, tenant, Role::TenantAdmin).unwrap();
+        let token = keys.issue(user, tenant, Role::TenantAdmin, 3).unwrap();
         let claims = keys.verify(&token).unwrap();
         assert_eq!(
-            (claims.user_id, claims.tenant_id, claims.role),
-            (user, tenant, Role::TenantAdmin)
+            (claims.user_id, claims.tenant_id, claims.role, claims.ver),
+            (user, tenant, Role::TenantAdmin, 3)
         );
         assert!(JwtKeys::new(&[8; 32], 60).verify(&token).is_err());
     }

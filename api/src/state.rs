@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::auth::{JwtKeys, KeyCache};
+use crate::auth::{JwtKeys, KeyCache, SessionCache};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rag::qdrant::{QdrantSettings, QdrantStore};
@@ -22,6 +22,8 @@ pub struct AppState {
     pub db: PgPool,
     pub jwt: JwtKeys,
     pub key_cache: KeyCache,
+    /// Users' token versions and status, for the bearer path (at most 5 s old).
+    pub sessions: SessionCache,
     pub rate_limiter: RateLimiter,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
@@ -83,6 +85,7 @@ impl AppState {
                 config.jwt_ttl_seconds,
             ),
             key_cache: KeyCache::new(Duration::from_secs(config.api_key_cache_seconds)),
+            sessions: SessionCache::new(Duration::from_secs(config.api_key_cache_seconds)),
             usage: UsageRecorder::start(db.clone(), metrics.clone()),
             rate_limiter,
             metrics,

@@ -291,3 +291,382 @@ async fn a_key_limited_to_knowledge_bases_must_name_the_tenants_own() {
         "another tenant's knowledge base does not exist for A"
     );
 }
+
+/// Two knowledge bases of the tenant, inserted directly (no embedding is needed here).
+async fn two_knowledge_bases(app: &TestApp, tenant_id: uuid::Uuid) -> (uuid::Uuid, uuid::Uuid) {
+    let mut tx = iafactory_api::db::tenant_tx(&app.state.db, tenant_id)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for name in ["alpha", "beta"] {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO knowledge_bases (tenant_id, name, embedding, chunking) VALUES ($1, $2, '{}', '{}') RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    (ids[0], ids[1])
+}
+
+#[tokio::test]
+async fn a_key_mints_only_keys_no_broader_than_itself() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let admin = app.register("minting").await;
+    let (alpha, beta) = two_knowledge_bases(&app, admin.tenant_id).await;
+    let expires = chrono::Utc::now() + chrono::Duration::days(1);
+    let (parent, parent_id) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "parent", "scopes": ["admin", "query"], "knowledge_base_ids": [alpha],
+                   "rate_limit_per_minute": 10, "expires_at": expires.to_rfc3339()}),
+        )
+        .await;
+    let mint = |body: serde_json::Value| {
+        let app = &app;
+        let parent = parent.clone();
+        async move {
+            app.request(Method::POST, "/api/keys", Auth::Key(&parent), Some(body))
+                .await
+        }
+    };
+    // Each broader field is refused with a 403 that names it.
+    for (body, names) in [
+        (
+            json!({"name": "c", "scopes": ["query", "ingest"]}),
+            "\"ingest\"".to_owned(),
+        ),
+        (
+            json!({"name": "c", "scopes": ["query"], "knowledge_base_ids": [alpha, beta]}),
+            beta.to_string(),
+        ),
+        (
+            json!({"name": "c", "scopes": ["query"], "expires_at": (expires + chrono::Duration::days(1)).to_rfc3339()}),
+            "expires_at".to_owned(),
+        ),
+        (
+            json!({"name": "c", "scopes": ["query"], "rate_limit_per_minute": 11}),
+            "rate_limit_per_minute: 11 is above this key's 10".to_owned(),
+        ),
+    ] {
+        let reply = mint(body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{body}: {}",
+            reply.body
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&names), "{body}: {message}");
+    }
+    // What the child leaves out it inherits: never unrestricted, never unlimited.
+    let child = mint(json!({"name": "child", "scopes": ["query"]})).await;
+    assert_eq!(child.status, StatusCode::CREATED, "{}", child.body);
+    let child = &child.body["data"];
+    assert_eq!(child["knowledge_base_ids"], json!([alpha]));
+    assert_eq!(child["rate_limit_per_minute"], 10);
+    let child_expiry: chrono::DateTime<chrono::Utc> =
+        child["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!((child_expiry - expires).num_milliseconds().abs() < 1000);
+    assert_eq!(child["created_by_key_id"], json!(parent_id));
+    assert_eq!(child["user_id"], json!(admin.user_id));
+    // Narrower in every way is fine.
+    let narrower = mint(json!({"name": "narrow", "scopes": ["query"], "knowledge_base_ids": [alpha],
+        "rate_limit_per_minute": 5, "expires_at": (expires - chrono::Duration::hours(1)).to_rfc3339()}))
+    .await;
+    assert_eq!(narrower.status, StatusCode::CREATED, "{}", narrower.body);
+    // A signed-in tenant admin is not bound by any key.
+    let (_, by_user) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "wide", "scopes": ["admin", "query", "ingest"]}),
+        )
+        .await;
+    let listed = app
+        .request(
+            Method::GET,
+            &format!("/api/keys/{by_user}"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed.body["data"]["created_by_key_id"],
+        serde_json::Value::Null
+    );
+}
+
+async fn mint_with_key(app: &TestApp, key: &str, body: serde_json::Value) -> (String, String) {
+    let reply = app
+        .request(Method::POST, "/api/keys", Auth::Key(key), Some(body))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    (
+        reply.body["data"]["key"].as_str().unwrap().to_owned(),
+        reply.body["data"]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn revoking_a_key_revokes_what_it_minted() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let admin = app.register("lineage").await;
+    let (parent, parent_id) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "parent", "scopes": ["admin", "query"]}),
+        )
+        .await;
+    let (child, child_id) = mint_with_key(
+        &app,
+        &parent,
+        json!({"name": "child", "scopes": ["admin", "query"]}),
+    )
+    .await;
+    let (grandchild, _) = mint_with_key(
+        &app,
+        &child,
+        json!({"name": "grandchild", "scopes": ["query"]}),
+    )
+    .await;
+    let (sibling, _) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "unrelated", "scopes": ["query"]}),
+        )
+        .await;
+    for key in [&parent, &child, &grandchild, &sibling] {
+        let me = app
+            .request(Method::GET, "/api/auth/me", Auth::Key(key), None)
+            .await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    }
+    let revoked = app
+        .request(
+            Method::DELETE,
+            &format!("/api/keys/{parent_id}"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    for key in [&parent, &child, &grandchild] {
+        let me = app
+            .request(Method::GET, "/api/auth/me", Auth::Key(key), None)
+            .await;
+        assert_eq!(
+            me.status,
+            StatusCode::UNAUTHORIZED,
+            "cached or not: {}",
+            me.body
+        );
+    }
+    let child_view = app
+        .request(
+            Method::GET,
+            &format!("/api/keys/{child_id}"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert!(
+        child_view.body["data"]["revoked_at"].is_string(),
+        "{}",
+        child_view.body
+    );
+    let me = app
+        .request(Method::GET, "/api/auth/me", Auth::Key(&sibling), None)
+        .await;
+    assert_eq!(
+        me.status,
+        StatusCode::OK,
+        "a key the revoked one did not mint still works"
+    );
+
+    // A key minted while its maker was being revoked (the revocation's update did not
+    // see it) is refused too: authentication checks the whole lineage.
+    let late = iafactory_api::auth::generate_api_key();
+    let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO api_keys (tenant_id, user_id, name, key_prefix, key_hash, scopes, rate_limit_per_minute, created_by_key_id)
+         VALUES ($1, $2, 'late', 'iaf_late', $3, '{query}', 10, $4::uuid)",
+    )
+    .bind(admin.tenant_id)
+    .bind(admin.user_id)
+    .bind(iafactory_api::auth::hash_api_key(&late))
+    .bind(&child_id)
+    .execute(&owner)
+    .await
+    .unwrap();
+    owner.close().await;
+    let me = app
+        .request(Method::GET, "/api/auth/me", Auth::Key(&late), None)
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
+}
+
+#[tokio::test]
+async fn user_management_needs_a_signed_in_tenant_admin_not_a_key() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let admin = app.register("no-key-admins").await;
+    let (key, _) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "ops", "scopes": ["admin", "query", "ingest"]}),
+        )
+        .await;
+    let created = app
+        .request(Method::POST, "/api/users", Auth::Key(&key),
+            Some(json!({"email": "evil@no-key-admins.dz", "password": "a password of its choosing", "role": "tenant_admin"})))
+        .await;
+    assert_eq!(created.status, StatusCode::FORBIDDEN, "{}", created.body);
+    assert!(
+        created.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signed-in tenant administrator"),
+        "{}",
+        created.body
+    );
+    let user = app
+        .request(
+            Method::POST,
+            "/api/users",
+            Auth::Bearer(&admin.token),
+            Some(json!({"email": "prof@no-key-admins.dz", "password": "another long password"})),
+        )
+        .await;
+    assert_eq!(user.status, StatusCode::CREATED, "{}", user.body);
+    let user_id = user.body["data"]["id"].as_str().unwrap().to_owned();
+    let promoted = app
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{user_id}"),
+            Auth::Key(&key),
+            Some(json!({"role": "tenant_admin"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::FORBIDDEN, "{}", promoted.body);
+    let deleted = app
+        .request(
+            Method::DELETE,
+            &format!("/api/users/{user_id}"),
+            Auth::Key(&key),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::FORBIDDEN, "{}", deleted.body);
+    let password = app
+        .request(
+            Method::POST,
+            "/api/auth/password",
+            Auth::Key(&key),
+            Some(json!({"current_password": "x", "new_password": "a password of its choosing"})),
+        )
+        .await;
+    assert_eq!(password.status, StatusCode::FORBIDDEN, "{}", password.body);
+    // Reading the users stays open to an admin key.
+    let listed = app
+        .request(Method::GET, "/api/users", Auth::Key(&key), None)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    // The signed-in admin can do all of it.
+    let promoted = app
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{user_id}"),
+            Auth::Bearer(&admin.token),
+            Some(json!({"role": "tenant_admin"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
+    assert_eq!(promoted.body["data"]["role"], "tenant_admin");
+    let deleted = app
+        .request(
+            Method::DELETE,
+            &format!("/api/users/{user_id}"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+}
+
+#[tokio::test]
+async fn a_key_follows_its_owner_demoted_or_suspended() {
+    let db = TestDb::new().await;
+    let app = TestApp::new(&db).await;
+    let admin = app.register("owners").await;
+    let created = app
+        .request(Method::POST, "/api/users", Auth::Bearer(&admin.token),
+            Some(json!({"email": "second@owners.dz", "password": "another long password", "role": "tenant_admin"})))
+        .await;
+    let second_id = created.body["data"]["id"].as_str().unwrap().to_owned();
+    let login = app
+        .request(
+            Method::POST,
+            "/api/auth/login",
+            Auth::None,
+            Some(json!({"email": "second@owners.dz", "password": "another long password"})),
+        )
+        .await;
+    let second = login.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (key, _) = app
+        .create_key(
+            &second,
+            json!({"name": "theirs", "scopes": ["admin", "query"]}),
+        )
+        .await;
+    assert_eq!(
+        app.request(Method::GET, "/api/keys", Auth::Key(&key), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let demoted = app
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{second_id}"),
+            Auth::Bearer(&admin.token),
+            Some(json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
+    // Evicted on this replica: at once.
+    let listed = app
+        .request(Method::GET, "/api/keys", Auth::Key(&key), None)
+        .await;
+    assert_eq!(
+        listed.status,
+        StatusCode::FORBIDDEN,
+        "a user's key has no admin scope: {}",
+        listed.body
+    );
+    let me = app
+        .request(Method::GET, "/api/auth/me", Auth::Key(&key), None)
+        .await;
+    assert_eq!(me.body["data"]["scopes"], json!(["query"]));
+    let suspended = app
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{second_id}"),
+            Auth::Bearer(&admin.token),
+            Some(json!({"status": "suspended"})),
+        )
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.body);
+    let me = app
+        .request(Method::GET, "/api/auth/me", Auth::Key(&key), None)
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
+}

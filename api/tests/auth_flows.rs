@@ -114,7 +114,7 @@ async fn expired_forged_and_unsigned_tokens_are_refused() {
     let app = TestApp::new(&db).await;
     let registered = app.register("tokens").await;
     let now = chrono::Utc::now().timestamp();
-    let claims = |exp: i64| json!({"sub": registered.user_id, "user_id": registered.user_id, "tenant_id": registered.tenant_id, "role": "tenant_admin", "exp": exp, "iat": now});
+    let claims = |exp: i64| json!({"sub": registered.user_id, "user_id": registered.user_id, "tenant_id": registered.tenant_id, "role": "tenant_admin", "exp": exp, "iat": now, "ver": 0});
     let valid = forge(claims(now + 600), common::JWT_SECRET.as_bytes());
     let ok = app
         .request(Method::GET, "/api/auth/me", Auth::Bearer(&valid), None)
@@ -125,6 +125,30 @@ async fn expired_forged_and_unsigned_tokens_are_refused() {
         "the forging helper itself is right: {}",
         ok.body
     );
+
+    // Signed with the server's secret but without a token version (or with another
+    // one): no session is behind it.
+    for (field, value) in [("ver", serde_json::Value::Null), ("ver", json!(1))] {
+        let mut other = claims(now + 600);
+        if value.is_null() {
+            other.as_object_mut().unwrap().remove(field);
+        } else {
+            other[field] = value;
+        }
+        let token = forge(other, common::JWT_SECRET.as_bytes());
+        let reply = app
+            .request(Method::GET, "/api/auth/me", Auth::Bearer(&token), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    // Another user id, as if forged for a user that does not exist.
+    let mut ghost = claims(now + 600);
+    ghost["user_id"] = json!(uuid::Uuid::new_v4());
+    let token = forge(ghost, common::JWT_SECRET.as_bytes());
+    let reply = app
+        .request(Method::GET, "/api/auth/me", Auth::Bearer(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
 
     let expired = forge(claims(now - 600), common::JWT_SECRET.as_bytes());
     let reply = app
@@ -285,4 +309,223 @@ async fn a_tenant_admin_adds_users_and_a_user_cannot() {
         )
         .await;
     assert_eq!(bad_sort.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Two API replicas on one database, with rate limits out of the way of the polling.
+async fn two_replicas(db: &TestDb) -> (TestApp, TestApp) {
+    let config = || iafactory_api::config::Config {
+        rate_limit: iafactory_api::config::RateLimitConfig {
+            per_ip_per_minute: 100_000,
+            per_ip_per_hour: 1_000_000,
+            default_key_per_minute: 100_000,
+            per_user_per_minute: 100_000,
+            per_ip_ceiling_per_minute: 1_000_000,
+        },
+        ..common::config(db)
+    };
+    (
+        TestApp::with_config(config()).await,
+        TestApp::with_config(config()).await,
+    )
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> common::Reply {
+    app.request(
+        Method::POST,
+        "/api/auth/login",
+        Auth::None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn add_user(app: &TestApp, admin: &str, email: &str, role: &str) -> (String, String) {
+    let created = app
+        .request(
+            Method::POST,
+            "/api/users",
+            Auth::Bearer(admin),
+            Some(json!({"email": email, "password": "another long password", "role": role})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let reply = login(app, email, "another long password").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    (
+        created.body["data"]["id"].as_str().unwrap().to_owned(),
+        reply.body["data"]["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+/// A route that reads nothing of the user itself (unlike `/api/auth/me`, which answers
+/// 401 for a deleted user by its own lookup): only the bearer path decides.
+async fn me_status(app: &TestApp, token: &str) -> StatusCode {
+    app.request(
+        Method::GET,
+        "/api/knowledge-bases",
+        Auth::Bearer(token),
+        None,
+    )
+    .await
+    .status
+}
+
+/// The bound of the bearer path's cache: no request made this long after a change
+/// may still be served with the old session.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[tokio::test]
+async fn sign_out_and_account_changes_end_sessions_within_5_seconds() {
+    let db = TestDb::new().await;
+    let (a, b) = two_replicas(&db).await;
+    let admin = a.register("sessions").await;
+    let other = a.register("sessions-suspended").await;
+    let (_, leaving) = add_user(&a, &admin.token, "leaving@sessions.dz", "user").await;
+    let (deleted_id, deleted) = add_user(&a, &admin.token, "deleted@sessions.dz", "user").await;
+    let (demoted_id, demoted) =
+        add_user(&a, &admin.token, "demoted@sessions.dz", "tenant_admin").await;
+    let (suspended_id, suspended) =
+        add_user(&a, &admin.token, "suspended@sessions.dz", "user").await;
+    let (_, rotating) = add_user(&a, &admin.token, "rotating@sessions.dz", "user").await;
+
+    // Every token works on both replicas, and B has cached each session.
+    let cases: Vec<(&str, &str)> = vec![
+        ("logout", &leaving),
+        ("delete", &deleted),
+        ("demote", &demoted),
+        ("suspend user", &suspended),
+        ("change password", &rotating),
+        ("suspend tenant", &other.token),
+    ];
+    for (name, token) in &cases {
+        assert_eq!(me_status(&a, token).await, StatusCode::OK, "{name}");
+        assert_eq!(me_status(&b, token).await, StatusCode::OK, "{name}");
+    }
+
+    // Each change on A, with the moment it started.
+    let mut started = Vec::new();
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::POST,
+            "/api/auth/logout",
+            Auth::Bearer(&leaving),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::DELETE,
+            &format!("/api/users/{deleted_id}"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{demoted_id}"),
+            Auth::Bearer(&admin.token),
+            Some(json!({"role": "user"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::PATCH,
+            &format!("/api/users/{suspended_id}"),
+            Auth::Bearer(&admin.token),
+            Some(json!({"status": "suspended"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["data"]["status"], "suspended");
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::POST,
+            "/api/auth/password",
+            Auth::Bearer(&rotating),
+            Some(json!({"current_password": "another long password", "new_password": "a brand new password"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let rotated = reply.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    started.push(std::time::Instant::now());
+    let reply = a
+        .request(
+            Method::PUT,
+            "/internal/tenants/sessions-suspended",
+            Auth::Bearer(common::OPERATOR_TOKEN),
+            Some(json!({"name": "Tenant sessions-suspended", "plan": "free", "suspended": true})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    // On A, where the change was made, the user's own sessions end at once.
+    for (name, token) in &cases[..5] {
+        assert_eq!(
+            me_status(&a, token).await,
+            StatusCode::UNAUTHORIZED,
+            "{name} on the replica that made it"
+        );
+    }
+    // On B, within the cache's 5 s.
+    // A request that started 5 s or more after the change is never answered 200 (the
+    // first 401 is seen within the polling's granularity after that).
+    let mut ended: Vec<Option<std::time::Duration>> = vec![None; cases.len()];
+    let mut last_ok: Vec<Option<std::time::Duration>> = vec![None; cases.len()];
+    while ended.iter().any(Option::is_none) {
+        for (i, (name, token)) in cases.iter().enumerate() {
+            if ended[i].is_some() {
+                continue;
+            }
+            let polled_at = std::time::Instant::now() - started[i];
+            match me_status(&b, token).await {
+                StatusCode::UNAUTHORIZED => ended[i] = Some(polled_at),
+                StatusCode::OK => {
+                    assert!(
+                        polled_at < WITHIN,
+                        "{name}: the token still works on the other replica {polled_at:?} after the change"
+                    );
+                    last_ok[i] = Some(polled_at);
+                }
+                other => panic!("{name}: {other}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (i, (name, _)) in cases.iter().enumerate() {
+        println!(
+            "{name}: on the other replica, last 200 for a request sent {:?} after the change, first 401 for one sent {:?} after",
+            last_ok[i],
+            ended[i].unwrap()
+        );
+    }
+
+    // What comes after: a new session works at once on both replicas, however
+    // recently they cached the old one.
+    let again = login(&a, "leaving@sessions.dz", "another long password").await;
+    let again = again.body["data"]["access_token"].as_str().unwrap();
+    assert_eq!(me_status(&b, again).await, StatusCode::OK);
+    assert_eq!(me_status(&b, &rotated).await, StatusCode::OK);
+    let demoted_again = login(&a, "demoted@sessions.dz", "another long password").await;
+    assert_eq!(demoted_again.body["data"]["user"]["role"], "user");
+    let refused = login(&a, "suspended@sessions.dz", "another long password").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let old_password = login(&a, "rotating@sessions.dz", "another long password").await;
+    assert_eq!(old_password.status, StatusCode::UNAUTHORIZED);
+    let gone = login(&a, "deleted@sessions.dz", "another long password").await;
+    assert_eq!(gone.status, StatusCode::UNAUTHORIZED);
 }

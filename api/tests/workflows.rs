@@ -893,20 +893,29 @@ async fn the_sample_workflow_registered_like_the_operator_does_runs_as_written()
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let workflow = reply.body["data"]["id"].as_str().unwrap().to_owned();
 
-    // A tenant admin of that tenant runs it.
-    let tenant_id: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id_by_slug('univ-tlemcen')")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
-    let admin = app
-        .state
-        .jwt
-        .issue(
-            uuid::Uuid::new_v4(),
-            tenant_id,
-            iafactory_api::auth::Role::TenantAdmin,
+    // A tenant admin of that tenant, bootstrapped as the appliance does, runs it.
+    let reply = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-tlemcen/admins/dsi@univ-tlemcen.dz",
+            operator,
+            Some(json!({"password": "a long enough password"})),
         )
-        .unwrap();
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = app
+        .request(
+            Method::POST,
+            "/api/auth/login",
+            Auth::None,
+            Some(json!({"email": "dsi@univ-tlemcen.dz", "password": "a long enough password"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let admin = reply.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let id = start(&app, &admin, &workflow, "le calendrier des examens").await;
     let view = wait_finished(&app, &admin, &workflow, &id, Duration::from_secs(240)).await;
     assert_eq!(view["status"], "succeeded", "{view:#}");
@@ -923,4 +932,238 @@ async fn the_sample_workflow_registered_like_the_operator_does_runs_as_written()
         )
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_signed_out_token_opens_no_websocket() {
+    let db = TestDb::new().await;
+    let state = common::state(common::config(&db)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let registered: Value = http
+        .post(format!("http://{address}/api/auth/register"))
+        .json(&json!({"tenant_name": "W", "tenant_slug": "ws-out", "email": "a@ws-out.dz", "password": "a long enough password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws?token={token}"))
+        .await
+        .expect("a live session opens a socket");
+    drop(socket);
+    let logout = http
+        .post(format!("http://{address}/api/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 200);
+    match tokio_tungstenite::connect_async(format!("ws://{address}/ws?token={token}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("a signed-out token must be refused, got {other:?}"),
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// Two knowledge bases, each with one document that says something only it knows.
+/// Returns (alpha id, alpha document, beta id, beta document).
+async fn two_knowledge_bases(app: &TestApp, token: &str) -> (String, String, String, String) {
+    let mut made = Vec::new();
+    for (name, text) in [
+        (
+            "alpha",
+            "Le coffre de la faculté alpha s'ouvre avec le code TOURNESOL. Le code du coffre est changé chaque semestre.",
+        ),
+        (
+            "beta",
+            "Le coffre de la faculté beta s'ouvre avec le code MIMOSA. Le code du coffre est changé chaque semestre.",
+        ),
+    ] {
+        let reply = app
+            .request(
+                Method::POST,
+                "/api/knowledge-bases",
+                Auth::Bearer(token),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        let kb = reply.body["data"]["id"].as_str().unwrap().to_owned();
+        let reply = app
+            .request(
+                Method::POST,
+                &format!("/api/knowledge-bases/{kb}/documents"),
+                Auth::Bearer(token),
+                Some(json!({"title": format!("{name} coffre"), "text": text})),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.body);
+        let document = reply.body["data"]["id"].as_str().unwrap().to_owned();
+        let ready = app
+            .wait_for_documents(token, &kb, std::slice::from_ref(&document))
+            .await;
+        assert_eq!(ready[0]["status"], "ready", "{ready:?}");
+        made.push((kb, document));
+    }
+    let (beta, alpha) = (made.pop().unwrap(), made.pop().unwrap());
+    (alpha.0, alpha.1, beta.0, beta.1)
+}
+
+fn reader(knowledge_base: &str) -> Value {
+    json!({"name": "reader", "role": "archivist", "provider": "ollama", "model": "instant",
+           "prompt": "Quel est le code du coffre ? {{input}}", "knowledgeBase": knowledge_base})
+}
+
+fn cited_documents(step: &Value) -> Vec<String> {
+    step["citations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["document_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_key_restricted_to_one_knowledge_base_cannot_read_another_through_a_workflow() {
+    let db = TestDb::new().await;
+    let provider = scripted_provider().await;
+    let config = iafactory_api::config::Config {
+        llm_base_url: Some(provider),
+        workflow_scheduler_tick_seconds: 0,
+        ..common::rag_config(&db)
+    };
+    let app = TestApp::with_workers(config).await;
+    let admin = app.register("kb-leak").await;
+    let (alpha, alpha_doc, _beta, beta_doc) = two_knowledge_bases(&app, &admin.token).await;
+    let (key, _) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "alpha only", "scopes": ["query"], "knowledge_base_ids": [alpha]}),
+        )
+        .await;
+    let reads_beta = create(&app, &admin.token, "reads-beta", vec![reader("beta")]).await;
+    let reads_alpha = create(&app, &admin.token, "reads-alpha", vec![reader("alpha")]).await;
+
+    // At start: a workflow with an agent on another knowledge base is refused, naming it.
+    let refused = app
+        .request(
+            Method::POST,
+            &format!("/api/workflows/{reads_beta}/executions"),
+            Auth::Key(&key),
+            Some(json!({"input": "vite"})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"beta\"") && message.contains("\"reader\""),
+        "{message}"
+    );
+    let listed = app
+        .request(
+            Method::GET,
+            &format!("/api/workflows/{reads_beta}/executions"),
+            Auth::Bearer(&admin.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed.body["meta"]["total"], 0,
+        "nothing ran: {}",
+        listed.body
+    );
+
+    // Within its knowledge base, the key runs the workflow; the citations are alpha's.
+    let started = app
+        .request(
+            Method::POST,
+            &format!("/api/workflows/{reads_alpha}/executions"),
+            Auth::Key(&key),
+            Some(json!({"input": "vite"})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let id = started.body["data"]["id"].as_str().unwrap().to_owned();
+    let view = wait_finished(
+        &app,
+        &admin.token,
+        &reads_alpha,
+        &id,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(view["status"], "succeeded", "{view:#}");
+    let cited = cited_documents(step(&view, "reader"));
+    assert!(cited.contains(&alpha_doc), "{view:#}");
+    assert!(!cited.contains(&beta_doc), "{view:#}");
+
+    // During the run: the restriction travels with the execution, so an agent whose
+    // knowledge base resolves outside the key's set (here: a run recorded as started by
+    // that key on the beta workflow, as if beta had been renamed after the start check)
+    // retrieves nothing from it.
+    let tenant = admin.tenant_id;
+    let spec: iafactory_crds::WorkflowSpec =
+        serde_json::from_value(json!({"agents": [reader("beta")]})).unwrap();
+    let key_identity: iafactory_api::auth::KeyIdentity = {
+        let me = app
+            .request(Method::GET, "/api/auth/me", Auth::Key(&key), None)
+            .await;
+        iafactory_api::auth::KeyIdentity {
+            id: me.body["data"]["key_id"].as_str().unwrap().parse().unwrap(),
+            knowledge_base_ids: Some(vec![alpha.parse().unwrap()]),
+            rate_limit_per_minute: 100_000,
+            expires_at: None,
+        }
+    };
+    let request = iafactory_api::workflows::engine::ExecutionRequest {
+        tenant_id: tenant,
+        workflow_id: reads_beta.parse().unwrap(),
+        spec,
+        input: "vite".into(),
+        trigger: "manual",
+        key: Some(key_identity),
+    };
+    let mut tx = iafactory_api::db::tenant_tx(&app.state.db, tenant)
+        .await
+        .unwrap();
+    let execution = iafactory_api::workflows::engine::create(&mut tx, &request)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    iafactory_api::workflows::engine::spawn(app.state.clone(), request, execution);
+    let view = wait_finished(
+        &app,
+        &admin.token,
+        &reads_beta,
+        &execution.to_string(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let reader_step = step(&view, "reader");
+    assert!(
+        !cited_documents(reader_step).contains(&beta_doc),
+        "beta's passages leaked into the step: {view:#}"
+    );
+    assert_eq!(reader_step["status"], "failed", "{view:#}");
+    assert!(
+        reader_step["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("knowledge base"),
+        "{view:#}"
+    );
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::StatusLabel;
 use super::events::EventLog;
 use super::template::render;
-use crate::auth::{Auth, Role, Scope};
+use crate::auth::{Auth, KeyIdentity, Role, Scope};
 use crate::db::tenant_tx;
 use crate::error::ApiError;
 use crate::rag::generate::{GenerateError, Message};
@@ -40,6 +40,39 @@ pub struct ExecutionRequest {
     pub input: String,
     /// `manual`, `schedule` or `api`.
     pub trigger: &'static str,
+    /// The API key that started the run, if one did: its agents search only the
+    /// knowledge bases the key may use (see [`check_knowledge_bases`]).
+    pub key: Option<KeyIdentity>,
+}
+
+/// The first agent whose knowledge base is outside `allowed` (a key's restriction), by
+/// agent and knowledge-base name; a name that resolves to no knowledge base is outside.
+pub async fn knowledge_base_outside(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    spec: &WorkflowSpec,
+    allowed: &[Uuid],
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let names: Vec<String> = spec
+        .agents
+        .iter()
+        .filter_map(|a| a.knowledge_base.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let ids: HashMap<String, Uuid> = sqlx::query_as::<_, (String, Uuid)>(
+        "SELECT name, id FROM knowledge_bases WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(spec.agents.iter().find_map(|agent| {
+        let name = agent.knowledge_base.as_ref()?;
+        let inside = ids.get(name).is_some_and(|id| allowed.contains(id));
+        (!inside).then(|| (agent.name.clone(), name.clone()))
+    }))
 }
 
 /// Records a new execution with a pending step per agent. The caller starts it with
@@ -257,6 +290,7 @@ async fn run(
                 .knowledge_base
                 .as_ref()
                 .map(|kb| knowledge_bases.get(kb).copied()),
+            key: request.key.clone(),
             log: log.clone(),
             token: token.child_token(),
         };
@@ -434,6 +468,8 @@ struct AgentContext {
     outputs: HashMap<String, String>,
     /// `Some(None)`: the agent names a knowledge base that does not exist (any more).
     knowledge_base: Option<Option<Uuid>>,
+    /// The key that started the run: retrieval keeps its knowledge-base restriction.
+    key: Option<KeyIdentity>,
     log: Arc<EventLog>,
     token: CancellationToken,
 }
@@ -601,15 +637,16 @@ fn failed(error: impl Into<String>, attempts: i32) -> AgentFailure {
     }
 }
 
-/// The tenant acting through a scheduled or API-started run: it may search its own
-/// knowledge bases, nothing more.
-fn workflow_principal(tenant_id: Uuid) -> Auth {
+/// The tenant acting through a run: it may search its own knowledge bases, nothing
+/// more, and only those of the API key that started it, if one did. (Checked at start
+/// too; kept here because names resolve again when the agent runs.)
+fn workflow_principal(tenant_id: Uuid, key: Option<KeyIdentity>) -> Auth {
     Auth {
         tenant_id,
         user_id: Uuid::nil(),
         role: Role::User,
         scopes: vec![Scope::Query],
-        key: None,
+        key,
     }
 }
 
@@ -629,7 +666,7 @@ async fn call_agent(
             let query: String = prompt.chars().take(2000).collect();
             let retrieved = retrieve(
                 &context.state,
-                &workflow_principal(context.tenant_id),
+                &workflow_principal(context.tenant_id, context.key.clone()),
                 &query,
                 &[kb],
                 Some(AGENT_PASSAGES),

@@ -1,11 +1,10 @@
 //! `/api/workflows`: definitions, executions, live status (SSE), and `/ws`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::engine::{self, ExecutionRequest};
-use super::events::{CANCEL_CHANNEL, ExecutionEvent, events_after};
+use super::events::{CANCEL_CHANNEL, ExecutionEvent, SocketSlot, follow, serve_socket};
 use crate::auth::{Auth, Scope};
 use crate::db::tenant_tx;
 use crate::error::{ApiError, ApiResult, FieldProblem};
@@ -31,9 +30,10 @@ use crate::state::AppState;
 /// A workflow as written: a name and the same fields as the `Workflow` resource's spec.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowBody {
+    #[schema(min_length = 1, max_length = 253, pattern = "^[a-z0-9.-]+$")]
     pub name: String,
     #[serde(flatten)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::openapi::crd::Workflow)]
     pub spec: WorkflowSpec,
 }
 
@@ -43,7 +43,7 @@ pub struct WorkflowView {
     pub id: Uuid,
     pub name: String,
     #[serde(flatten)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::openapi::crd::Workflow)]
     pub spec: WorkflowSpec,
     /// `api`, or `operator` for a Workflow resource (change those with kubectl).
     pub managed_by: String,
@@ -164,8 +164,8 @@ fn name_taken(error: sqlx::Error, name: &str) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = WorkflowBody,
-    responses((status = 201, description = "created"), (status = 409, description = "the name is taken"),
-              (status = 422, description = "invalid: the message names the agent")),
+    responses((status = 201, description = "created", body = Envelope<WorkflowView>),
+              (status = 409, description = "the name is taken", body = crate::error::ErrorEnvelope), crate::openapi::responses::Secured, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create_workflow(
     State(state): State<AppState>,
@@ -192,7 +192,8 @@ pub async fn create_workflow(
 }
 
 #[utoipa::path(get, path = "/api/workflows", tag = "workflows", params(PageQuery),
-    responses((status = 200, description = "the tenant's workflows")), security(("bearer" = []), ("api_key" = [])))]
+    responses((status = 200, description = "the tenant's workflows", body = Envelope<Vec<WorkflowView>>), crate::openapi::responses::Secured, crate::openapi::responses::Paged),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_workflows(
     State(state): State<AppState>,
     auth: Auth,
@@ -231,8 +232,8 @@ async fn fetch_workflow(
     .ok_or(ApiError::NotFound("workflow"))
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
-    responses((status = 200, description = "the workflow"), (status = 404, description = "not the tenant's")),
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow")),
+    responses((status = 200, description = "the workflow", body = Envelope<WorkflowView>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_workflow(
     State(state): State<AppState>,
@@ -246,9 +247,10 @@ pub async fn get_workflow(
     Ok(ok(row.view()?))
 }
 
-#[utoipa::path(put, path = "/api/workflows/{id}", tag = "workflows", request_body = WorkflowBody,
-    responses((status = 200, description = "replaced"), (status = 409, description = "managed by a Workflow resource"),
-              (status = 422, description = "invalid: the message names the agent")),
+#[utoipa::path(put, path = "/api/workflows/{id}", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow")), request_body = WorkflowBody,
+    responses((status = 200, description = "replaced", body = Envelope<WorkflowView>),
+              (status = 409, description = "managed by a Workflow resource, or the name is taken", body = crate::error::ErrorEnvelope),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn replace_workflow(
     State(state): State<AppState>,
@@ -282,9 +284,9 @@ pub async fn replace_workflow(
     Ok(ok(row.view()?))
 }
 
-#[utoipa::path(delete, path = "/api/workflows/{id}", tag = "workflows",
-    responses((status = 200, description = "deleted with its executions"), (status = 404, description = "not the tenant's"),
-              (status = 409, description = "managed by a Workflow resource")),
+#[utoipa::path(delete, path = "/api/workflows/{id}", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow")),
+    responses((status = 200, description = "deleted with its executions", body = Envelope<crate::openapi::bodies::Deleted>),
+              (status = 409, description = "managed by a Workflow resource", body = crate::error::ErrorEnvelope), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete_workflow(
     State(state): State<AppState>,
@@ -312,6 +314,7 @@ pub async fn delete_workflow(
 #[serde(deny_unknown_fields)]
 pub struct StartExecution {
     /// What `{{input}}` becomes.
+    #[schema(max_length = 20_000)]
     pub input: String,
 }
 
@@ -361,8 +364,9 @@ const EXECUTION_COLUMNS: &str =
 
 const MAX_INPUT_CHARS: usize = 20_000;
 
-#[utoipa::path(post, path = "/api/workflows/{id}/executions", tag = "workflows", request_body = StartExecution,
-    responses((status = 202, description = "started; follow it at .../events"), (status = 404, description = "not the tenant's")),
+#[utoipa::path(post, path = "/api/workflows/{id}/executions", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow")), request_body = StartExecution,
+    responses((status = 202, description = "started; follow it at .../events", body = Envelope<ExecutionView>),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::JsonBody),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn start_execution(
     State(state): State<AppState>,
@@ -381,12 +385,26 @@ pub async fn start_execution(
     let row = fetch_workflow(&mut tx, id).await?;
     let spec: WorkflowSpec = serde_json::from_value(row.definition)
         .map_err(|e| ApiError::internal("reading a workflow definition", e))?;
+    // A key limited to some knowledge bases runs only workflows that read no others;
+    // the run keeps the key's restriction too (engine::workflow_principal).
+    if let Some(allowed) = auth
+        .key
+        .as_ref()
+        .and_then(|k| k.knowledge_base_ids.as_deref())
+        && let Some((agent, knowledge_base)) =
+            engine::knowledge_base_outside(&mut tx, &spec, allowed).await?
+    {
+        return Err(ApiError::Forbidden(format!(
+            "this API key is restricted to some knowledge bases: agent {agent:?} reads knowledge base {knowledge_base:?}, which is not among them"
+        )));
+    }
     let request = ExecutionRequest {
         tenant_id: auth.tenant_id,
         workflow_id: id,
         spec,
         input: body.input,
         trigger: "manual",
+        key: auth.key.clone(),
     };
     let execution_id = engine::create(&mut tx, &request).await?;
     let view = execution_view(&mut tx, id, execution_id).await?;
@@ -419,8 +437,10 @@ async fn execution_view(
     Ok(view)
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}/executions", tag = "workflows", params(PageQuery),
-    responses((status = 200, description = "past executions, newest first by default")), security(("bearer" = []), ("api_key" = [])))]
+#[utoipa::path(get, path = "/api/workflows/{id}/executions", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow"), PageQuery),
+    responses((status = 200, description = "past executions, newest first by default", body = Envelope<Vec<ExecutionView>>),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById, crate::openapi::responses::Paged),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_executions(
     State(state): State<AppState>,
     auth: Auth,
@@ -448,8 +468,8 @@ pub async fn list_executions(
     Ok(counted_page(rows, &request))
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}/executions/{execution_id}", tag = "workflows",
-    responses((status = 200, description = "the execution with its steps"), (status = 404, description = "not the tenant's")),
+#[utoipa::path(get, path = "/api/workflows/{id}/executions/{execution_id}", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow"), ("execution_id" = Uuid, Path, description = "the execution")),
+    responses((status = 200, description = "the execution with its steps", body = Envelope<ExecutionView>), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_execution(
     State(state): State<AppState>,
@@ -463,8 +483,9 @@ pub async fn get_execution(
     Ok(ok(view))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/executions/{execution_id}/cancel", tag = "workflows",
-    responses((status = 202, description = "cancelling"), (status = 409, description = "already finished")),
+#[utoipa::path(post, path = "/api/workflows/{id}/executions/{execution_id}/cancel", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow"), ("execution_id" = Uuid, Path, description = "the execution")),
+    responses((status = 202, description = "cancelling", body = Envelope<crate::openapi::bodies::Cancelling>),
+              (status = 409, description = "already finished", body = crate::error::ErrorEnvelope), crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cancel_execution(
     State(state): State<AppState>,
@@ -494,91 +515,10 @@ pub async fn cancel_execution(
     ))
 }
 
-/// Feeds `sender` with the execution's events, from the first, until it finishes or
-/// the client leaves.
-async fn follow(
-    state: AppState,
-    tenant_id: Uuid,
-    execution_id: Uuid,
-    sender: mpsc::Sender<ExecutionEvent>,
-) {
-    let mut notices = state.workflows.notices.subscribe();
-    let mut last = 0;
-    loop {
-        let events = match events_after(&state.db, tenant_id, execution_id, last).await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(%error, "reading workflow events failed");
-                return;
-            }
-        };
-        let quiet = events.is_empty();
-        for event in events {
-            last = event.seq;
-            let terminal = event.is_terminal();
-            if sender.send(event).await.is_err() || terminal {
-                return;
-            }
-        }
-        if quiet && abandoned(&state, tenant_id, execution_id).await {
-            return;
-        }
-        let wait = async {
-            loop {
-                match notices.recv().await {
-                    Ok(notice) if notice.execution_id == execution_id => return,
-                    Ok(_) => {}
-                    // Lagged: look at the log anyway.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            () = wait => {}
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            () = sender.closed() => return,
-        }
-    }
-}
-
-/// Whether the execution ended without its final event (its replica stopped).
-async fn abandoned(state: &AppState, tenant_id: Uuid, execution_id: Uuid) -> bool {
-    let Ok(mut tx) = tenant_tx(&state.db, tenant_id).await else {
-        return false;
-    };
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM workflow_executions WHERE id = $1")
-            .bind(execution_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .ok()
-            .flatten();
-    let _ = tx.commit().await;
-    let has_final: bool = match tenant_tx(&state.db, tenant_id).await {
-        Ok(mut tx) => {
-            let found = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM workflow_events WHERE execution_id = $1 AND type = 'execution.finished')",
-            )
-            .bind(execution_id)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap_or(false);
-            let _ = tx.commit().await;
-            found
-        }
-        Err(_) => false,
-    };
-    matches!(
-        status.as_deref(),
-        Some("failed" | "succeeded" | "cancelled") | None
-    ) && !has_final
-}
-
-#[utoipa::path(get, path = "/api/workflows/{id}/executions/{execution_id}/events", tag = "workflows",
-    responses((status = 200, description = "SSE: one `status` event per transition, in order, from the first; the stream ends after execution.finished")),
+#[utoipa::path(get, path = "/api/workflows/{id}/executions/{execution_id}/events", tag = "workflows", params(("id" = Uuid, Path, description = "the workflow"), ("execution_id" = Uuid, Path, description = "the execution")),
+    responses((status = 200, description = "server-sent events: one `status` event per transition (its `id` is the sequence number, its data an ExecutionEvent as JSON), in order, from the first; the stream ends after execution.finished",
+               content((String = "text/event-stream"))),
+              crate::openapi::responses::Secured, crate::openapi::responses::ById),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn execution_events(
     State(state): State<AppState>,
@@ -606,16 +546,6 @@ pub struct WsQuery {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Subscribe {
-    #[serde(rename = "type")]
-    kind: String,
-    channel: String,
-    /// One execution, replayed from its start; without it, every execution of the
-    /// tenant from now on.
-    execution_id: Option<Uuid>,
-}
-
 /// `GET /ws`: `{"type":"subscribe","channel":"agent_status"}`, then
 /// `{"type":"agent_status","execution_id":...,"event":{...}}` for each transition.
 pub async fn websocket(
@@ -633,91 +563,14 @@ pub async fn websocket(
         .ok_or(ApiError::Unauthorized(
             "a JWT is required: Authorization: Bearer <token> or ?token=<token>",
         ))?;
-    let claims = state.jwt.verify(token.trim())?;
+    // The session check too: a signed-out or suspended user's token opens no socket.
+    let caller = crate::auth::authenticate_bearer(&state, token.trim()).await?;
+    // Capped per user; subscriptions per socket are capped in events::serve_socket.
+    let slot = match SocketSlot::acquire(caller.user_id) {
+        Ok(slot) => slot,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
     Ok(upgrade
-        .on_upgrade(move |socket| serve_socket(state, claims.tenant_id, socket))
+        .on_upgrade(move |socket| serve_socket(state, caller.tenant_id, slot, socket))
         .into_response())
-}
-
-async fn serve_socket(state: AppState, tenant_id: Uuid, mut socket: WebSocket) {
-    let (sender, mut events) = mpsc::channel::<(Uuid, ExecutionEvent)>(256);
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            message = socket.recv() => {
-                let Some(Ok(message)) = message else { break };
-                let WsMessage::Text(text) = message else { continue };
-                let reply = match serde_json::from_str::<Subscribe>(&text) {
-                    Ok(sub) if sub.kind == "subscribe" && sub.channel == "agent_status" => {
-                        let state = state.clone();
-                        let sender = sender.clone();
-                        match sub.execution_id {
-                            Some(execution_id) => {
-                                tasks.spawn(follow_into(state, tenant_id, execution_id, sender));
-                            }
-                            None => {
-                                tasks.spawn(follow_tenant(state, tenant_id, sender));
-                            }
-                        }
-                        serde_json::json!({ "type": "subscribed", "channel": "agent_status" })
-                    }
-                    _ => serde_json::json!({ "type": "error", "message": "send {\"type\":\"subscribe\",\"channel\":\"agent_status\"}, optionally with \"execution_id\"" }),
-                };
-                if socket.send(WsMessage::Text(reply.to_string().into())).await.is_err() {
-                    break;
-                }
-            }
-            Some((execution_id, event)) = events.recv() => {
-                let message = serde_json::json!({ "type": "agent_status", "execution_id": execution_id, "event": event });
-                if socket.send(WsMessage::Text(message.to_string().into())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    tasks.abort_all();
-}
-
-async fn follow_into(
-    state: AppState,
-    tenant_id: Uuid,
-    execution_id: Uuid,
-    out: mpsc::Sender<(Uuid, ExecutionEvent)>,
-) {
-    let (sender, mut receiver) = mpsc::channel(64);
-    tokio::spawn(follow(state, tenant_id, execution_id, sender));
-    while let Some(event) = receiver.recv().await {
-        if out.send((execution_id, event)).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Every execution of the tenant that changes from now on, each from its first event.
-async fn follow_tenant(
-    state: AppState,
-    tenant_id: Uuid,
-    out: mpsc::Sender<(Uuid, ExecutionEvent)>,
-) {
-    let mut notices = state.workflows.notices.subscribe();
-    let mut followed: HashMap<Uuid, ()> = HashMap::new();
-    loop {
-        match notices.recv().await {
-            Ok(notice) if notice.tenant_id == tenant_id => {
-                if followed.insert(notice.execution_id, ()).is_none() {
-                    tokio::spawn(follow_into(
-                        state.clone(),
-                        tenant_id,
-                        notice.execution_id,
-                        out.clone(),
-                    ));
-                }
-            }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-        if out.is_closed() {
-            return;
-        }
-    }
 }

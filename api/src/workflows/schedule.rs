@@ -94,6 +94,7 @@ pub async fn fire_due(
                 tick.with_timezone(&timezone).to_rfc3339()
             ),
             trigger: "schedule",
+            key: None,
         };
         let execution_id = engine::create(&mut tx, &request).await?;
         sqlx::query("UPDATE workflow_schedule_fires SET execution_id = $3 WHERE workflow_id = $1 AND fire_at = $2")
