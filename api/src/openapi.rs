@@ -218,6 +218,9 @@ pub mod crd {
     marker!(Generation, "GenerationSpec");
     marker!(Workflow, "WorkflowSpec");
     marker!(Language, "Language");
+    marker!(TenantRegistration, "TenantUpsert");
+    marker!(KnowledgeBaseRegistration, "KnowledgeBaseRegistration");
+    marker!(WorkflowRegistration, "WorkflowPlan");
 
     /// The schemas, by name, with their references pointing into `components.schemas`.
     pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
@@ -238,6 +241,18 @@ pub mod crd {
             (
                 "WorkflowSpec",
                 generator.subschema_for::<iafactory_crds::WorkflowSpec>(),
+            ),
+            (
+                "TenantUpsert",
+                generator.subschema_for::<iafactory_crds::tenant_api::TenantUpsert>(),
+            ),
+            (
+                "KnowledgeBaseRegistration",
+                generator.subschema_for::<iafactory_crds::tenant_api::KnowledgeBaseRegistration>(),
+            ),
+            (
+                "WorkflowPlan",
+                generator.subschema_for::<iafactory_crds::plan::WorkflowPlan>(),
             ),
         ] {
             let reference = schema.get("$ref").and_then(serde_json::Value::as_str);

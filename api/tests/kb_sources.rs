@@ -102,7 +102,7 @@ async fn register_kb(app: &TestApp, slug: &str, name: &str, body: Value) -> Valu
             Method::PUT,
             &format!("/internal/tenants/{slug}/knowledge-bases/{name}"),
             Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(body),
+            Some(common::kb_registration(slug, name, body)),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

@@ -473,7 +473,11 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
         (
             Method::PUT,
             "/internal/tenants/strict/knowledge-bases/outside".to_owned(),
-            json!({"generation": {"provider": "claude", "model": "c"}}),
+            common::kb_registration(
+                "strict",
+                "outside",
+                json!({"generation": {"provider": "claude", "model": "c"}}),
+            ),
             common::OPERATOR_TOKEN,
         ),
     ] {
@@ -604,7 +608,11 @@ async fn a_knowledge_base_default_answers_when_the_query_names_none() {
             Method::PUT,
             "/internal/tenants/defaults/knowledge-bases/from-operator",
             Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(json!({"generation": {"provider": "groq", "model": "g-2"}})),
+            Some(common::kb_registration(
+                "defaults",
+                "from-operator",
+                json!({"generation": {"provider": "groq", "model": "g-2"}}),
+            )),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

@@ -171,7 +171,11 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
             Method::PUT,
             "/internal/tenants/univ-oran/knowledge-bases/reglements",
             operator,
-            Some(json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}})),
+            Some(common::kb_registration(
+                "univ-oran",
+                "reglements",
+                json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}}),
+            )),
         )
         .await;
     assert_eq!(kb.status, StatusCode::OK, "{}", kb.body);
@@ -181,7 +185,11 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
             Method::PUT,
             "/internal/tenants/univ-oran/knowledge-bases/x",
             operator,
-            Some(json!({"chunking": {"size": 50}})),
+            Some(common::kb_registration(
+                "univ-oran",
+                "x",
+                json!({"chunking": {"size": 50}}),
+            )),
         )
         .await;
     assert_eq!(
@@ -190,6 +198,32 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
         "{}",
         bad_kb.body
     );
+    // A plan for another tenant or another resource (a driver's bug) registers nothing.
+    for (path, body, field) in [
+        (
+            "/internal/tenants/univ-oran/knowledge-bases/reglements",
+            common::kb_registration("univ-tlemcen", "reglements", json!({})),
+            "tenant",
+        ),
+        (
+            "/internal/tenants/univ-oran/workflows/w",
+            common::workflow_registration(
+                "univ-oran",
+                "other",
+                json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}"}]}),
+            ),
+            "name",
+        ),
+    ] {
+        let misdirected = app.request(Method::PUT, path, operator, Some(body)).await;
+        assert_eq!(
+            misdirected.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            misdirected.body
+        );
+        assert_eq!(misdirected.body["error"]["fields"][0]["field"], field);
+    }
     let missing_tenant = app
         .request(
             Method::GET,
@@ -206,7 +240,11 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
             Method::PUT,
             "/internal/tenants/univ-oran/workflows/w",
             operator,
-            Some(json!({"agents": [agent("a", &["b"], "x"), agent("b", &["a"], "y")]})),
+            Some(common::workflow_registration(
+                "univ-oran",
+                "w",
+                json!({"agents": [agent("a", &["b"], "x"), agent("b", &["a"], "y")]}),
+            )),
         )
         .await;
     assert_eq!(cycle.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -223,13 +261,17 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
             Method::PUT,
             "/internal/tenants/univ-oran/workflows/w",
             operator,
-            Some(json!({"agents": [agent("a", &[], "x"), agent("b", &[], "{{agents.a.output}}")]})),
+            Some(common::workflow_registration(
+                "univ-oran",
+                "w",
+                json!({"agents": [agent("a", &[], "x"), agent("b", &[], "{{agents.a.output}}")]}),
+            )),
         )
         .await;
     assert_eq!(not_ancestor.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(not_ancestor.body["error"]["fields"][0]["field"], "agents.b");
     let good = app
-        .request(Method::PUT, "/internal/tenants/univ-oran/workflows/w", operator, Some(json!({"agents": [agent("a", &[], "{{input}}"), agent("b", &["a"], "{{agents.a.output}}")]})))
+        .request(Method::PUT, "/internal/tenants/univ-oran/workflows/w", operator, Some(common::workflow_registration("univ-oran", "w", json!({"agents": [agent("a", &[], "{{input}}"), agent("b", &["a"], "{{agents.a.output}}")]}))))
         .await;
     assert_eq!(good.status, StatusCode::OK, "{}", good.body);
     assert_eq!(good.body["data"]["valid_dag"], true);
@@ -275,9 +317,16 @@ async fn registering_an_unchanged_spec_again_does_not_rewrite_its_row() {
         }
     };
     let tenant = json!({"name": "Université d'Oran", "plan": "pro"});
-    let kb = json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}});
-    let workflow =
-        json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}"}]});
+    let kb = common::kb_registration(
+        "univ-oran",
+        "reglements",
+        json!({"languages": ["fr", "ar"], "chunking": {"size": 800, "overlap": 120}}),
+    );
+    let workflow = common::workflow_registration(
+        "univ-oran",
+        "w",
+        json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}"}]}),
+    );
     let first = put("/internal/tenants/univ-oran", tenant.clone()).await;
     put(
         "/internal/tenants/univ-oran/knowledge-bases/reglements",
@@ -317,12 +366,20 @@ async fn registering_an_unchanged_spec_again_does_not_rewrite_its_row() {
     .await;
     put(
         "/internal/tenants/univ-oran/knowledge-bases/reglements",
-        json!({"languages": ["fr"], "chunking": {"size": 800, "overlap": 120}}),
+        common::kb_registration(
+            "univ-oran",
+            "reglements",
+            json!({"languages": ["fr"], "chunking": {"size": 800, "overlap": 120}}),
+        ),
     )
     .await;
     put(
         "/internal/tenants/univ-oran/workflows/w",
-        json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}!"}]}),
+        common::workflow_registration(
+            "univ-oran",
+            "w",
+            json!({"agents": [{"name": "a", "role": "writer", "model": "m", "prompt": "{{input}}!"}]}),
+        ),
     )
     .await;
     let after = (

@@ -878,7 +878,11 @@ async fn the_sample_workflow_registered_like_the_operator_does_runs_as_written()
             Method::PUT,
             "/internal/tenants/univ-tlemcen/knowledge-bases/reglements",
             operator,
-            Some(serde_json::to_value(kb_spec.unwrap()).unwrap()),
+            Some(common::kb_registration(
+                "univ-tlemcen",
+                "reglements",
+                serde_json::to_value(kb_spec.unwrap()).unwrap(),
+            )),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -887,7 +891,11 @@ async fn the_sample_workflow_registered_like_the_operator_does_runs_as_written()
             Method::PUT,
             "/internal/tenants/univ-tlemcen/workflows/synthese",
             operator,
-            Some(serde_json::to_value(workflow_spec.unwrap()).unwrap()),
+            Some(common::workflow_registration(
+                "univ-tlemcen",
+                "synthese",
+                serde_json::to_value(workflow_spec.unwrap()).unwrap(),
+            )),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

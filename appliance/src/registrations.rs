@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use iafactory_crds::Tenant;
-use iafactory_crds::knowledgebase::KnowledgeBaseSpec;
-use iafactory_crds::plan::{ComponentKind, SECRET_OPERATOR_TOKEN};
+use iafactory_crds::plan::{
+    ComponentKind, KnowledgeBasePlan, SECRET_OPERATOR_TOKEN, plan_knowledge_base, plan_workflow,
+};
 use iafactory_crds::tenant_api::{
     AdministratorRecord, ConfigMapContent, KnowledgeBaseRecord, KnowledgeBaseRegistration,
     TenantApi, TenantApiError, WorkflowRecord,
@@ -112,17 +113,17 @@ pub fn read_config_map_source(dir: &Path, name: &str, key: Option<&str>) -> Conf
     content
 }
 
-/// The registration of a KnowledgeBase: its spec, and its `configMap` sources read
+/// The registration of a KnowledgeBase: its plan, and its `configMap` sources read
 /// from the tenant's sources directory.
-pub fn registration(sources: &Path, spec: &KnowledgeBaseSpec) -> KnowledgeBaseRegistration {
+pub fn registration(sources: &Path, plan: KnowledgeBasePlan) -> KnowledgeBaseRegistration {
     KnowledgeBaseRegistration {
-        spec: spec.clone(),
-        config_maps: spec
+        config_maps: plan
             .sources
             .iter()
             .filter_map(|s| s.config_map.as_ref())
             .map(|c| read_config_map_source(sources, &c.name, c.key.as_deref()))
             .collect(),
+        plan,
     }
 }
 
@@ -400,27 +401,35 @@ impl App {
         let sources = sources_dir(&self.config.appliance.data_dir, &name);
         for kb in &stored.knowledge_bases {
             let object = kb.metadata.name.as_deref().unwrap_or_default();
-            let registration = registration(&sources, &kb.spec);
-            let outcome = match api
-                .upsert_knowledge_base(&name, object, &registration, token)
-                .await
-            {
-                Ok(record) => match failing_sources(&record) {
-                    None => Outcome::Registered,
-                    Some(reason) => Outcome::SourcesFailed { reason },
+            // `apply` planned it already; a platform configuration changed since then
+            // can still make it fail.
+            let outcome = match plan_knowledge_base(kb, &self.config.platform) {
+                Err(error) => Outcome::Rejected {
+                    reason: error.to_string(),
                 },
-                Err(error) => failure(error),
+                Ok(plan) => match api
+                    .upsert_knowledge_base(&name, object, &registration(&sources, plan), token)
+                    .await
+                {
+                    Ok(record) => match failing_sources(&record) {
+                        None => Outcome::Registered,
+                        Some(reason) => Outcome::SourcesFailed { reason },
+                    },
+                    Err(error) => failure(error),
+                },
             };
             outcomes.push(outcome_of(RegisteredKind::KnowledgeBase, object, outcome));
         }
         for workflow in &stored.workflows {
             let object = workflow.metadata.name.as_deref().unwrap_or_default();
-            let outcome = match api
-                .upsert_workflow(&name, object, &workflow.spec, token)
-                .await
-            {
-                Ok(_) => Outcome::Registered,
-                Err(error) => failure(error),
+            let outcome = match plan_workflow(workflow, &self.config.platform) {
+                Err(error) => Outcome::Rejected {
+                    reason: error.to_string(),
+                },
+                Ok(plan) => match api.upsert_workflow(&name, object, &plan, token).await {
+                    Ok(_) => Outcome::Registered,
+                    Err(error) => failure(error),
+                },
             };
             outcomes.push(outcome_of(RegisteredKind::Workflow, object, outcome));
         }

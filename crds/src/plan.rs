@@ -1622,8 +1622,9 @@ fn image_tag(image: &str) -> &str {
 }
 
 /// What a KnowledgeBase becomes once its defaults are resolved: the registration the
-/// drivers send to the tenant's API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// drivers send to the tenant's API (`tenant_api::KnowledgeBaseRegistration`), so the
+/// API stores the embedding the platform configuration chose, not its own default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBasePlan {
     pub tenant: String,
@@ -1631,23 +1632,64 @@ pub struct KnowledgeBasePlan {
     pub name: String,
     pub description: Option<String>,
     pub languages: Vec<Language>,
+    /// The spec's, or the platform's `api.default_embedding` when the spec names none.
     pub embedding: crate::knowledgebase::EmbeddingSpec,
     pub chunking: crate::knowledgebase::ChunkingSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<crate::knowledgebase::GenerationSpec>,
     pub vector_store: crate::knowledgebase::KnowledgeBaseVectorStore,
     pub sources: Vec<crate::knowledgebase::Source>,
 }
 
-/// A Workflow once its graph is checked: the waves of agents that may run together.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+impl KnowledgeBasePlan {
+    /// The spec the plan stands for, with every default filled in: what the API
+    /// validates and stores.
+    pub fn resolved_spec(&self) -> crate::KnowledgeBaseSpec {
+        crate::KnowledgeBaseSpec {
+            description: self.description.clone(),
+            languages: self.languages.clone(),
+            embedding: Some(self.embedding.clone()),
+            chunking: self.chunking.clone(),
+            generation: self.generation.clone(),
+            vector_store: self.vector_store,
+            sources: self.sources.clone(),
+        }
+    }
+}
+
+/// A Workflow once its graph is checked: the waves of agents that may run together,
+/// and what the tenant's API registers (the body of its registration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowPlan {
     pub tenant: String,
     pub namespace: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub agents: Vec<crate::workflow::AgentSpec>,
     pub waves: Vec<Vec<String>>,
     pub schedule: Option<String>,
+    /// The platform's timezone, which `schedule` is read in.
     pub timezone: String,
     pub timeout_seconds: i32,
+}
+
+impl WorkflowPlan {
+    /// The spec the plan stands for: what the API validates and stores.
+    pub fn resolved_spec(&self) -> crate::WorkflowSpec {
+        crate::WorkflowSpec {
+            description: self.description.clone(),
+            agents: self.agents.clone(),
+            trigger: self
+                .schedule
+                .clone()
+                .map(|schedule| crate::workflow::TriggerSpec {
+                    schedule: Some(schedule),
+                }),
+            timeout_seconds: self.timeout_seconds,
+        }
+    }
 }
 
 /// The plan of any resource of a manifest.
@@ -1683,6 +1725,7 @@ pub fn plan_knowledge_base(
             .clone()
             .unwrap_or_else(|| config.api.default_embedding.clone()),
         chunking: kb.spec.chunking.clone(),
+        generation: kb.spec.generation.clone(),
         vector_store: kb.spec.vector_store,
         sources: kb.spec.sources.clone(),
     })
@@ -1712,6 +1755,8 @@ pub fn plan_workflow(
             .to_owned(),
         name: workflow.metadata.name.clone().unwrap_or_default(),
         namespace,
+        description: workflow.spec.description.clone(),
+        agents: workflow.spec.agents.clone(),
         waves: dag.waves,
         schedule: workflow
             .spec

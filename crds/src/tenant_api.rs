@@ -9,22 +9,51 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[cfg(feature = "tenant-api")]
+use crate::plan::WorkflowPlan;
+#[cfg(feature = "tenant-api")]
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::KnowledgeBaseSpec;
-#[cfg(feature = "tenant-api")]
-use crate::{TenantSpec, WorkflowSpec};
+use crate::TenantSpec;
+use crate::plan::KnowledgeBasePlan;
+use crate::tenant::PlanTier;
 
-/// What a driver sends to register a KnowledgeBase: its spec, as in the manifest, and
-/// the content of its `configMap` sources, which only the driver can read (the
-/// operator from the ConfigMaps in the KnowledgeBase's namespace, the appliance from
-/// files in its data directory).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What a driver sends to register a Tenant: what the API keeps of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUpsert {
+    /// The display name (`spec.displayName`, or the Tenant's name).
+    pub name: String,
+    /// The commercial plan, which sets the API's quotas.
+    pub plan: PlanTier,
+    /// A suspended tenant's users cannot sign in, and its tokens and keys stop working.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+impl TenantUpsert {
+    pub fn of(tenant: &str, spec: &TenantSpec) -> Self {
+        Self {
+            name: spec
+                .display_name
+                .clone()
+                .unwrap_or_else(|| tenant.to_owned()),
+            plan: spec.plan,
+            suspended: spec.suspended,
+        }
+    }
+}
+
+/// What a driver sends to register a KnowledgeBase: its plan (the spec with the
+/// platform's defaults resolved, `plan::plan_knowledge_base`), and the content of its
+/// `configMap` sources, which only the driver can read (the operator from the
+/// ConfigMaps in the KnowledgeBase's namespace, the appliance from files in its data
+/// directory). A Workflow is registered with its `plan::WorkflowPlan` alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KnowledgeBaseRegistration {
     #[serde(flatten)]
-    pub spec: KnowledgeBaseSpec,
+    pub plan: KnowledgeBasePlan,
     /// One entry per `configMap` source of the spec (matched by name and key); a
     /// source without an entry is reported as not sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -33,7 +62,7 @@ pub struct KnowledgeBaseRegistration {
 
 /// A `configMap` source as the driver read it: the keys it selects (every key, or the
 /// one it names), or why it could not be read.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapContent {
     pub name: String,
@@ -220,11 +249,7 @@ impl TenantApi {
 
     pub async fn upsert_tenant(&self, tenant: &str, spec: &TenantSpec, token: &str) -> Result<()> {
         let url = format!("{}/internal/tenants/{tenant}", self.base_url(tenant));
-        let body = serde_json::json!({
-            "name": spec.display_name.clone().unwrap_or_else(|| tenant.to_owned()),
-            "plan": spec.plan.as_str(),
-            "suspended": spec.suspended,
-        });
+        let body = TenantUpsert::of(tenant, spec);
         self.send::<serde_json::Value>("tenant", self.http.put(&url).json(&body), &url, token)
             .await?;
         Ok(())
@@ -258,14 +283,14 @@ impl TenantApi {
         &self,
         tenant: &str,
         name: &str,
-        spec: &WorkflowSpec,
+        plan: &WorkflowPlan,
         token: &str,
     ) -> Result<WorkflowRecord> {
         let url = format!(
             "{}/internal/tenants/{tenant}/workflows/{name}",
             self.base_url(tenant)
         );
-        self.send("workflow", self.http.put(&url).json(spec), &url, token)
+        self.send("workflow", self.http.put(&url).json(plan), &url, token)
             .await?
             .ok_or_else(|| TenantApiError::Unavailable {
                 url,

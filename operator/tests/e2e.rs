@@ -917,11 +917,21 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
     use base64::Engine as _;
     let cluster = Cluster::start().await;
     let api_port = free_port();
+    // A platform whose default embedding is not the API's built-in one: a
+    // KnowledgeBase that names none must be registered with this one.
+    let platform = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        platform.path(),
+        "[api]\ndefault_embedding = { provider = \"ollama\", model = \"nomic-embed-text\", dimensions = 768 }\n",
+    )
+    .unwrap();
     let _operator = Operator::start(
         &cluster,
         "solo",
         &[
             "--no-leader-election",
+            "--config",
+            platform.path().to_str().unwrap(),
             "--tenant-api-url",
             &format!("http://127.0.0.1:{api_port}"),
         ],
@@ -1204,6 +1214,44 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
         },
     )
     .await;
+
+    // The operator sends the plan: a KnowledgeBase that names no embedding gets the
+    // platform's default_embedding, which the API stores (it used to store its own).
+    kbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "iafactory.dz/v1alpha1",
+            "kind": "KnowledgeBase",
+            "metadata": {"name": "defaults", "namespace": ns},
+            "spec": {"languages": ["fr"]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the KnowledgeBase without an embedding is registered",
+        Duration::from_secs(60),
+        || {
+            let kb = cluster
+                .object("iafactory.dz", "knowledgebases", ns, "defaults")
+                .ok_or("no kb")?;
+            match condition(&kb, "Ready") {
+                Some((s, r, _)) if s == "True" && r == "Registered" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let stored: Value =
+        sqlx::query_scalar("SELECT embedding FROM knowledge_bases WHERE name = 'defaults'")
+            .fetch_one(&sqlx::PgPool::connect(&database_url).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        json!({"provider": "ollama", "model": "nomic-embed-text", "dimensions": 768})
+    );
 
     // Deleting the resource unregisters it (the finalizer), then it goes.
     cluster

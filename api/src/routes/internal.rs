@@ -1,13 +1,16 @@
 //! `/internal/*`: how the operator and the appliance register a tenant's resources.
 //! Authenticated by the per-tenant operator token (`IAF_OPERATOR_TOKEN`), compared in
-//! constant time. The bodies are the resources' specs, exactly as in the manifests.
+//! constant time. The bodies are the resources' plans (`iafactory_crds::plan`), as the
+//! drivers computed them with the platform configuration: a KnowledgeBase without an
+//! embedding arrives with the platform's `api.default_embedding`, not the API's own.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use garde::Validate;
-use iafactory_crds::tenant_api::{KnowledgeBaseRegistration, SourceRecord};
+use iafactory_crds::plan::WorkflowPlan;
+use iafactory_crds::tenant_api::{KnowledgeBaseRegistration, SourceRecord, TenantUpsert};
 use iafactory_crds::workflow::WorkflowSpec;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -52,16 +55,6 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TenantUpsert {
-    pub name: String,
-    /// `free`, `pro` or `enterprise`.
-    pub plan: String,
-    /// Suspended tenants cannot log in or use keys.
-    #[serde(default)]
-    pub suspended: bool,
-}
-
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TenantRecord {
     pub id: Uuid,
@@ -87,6 +80,28 @@ fn invalid(report: garde::Report) -> ApiError {
     ApiError::Validation { message, fields }
 }
 
+/// A plan is for the resource its path names: a driver that sends another tenant's
+/// plan, or another resource's, has a bug that must not register anything.
+fn check_plan_names(
+    tenant: (&str, &str, &str),
+    resource: (&str, &str, &str),
+) -> Result<(), ApiError> {
+    for (field, planned, in_path) in [tenant, resource] {
+        if planned != in_path {
+            return Err(ApiError::Validation {
+                message: format!(
+                    "{field}: the plan is for {planned:?}, the path names {in_path:?}"
+                ),
+                fields: vec![FieldProblem {
+                    field: field.to_owned(),
+                    message: format!("the plan is for {planned:?}, the path names {in_path:?}"),
+                }],
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn tenant_id(state: &AppState, slug: &str) -> Result<Uuid, ApiError> {
     sqlx::query_scalar::<_, Option<Uuid>>("SELECT tenant_id_by_slug($1)")
         .bind(slug)
@@ -97,7 +112,7 @@ async fn tenant_id(state: &AppState, slug: &str) -> Result<Uuid, ApiError> {
 
 /// Creates or updates a tenant by slug.
 #[utoipa::path(put, path = "/internal/tenants/{slug}", tag = "internal",
-    params(("slug" = String, Path, description = "the tenant's slug")), request_body = TenantUpsert,
+    params(("slug" = String, Path, description = "the tenant's slug")), request_body = crate::openapi::crd::TenantRegistration,
     responses((status = 200, description = "the tenant")), security(("operator_token" = [])))]
 pub async fn upsert_tenant(
     State(state): State<AppState>,
@@ -107,12 +122,6 @@ pub async fn upsert_tenant(
 ) -> ApiResult<Json<Envelope<TenantRecord>>> {
     if !iafactory_crds::validation::is_dns_label(&slug) {
         return Err(ApiError::validation("slug", "must be a DNS label"));
-    }
-    if !["free", "pro", "enterprise"].contains(&body.plan.as_str()) {
-        return Err(ApiError::validation(
-            "plan",
-            "must be free, pro or enterprise",
-        ));
     }
     let id = match sqlx::query_scalar::<_, Option<Uuid>>("SELECT tenant_id_by_slug($1)")
         .bind(&slug)
@@ -134,7 +143,7 @@ pub async fn upsert_tenant(
     .bind(id)
     .bind(&slug)
     .bind(&body.name)
-    .bind(&body.plan)
+    .bind(body.plan.as_str())
     .bind(if body.suspended { "suspended" } else { "active" })
     .execute(&mut *tx)
     .await?;
@@ -253,6 +262,7 @@ async fn knowledge_base_record(
 /// is the spec, plus `configMaps`: the content of its `configMap` sources, read by the
 /// driver.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/knowledge-bases/{name}", tag = "internal",
+    request_body = crate::openapi::crd::KnowledgeBaseRegistration,
     params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the knowledge base's resource name")),
     responses((status = 200, description = "registered, with its document and chunk counts and each source's documents and last error"), (status = 404, description = "no such tenant"),
               (status = 422, description = "invalid spec, or a generation provider the tenant may not call")), security(("operator_token" = [])))]
@@ -262,18 +272,15 @@ pub async fn upsert_knowledge_base(
     ApiPath((slug, name)): ApiPath<(String, String)>,
     ApiJson(registration): ApiJson<KnowledgeBaseRegistration>,
 ) -> ApiResult<Json<Envelope<KnowledgeBaseRecord>>> {
-    let KnowledgeBaseRegistration { spec, config_maps } = registration;
+    let KnowledgeBaseRegistration { plan, config_maps } = registration;
+    check_plan_names(("tenant", &plan.tenant, &slug), ("name", &plan.name, &name))?;
+    let spec = plan.resolved_spec();
     spec.validate().map_err(invalid)?;
     if let Some(generation) = &spec.generation {
         crate::rag::routes::check_generation(&state.rag.providers, generation)?;
     }
     let tenant_id = tenant_id(&state, &slug).await?;
-    // Without an embedding, the platform default: the model inside the API image.
-    let embedding = spec.embedding.clone().unwrap_or_else(|| {
-        iafactory_crds::PlatformConfig::default()
-            .api
-            .default_embedding
-    });
+    let embedding = &plan.embedding;
     let mut tx = tenant_tx(&state.db, tenant_id).await?;
     sqlx::query(
         "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, vector_store, generation, managed_by)
@@ -290,7 +297,7 @@ pub async fn upsert_knowledge_base(
     .bind(&name)
     .bind(&spec.description)
     .bind(spec.languages.iter().map(|l| l.code()).collect::<Vec<_>>())
-    .bind(serde_json::to_value(&embedding).map_err(|e| ApiError::internal("encoding a spec", e))?)
+    .bind(serde_json::to_value(embedding).map_err(|e| ApiError::internal("encoding a spec", e))?)
     .bind(serde_json::to_value(&spec.chunking).map_err(|e| ApiError::internal("encoding a spec", e))?)
     .bind(serde_json::to_value(spec.vector_store).map_err(|e| ApiError::internal("encoding a spec", e))?.as_str().unwrap_or("inherit"))
     .bind(spec.generation.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding a spec", e))?)
@@ -400,6 +407,7 @@ pub fn validate_workflow(spec: &WorkflowSpec) -> Result<(), ApiError> {
 
 /// Registers a `Workflow` resource: creates or updates it by name.
 #[utoipa::path(put, path = "/internal/tenants/{slug}/workflows/{name}", tag = "internal",
+    request_body = crate::openapi::crd::WorkflowRegistration,
     params(("slug" = String, Path, description = "the tenant's slug"), ("name" = String, Path, description = "the workflow's resource name")),
     responses((status = 200, description = "registered"), (status = 422, description = "invalid graph, naming the agent")),
     security(("operator_token" = [])))]
@@ -407,8 +415,10 @@ pub async fn upsert_workflow(
     State(state): State<AppState>,
     _: Operator,
     ApiPath((slug, name)): ApiPath<(String, String)>,
-    ApiJson(spec): ApiJson<WorkflowSpec>,
+    ApiJson(plan): ApiJson<WorkflowPlan>,
 ) -> ApiResult<Json<Envelope<WorkflowRecord>>> {
+    check_plan_names(("tenant", &plan.tenant, &slug), ("name", &plan.name, &name))?;
+    let spec = plan.resolved_spec();
     validate_workflow(&spec)?;
     let tenant_id = tenant_id(&state, &slug).await?;
     let definition =

@@ -298,3 +298,59 @@ impl Reply {
         self.body["error"]["code"].as_str().unwrap_or_default()
     }
 }
+
+/// The body a driver sends to register a knowledge base: the plan of `spec` (the
+/// manifest's spec as JSON, plus an optional `configMaps` list) under the default
+/// platform configuration. Built directly rather than through
+/// `plan::plan_knowledge_base`, so a test can send a spec the driver would refuse and
+/// see the API refuse it too.
+pub fn kb_registration(tenant: &str, name: &str, spec: Value) -> Value {
+    use iafactory_crds::plan::KnowledgeBasePlan;
+    use iafactory_crds::tenant_api::KnowledgeBaseRegistration;
+    let mut spec = spec;
+    let config_maps = spec
+        .as_object_mut()
+        .and_then(|s| s.remove("configMaps"))
+        .map(|c| serde_json::from_value(c).expect("configMaps as the drivers send them"))
+        .unwrap_or_default();
+    let spec: iafactory_crds::KnowledgeBaseSpec =
+        serde_json::from_value(spec).expect("a KnowledgeBase spec");
+    let registration = KnowledgeBaseRegistration {
+        plan: KnowledgeBasePlan {
+            tenant: tenant.to_owned(),
+            namespace: format!("iaf-{tenant}"),
+            name: name.to_owned(),
+            description: spec.description,
+            languages: spec.languages,
+            embedding: spec.embedding.unwrap_or_else(|| {
+                iafactory_crds::PlatformConfig::default()
+                    .api
+                    .default_embedding
+            }),
+            chunking: spec.chunking,
+            generation: spec.generation,
+            vector_store: spec.vector_store,
+            sources: spec.sources,
+        },
+        config_maps,
+    };
+    serde_json::to_value(registration).unwrap()
+}
+
+/// The body a driver sends to register a workflow: the plan of `spec` (the manifest's
+/// spec as JSON). The waves are left empty: the API checks the graph itself.
+pub fn workflow_registration(tenant: &str, name: &str, spec: Value) -> Value {
+    let spec: iafactory_crds::WorkflowSpec = serde_json::from_value(spec).expect("a Workflow spec");
+    let plan = iafactory_crds::plan::WorkflowPlan {
+        tenant: tenant.to_owned(),
+        namespace: format!("iaf-{tenant}"),
+        name: name.to_owned(),
+        description: spec.description,
+        agents: spec.agents,
+        waves: Vec::new(),
+        schedule: spec.trigger.and_then(|t| t.schedule),
+        timezone: "Africa/Algiers".to_owned(),
+        timeout_seconds: spec.timeout_seconds,
+    };
+    serde_json::to_value(plan).unwrap()
+}

@@ -167,24 +167,27 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         )
         .await;
     };
-    let checked = iafactory_crds::plan::plan_knowledge_base(kb, &ctx.config)
+    let planned = iafactory_crds::plan::plan_knowledge_base(kb, &ctx.config)
         .map_err(|e| e.to_string())
-        .and_then(|_| crate::admission::check_knowledge_base(kb, &tenant));
-    if let Err(message) = checked {
-        return wait(
-            ctx,
-            kb,
-            &previous,
-            invalid_conditions(
-                "InvalidSpec",
-                &message,
-                &previous.conditions,
-                generation,
-                &now(),
-            ),
-        )
-        .await;
-    }
+        .and_then(|plan| crate::admission::check_knowledge_base(kb, &tenant).map(|()| plan));
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(message) => {
+            return wait(
+                ctx,
+                kb,
+                &previous,
+                invalid_conditions(
+                    "InvalidSpec",
+                    &message,
+                    &previous.conditions,
+                    generation,
+                    &now(),
+                ),
+            )
+            .await;
+        }
+    };
     if !tenant
         .status
         .as_ref()
@@ -202,7 +205,7 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     let tenant_name = tenant.name_any();
     let token = operator_token(ctx, &namespace).await?;
     let registration = KnowledgeBaseRegistration {
-        spec: kb.spec.clone(),
+        plan,
         config_maps: read_config_maps(ctx, &namespace, &kb.spec).await,
     };
     let registered = async {

@@ -55,16 +55,19 @@ async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
     let generation = workflow.metadata.generation;
     let namespace = workflow.namespace().unwrap_or_default();
     let name = workflow.name_any();
-    if let Err(error) = iafactory_crds::plan::plan_workflow(workflow, &ctx.config) {
-        let conditions = invalid_conditions(
-            "InvalidSpec",
-            &error.to_string(),
-            &previous.conditions,
-            generation,
-            &now(),
-        );
-        return wait(ctx, workflow, &previous, conditions, Some(false)).await;
-    }
+    let plan = match iafactory_crds::plan::plan_workflow(workflow, &ctx.config) {
+        Ok(plan) => plan,
+        Err(error) => {
+            let conditions = invalid_conditions(
+                "InvalidSpec",
+                &error.to_string(),
+                &previous.conditions,
+                generation,
+                &now(),
+            );
+            return wait(ctx, workflow, &previous, conditions, Some(false)).await;
+        }
+    };
     let Some(tenant) = owning_tenant(ctx, &namespace) else {
         let message =
             format!("no Tenant owns namespace {namespace}: Workflows live in iaf-<tenant>");
@@ -116,7 +119,7 @@ async fn apply(workflow: &Workflow, ctx: &Context) -> Result<Action> {
             .upsert_tenant(&tenant_name, &tenant.spec, &token)
             .await?;
         ctx.tenant_api
-            .upsert_workflow(&tenant_name, &name, &workflow.spec, &token)
+            .upsert_workflow(&tenant_name, &name, &plan, &token)
             .await
     }
     .await;
