@@ -40,6 +40,8 @@ pub enum AppError {
     Monitoring(#[from] MonitoringError),
     #[error("{}\nnothing was applied; fix the manifests and run `iafactory apply` again", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Manifests(Vec<ManifestError>),
+    #[error("{}\nnothing was applied", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    IngressHosts(Vec<crate::gateway::HostConflict>),
     #[error(
         "{at}: {kind} {name:?} is in namespace {namespace:?}, which is no tenant's: use iafactory-style namespaces, iaf-<tenant>; nothing was applied"
     )]
@@ -214,6 +216,31 @@ impl App {
         Ok(missing)
     }
 
+    /// Each tenant's own host (`spec.ingress.host`), which the gateway serves beside
+    /// `<tenant>.<domain>`, must be outside the domain and no other tenant's: checked
+    /// over the stored tenants with `applied` in place of their stored versions.
+    fn check_ingress_hosts(&self, applied: &BTreeMap<String, Tenant>) -> Result<(), AppError> {
+        let stored = self.store.tenants()?;
+        let tenants = stored
+            .iter()
+            .filter(|t| !applied.contains_key(t.metadata.name.as_deref().unwrap_or_default()))
+            .chain(applied.values());
+        let (_, conflicts) = crate::gateway::ingress_aliases(
+            &self.config.platform.domain,
+            tenants.filter_map(|t| {
+                Some((
+                    t.metadata.name.as_deref()?,
+                    t.spec.ingress.as_ref()?.host.as_str(),
+                ))
+            }),
+        );
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::IngressHosts(conflicts))
+        }
+    }
+
     /// Validates and plans every manifest in `files`, then stores them: all or
     /// nothing. KnowledgeBases and Workflows belong to the tenant of their namespace
     /// (`iaf-<tenant>`, as under the operator), stored already or applied with them,
@@ -245,6 +272,7 @@ impl App {
                 Manifest::Workflow(workflow) => workflows.push((at, *workflow)),
             }
         }
+        self.check_ingress_hosts(&tenants)?;
         // The tenant a KnowledgeBase or Workflow names: applied now, or stored.
         let tenant_of = |at: &str, kind, name: &str, namespace: Option<&str>| {
             let namespace = namespace.unwrap_or_default();

@@ -26,6 +26,7 @@ use crate::certs::{
 use crate::egress::Egress;
 use crate::gateway::{
     Gateway, GatewayError, GatewaySettings, ROUTE_REFRESH, RouteTable, SharedRoutes, Upstream,
+    ingress_aliases,
 };
 use crate::metrics::Snapshot;
 use crate::settings::{CertificateChoice, SettingsError};
@@ -113,8 +114,10 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
     }
     let desired = app.desired().unwrap_or_default();
     let networks = App::api_networks(&desired);
+    let aliases = Arc::new(Mutex::new(tenant_aliases(&app)));
     let routes = SharedRoutes::new(route_table(
         &domain(&app),
+        &current(&aliases),
         &app.api_replicas(&networks).await,
     ));
     let api_networks = Arc::new(Mutex::new(networks));
@@ -163,12 +166,14 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
         served.clone(),
         routes.clone(),
         api_networks.clone(),
+        aliases.clone(),
     ));
     let reconciler = tokio::spawn(reconcile_forever(
         served,
         local,
         Refresh {
             api_networks,
+            aliases,
             routes,
             manager,
             hosts,
@@ -233,8 +238,11 @@ fn cert_settings(app: &App) -> Result<CertSettings, SettingsError> {
     })
 }
 
-fn current(hosts: &Hosts) -> Vec<String> {
-    hosts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+fn current<T: Clone>(shared: &Mutex<T>) -> T {
+    shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 fn domain(app: &App) -> String {
@@ -245,8 +253,8 @@ fn domain(app: &App) -> String {
         .to_ascii_lowercase()
 }
 
-/// `<tenant>.<domain>` for every stored tenant, running or not: a tenant's certificate
-/// is ready before its API is.
+/// `<tenant>.<domain>` for every stored tenant, running or not, and each one's own
+/// `spec.ingress.host`: a tenant's certificates are ready before its API is.
 fn tenant_hosts(app: &App) -> Vec<String> {
     let domain = domain(app);
     let tenants = match app.store.tenants() {
@@ -260,9 +268,36 @@ fn tenant_hosts(app: &App) -> Vec<String> {
         .iter()
         .filter_map(|t| t.metadata.name.as_deref())
         .map(|name| format!("{}.{domain}", name.to_ascii_lowercase()))
+        .chain(tenant_aliases(app).into_keys())
         .collect();
     hosts.sort();
     hosts
+}
+
+/// Each stored tenant's own host (`spec.ingress.host`) → the tenant. `apply` refuses a
+/// conflicting one; a store edited by hand can still hold one, which is logged and not
+/// served.
+fn tenant_aliases(app: &App) -> BTreeMap<String, String> {
+    let tenants = match app.store.tenants() {
+        Ok(tenants) => tenants,
+        Err(error) => {
+            tracing::error!("cannot read the stored tenants for their hosts: {error}");
+            return BTreeMap::new();
+        }
+    };
+    let (aliases, conflicts) = ingress_aliases(
+        &domain(app),
+        tenants.iter().filter_map(|t| {
+            Some((
+                t.metadata.name.as_deref()?,
+                t.spec.ingress.as_ref()?.host.as_str(),
+            ))
+        }),
+    );
+    for conflict in conflicts {
+        tracing::error!("{conflict}");
+    }
+    aliases
 }
 
 /// Every healthy API replica of each tenant, by its address on the tenant's internal
@@ -271,8 +306,12 @@ fn tenant_hosts(app: &App) -> Vec<String> {
 /// but whose healthcheck fails (or has not passed yet) is left out; a tenant with no
 /// healthy replica gets 404 from the gateway until one is. A draining replica (being
 /// replaced) gets no new request; the ones it holds finish before it is stopped.
-fn route_table(domain: &str, apis: &BTreeMap<String, Vec<ApiReplica>>) -> RouteTable {
-    let mut table = RouteTable::new(domain);
+fn route_table(
+    domain: &str,
+    aliases: &BTreeMap<String, String>,
+    apis: &BTreeMap<String, Vec<ApiReplica>>,
+) -> RouteTable {
+    let mut table = RouteTable::new(domain).with_aliases(aliases.clone());
     for (tenant, replicas) in apis {
         for replica in replicas.iter().filter(|r| r.healthy && !r.draining) {
             match Upstream::http(&replica.address) {
@@ -301,15 +340,17 @@ async fn refresh_routes_forever(
     served: Arc<Served>,
     routes: SharedRoutes,
     api_networks: Arc<Mutex<BTreeMap<String, String>>>,
+    aliases: Arc<Mutex<BTreeMap<String, String>>>,
 ) {
     let app = &served.app;
     loop {
         tokio::time::sleep(ROUTE_REFRESH).await;
-        let networks = api_networks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let table = route_table(&domain(app), &app.api_replicas(&networks).await);
+        let networks = current(&api_networks);
+        let table = route_table(
+            &domain(app),
+            &current(&aliases),
+            &app.api_replicas(&networks).await,
+        );
         if *routes.current() != table {
             tracing::debug!(hosts = ?table.hostnames(), "the gateway's routes changed");
             routes.replace(table);
@@ -321,6 +362,8 @@ async fn refresh_routes_forever(
 struct Refresh {
     /// Each tenant's network, for [`refresh_routes_forever`].
     api_networks: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Each tenant's own host, for [`refresh_routes_forever`].
+    aliases: Arc<Mutex<BTreeMap<String, String>>>,
     routes: SharedRoutes,
     manager: Arc<CertManager>,
     hosts: Hosts,
@@ -329,7 +372,10 @@ struct Refresh {
 
 impl Refresh {
     async fn after_reconcile(&self, app: &App, apis: &BTreeMap<String, Vec<ApiReplica>>) {
-        self.routes.replace(route_table(&domain(app), apis));
+        let aliases = tenant_aliases(app);
+        self.routes
+            .replace(route_table(&domain(app), &aliases, apis));
+        *self.aliases.lock().unwrap_or_else(PoisonError::into_inner) = aliases;
         self.egress.refresh(app).await;
         let hosts = tenant_hosts(app);
         let changed = {
@@ -482,7 +528,7 @@ mod tests {
             ("beta".to_owned(), vec![replica("172.19.0.3:8180", false)]),
             ("gamma".to_owned(), vec![]),
         ]);
-        let table = route_table("Example.DZ", &apis);
+        let table = route_table("Example.DZ", &BTreeMap::new(), &apis);
         let (_, replicas) = table.route("alpha.example.dz").unwrap();
         let routed: Vec<String> = replicas.iter().map(ToString::to_string).collect();
         assert_eq!(routed, ["172.18.0.3:8180", "172.18.0.5:8180"]);

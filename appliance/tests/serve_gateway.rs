@@ -1,6 +1,6 @@
 //! `iafactory serve` runs the gateway: with the local CA on free ports, HTTPS for
-//! `<tenant>.<domain>` reaches that tenant's API container (on its internal network)
-//! and no other, the certificate expiry gauge is on serve's /metrics, and SIGTERM
+//! `<tenant>.<domain>`, and for a tenant's own `ingress.host`, reaches that tenant's API
+//! container (on its internal network) and no other, the certificate expiry gauge is on serve's /metrics, and SIGTERM
 //! stops the daemon cleanly.
 
 mod support;
@@ -17,17 +17,20 @@ const DOMAIN: &str = "gw.test";
 /// Trusts only the appliance's local CA, and connects every tenant host to the
 /// gateway's port on 127.0.0.1 (SNI and Host stay the tenant's name).
 fn https_client(ca_pem: &[u8], tenants: &[&str], https_port: u16) -> reqwest::Client {
+    let hosts: Vec<String> = tenants.iter().map(|t| format!("{t}.{DOMAIN}")).collect();
+    https_client_for(ca_pem, &hosts, https_port)
+}
+
+/// As [`https_client`], for host names given whole.
+fn https_client_for(ca_pem: &[u8], hosts: &[String], https_port: u16) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30));
-    for tenant in tenants {
-        builder = builder.resolve(
-            &format!("{tenant}.{DOMAIN}"),
-            ([127, 0, 0, 1], https_port).into(),
-        );
+    for host in hosts {
+        builder = builder.resolve(host, ([127, 0, 0, 1], https_port).into());
     }
     builder.build().unwrap()
 }
@@ -51,10 +54,39 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
 
     let suffix = random_suffix();
     let (alpha, beta) = (format!("ga{suffix}"), format!("gb{suffix}"));
-    for tenant in [&alpha, &beta] {
-        let file = box_.tenant_file(tenant, "");
+    // Beta has a host of its own, outside the appliance's domain.
+    let beta_host = format!("rag-{suffix}.univ.example");
+    for (tenant, extra) in [
+        (&alpha, String::new()),
+        (&beta, format!("  ingress: {{host: {beta_host}}}\n")),
+    ] {
+        let file = box_.tenant_file(tenant, &extra);
         let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
         assert!(output.status.success(), "{}", stderr(&output));
+        assert!(
+            !stderr(&output).contains("ingress.host"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    // Another tenant cannot take that host, nor a name under the domain.
+    for (host, named) in [
+        (beta_host.clone(), beta.clone()),
+        (format!("{alpha}.{DOMAIN}"), DOMAIN.to_owned()),
+    ] {
+        let file = box_.tenant_file(
+            &format!("gc{suffix}"),
+            &format!("  ingress: {{host: {host}}}\n"),
+        );
+        let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{host} was accepted");
+        assert!(
+            message.contains(&host)
+                && message.contains(&named)
+                && message.contains("nothing was applied"),
+            "{message}"
+        );
     }
     let (mut daemon, log) = box_.spawn_serve_logged();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -93,6 +125,18 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
         assert_eq!(body.trim(), format!("tenant={tenant}"), "{}", log_text());
     }
 
+    // Beta's own host reaches beta's API, with a certificate for that host.
+    let own_host = https_client_for(&ca_pem, std::slice::from_ref(&beta_host), https_port);
+    let body = own_host
+        .get(format!("https://{beta_host}:{https_port}/"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{beta_host}: {e}\n{}", log_text()))
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), format!("tenant={beta}"), "{}", log_text());
+
     // A connection opened for alpha cannot carry a request for beta's host.
     let misdirected = client
         .get(url(&alpha))
@@ -127,6 +171,9 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
         ),
         format!(
             "iafactory_appliance_certificate_expiry_timestamp_seconds{{domain=\"{beta}.{DOMAIN}\"}}"
+        ),
+        format!(
+            "iafactory_appliance_certificate_expiry_timestamp_seconds{{domain=\"{beta_host}\"}}"
         ),
         format!("iafactory_appliance_gateway_requests_total{{tenant=\"{alpha}\",code=\"200\"}}"),
         format!("iafactory_appliance_container_running{{tenant=\"{alpha}\",component=\"api\""),

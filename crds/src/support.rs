@@ -207,8 +207,8 @@ pub static TENANT_FIELDS: &[FieldSupport] = &[
     FieldSupport {
         path: "spec.ingress.host",
         kubernetes: Support::Honoured("an Ingress rule for the host"),
-        appliance: Support::Warned(
-            "the gateway serves the tenant at `<tenant>.<domain>` only (the platform's `domain`); this host is not routed",
+        appliance: Support::Honoured(
+            "the gateway serves the tenant at this host as well as at `<tenant>.<domain>`, with a certificate from `[appliance.gateway] certificates`; `apply` refuses a host under the domain or another tenant's",
         ),
         set: |s| s.ingress.is_some(),
     },
@@ -424,7 +424,6 @@ mod tests {
                 "spec.components.ollama.gpu",
                 "spec.components.ollama.models",
                 "spec.components.ollama.storage",
-                "spec.ingress.host",
                 "spec.ingress.tls",
             ]
         );

@@ -81,7 +81,7 @@ use crate::certs::{CertResolver, ChallengeStore};
 pub use conn::ConnMetrics;
 pub use proxy::GatewayMetrics;
 pub(crate) use proxy::plain;
-pub use routes::{RouteMiss, RouteTable, SharedRoutes, Upstream};
+pub use routes::{HostConflict, RouteMiss, RouteTable, SharedRoutes, Upstream, ingress_aliases};
 
 /// How often `iafactory serve` re-reads the API replicas into the gateway's routes: a
 /// replica that became healthy, or started draining, is seen within this time.

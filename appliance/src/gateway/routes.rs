@@ -1,6 +1,7 @@
-//! Which replicas a request may go to: a pure lookup of `<tenant>.<domain>` in the route
-//! table, which the caller replaces whenever the tenants or their replicas change
-//! (`iafactory serve` rebuilds it from each observation of the API containers).
+//! Which replicas a request may go to: a pure lookup of `<tenant>.<domain>`, or of a
+//! tenant's own `spec.ingress.host`, in the route table, which the caller replaces
+//! whenever the tenants or their replicas change (`iafactory serve` rebuilds it from
+//! each observation of the API containers).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -64,11 +65,82 @@ impl std::fmt::Display for RouteMiss {
     }
 }
 
-/// `<tenant>.<domain>` → the tenant's API replicas that may take new requests.
+/// Why a tenant's `spec.ingress.host` is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostConflict {
+    /// Every name under the domain is `<tenant>.<domain>`: another tenant's name there
+    /// would take that tenant's traffic.
+    #[error(
+        "tenant {tenant:?}: ingress.host {host:?} is under the appliance's domain {domain:?}, whose names are <tenant>.{domain}; use {tenant}.{domain} (always served) or a host outside it"
+    )]
+    UnderDomain {
+        tenant: String,
+        host: String,
+        domain: String,
+    },
+    #[error(
+        "ingress.host {host:?} is set by tenants {first:?} and {second:?}; a host serves one tenant, so neither is served at it"
+    )]
+    Taken {
+        host: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// The hosts served beside `<tenant>.<domain>`: each tenant's `spec.ingress.host`
+/// (`declared`: tenant, host), normalised. A tenant's own `<tenant>.<domain>` needs no
+/// alias; a host under the domain, or one two tenants set, is a conflict and is not
+/// served.
+pub fn ingress_aliases<'a>(
+    domain: &str,
+    declared: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (BTreeMap<String, String>, Vec<HostConflict>) {
+    let domain = normalise_host(domain);
+    let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (tenant, host) in declared {
+        let (tenant, host) = (tenant.to_ascii_lowercase(), normalise_host(host));
+        if host == format!("{tenant}.{domain}") {
+            continue;
+        }
+        if host == domain || host.ends_with(&format!(".{domain}")) {
+            conflicts.push(HostConflict::UnderDomain {
+                tenant,
+                host,
+                domain: domain.clone(),
+            });
+            continue;
+        }
+        claims.entry(host).or_default().push(tenant);
+    }
+    let mut aliases = BTreeMap::new();
+    for (host, mut tenants) in claims {
+        tenants.sort();
+        tenants.dedup();
+        match tenants.as_slice() {
+            [tenant] => {
+                aliases.insert(host, tenant.clone());
+            }
+            [first, second, ..] => conflicts.push(HostConflict::Taken {
+                host,
+                first: first.clone(),
+                second: second.clone(),
+            }),
+            [] => {}
+        }
+    }
+    (aliases, conflicts)
+}
+
+/// `<tenant>.<domain>`, and each tenant's own host (`spec.ingress.host`) → the tenant's
+/// API replicas that may take new requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
     domain: String,
     tenants: BTreeMap<String, Vec<Upstream>>,
+    /// A host outside the domain → its tenant ([`ingress_aliases`]).
+    aliases: BTreeMap<String, String>,
 }
 
 impl RouteTable {
@@ -76,7 +148,15 @@ impl RouteTable {
         Self {
             domain: normalise_host(domain),
             tenants: BTreeMap::new(),
+            aliases: BTreeMap::new(),
         }
+    }
+
+    /// Serves `tenant` at `host` too (a host outside the domain: see
+    /// [`ingress_aliases`], which checks that).
+    pub fn with_aliases(mut self, aliases: BTreeMap<String, String>) -> Self {
+        self.aliases = aliases;
+        self
     }
 
     /// Adds `upstream` to the tenant's replicas (a tenant named twice has two).
@@ -97,22 +177,33 @@ impl RouteTable {
         &self.domain
     }
 
-    /// Every served host name, `<tenant>.<domain>`: the names that need certificates.
+    /// Every served host name, `<tenant>.<domain>` and the tenants' own hosts.
     pub fn hostnames(&self) -> Vec<String> {
-        self.tenants
+        let mut names: Vec<String> = self
+            .tenants
             .keys()
             .map(|tenant| format!("{tenant}.{}", self.domain))
-            .collect()
+            .chain(
+                self.aliases
+                    .iter()
+                    .filter(|(_, tenant)| self.tenants.contains_key(*tenant))
+                    .map(|(host, _)| host.clone()),
+            )
+            .collect();
+        names.sort();
+        names
     }
 
     /// The tenant and its replicas (never empty) for a Host header or SNI value (port and
     /// case ignored).
     pub fn route(&self, host: &str) -> Result<(&str, &[Upstream]), RouteMiss> {
         let host = normalise_host(host);
-        let tenant = host
+        let in_domain = host
             .strip_suffix(&self.domain)
             .and_then(|rest| rest.strip_suffix('.'))
-            .filter(|tenant| !tenant.is_empty() && !tenant.contains('.'))
+            .filter(|tenant| !tenant.is_empty() && !tenant.contains('.'));
+        let tenant = in_domain
+            .or_else(|| self.aliases.get(&host).map(String::as_str))
             .ok_or_else(|| RouteMiss::ForeignHost {
                 host: host.clone(),
                 domain: self.domain.clone(),
@@ -225,6 +316,56 @@ mod tests {
                 "{foreign} routed"
             );
         }
+    }
+
+    #[test]
+    fn a_tenant_is_served_at_its_own_host_too() {
+        let (aliases, conflicts) = ingress_aliases(
+            "example.dz",
+            [
+                ("beta", "RAG.Univ.DZ."),
+                ("alpha", "alpha.example.dz"),
+                ("gamma", "beta.example.dz"),
+                ("delta", "shared.dz"),
+                ("epsilon", "shared.dz"),
+            ],
+        );
+        assert_eq!(
+            aliases,
+            BTreeMap::from([("rag.univ.dz".to_owned(), "beta".to_owned())])
+        );
+        assert_eq!(
+            conflicts,
+            [
+                HostConflict::UnderDomain {
+                    tenant: "gamma".into(),
+                    host: "beta.example.dz".into(),
+                    domain: "example.dz".into(),
+                },
+                HostConflict::Taken {
+                    host: "shared.dz".into(),
+                    first: "delta".into(),
+                    second: "epsilon".into(),
+                },
+            ]
+        );
+        let table = table().with_aliases(aliases);
+        let (tenant, _) = table.route("rag.univ.dz:443").unwrap();
+        assert_eq!(tenant, "beta");
+        assert_eq!(
+            table.hostnames(),
+            ["alpha.example.dz", "beta.example.dz", "rag.univ.dz"]
+        );
+        assert!(matches!(
+            table.route("x.rag.univ.dz"),
+            Err(RouteMiss::ForeignHost { .. })
+        ));
+        // A host under the domain always goes by its name, whatever the aliases say.
+        let hijack = table.clone().with_aliases(BTreeMap::from([(
+            "alpha.example.dz".to_owned(),
+            "beta".to_owned(),
+        )]));
+        assert_eq!(hijack.route("alpha.example.dz").unwrap().0, "alpha");
     }
 
     #[test]
