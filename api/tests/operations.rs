@@ -256,6 +256,25 @@ async fn internal_endpoints_need_the_operator_token_and_validate_specs() {
         "{}",
         cycle.body
     );
+    // Fields are named as in the manifest, not in Rust's spelling.
+    let too_short = app
+        .request(
+            Method::PUT,
+            "/internal/tenants/univ-oran/workflows/w",
+            operator,
+            Some(common::workflow_registration(
+                "univ-oran",
+                "w",
+                json!({"agents": [agent("a", &[], "x")], "timeoutSeconds": 5}),
+            )),
+        )
+        .await;
+    assert_eq!(too_short.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        too_short.body["error"]["fields"][0]["field"], "timeoutSeconds",
+        "{}",
+        too_short.body
+    );
     let not_ancestor = app
         .request(
             Method::PUT,

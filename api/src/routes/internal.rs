@@ -64,11 +64,13 @@ pub struct TenantRecord {
     pub status: String,
 }
 
+/// A spec's refusal, each field named as in the manifest (`chunking.size`,
+/// `llmProviders[0].baseUrl`), not in Rust's spelling.
 fn invalid(report: garde::Report) -> ApiError {
     let fields: Vec<FieldProblem> = report
         .iter()
         .map(|(path, error)| FieldProblem {
-            field: path.to_string(),
+            field: iafactory_crds::validation::manifest_spelling(&path.to_string()),
             message: error.to_string(),
         })
         .collect();
@@ -134,7 +136,7 @@ pub async fn upsert_tenant(
     let mut tx = tenant_tx(&state.db, id).await?;
     // The operator and the appliance send every tenant at every reconcile: a row is
     // rewritten (and its updated_at moved) only when something in it changed.
-    sqlx::query(
+    let written = sqlx::query(
         "INSERT INTO tenants (id, slug, name, plan, status) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan, status = EXCLUDED.status,
              updated_at = now()
@@ -147,12 +149,17 @@ pub async fn upsert_tenant(
     .bind(if body.suspended { "suspended" } else { "active" })
     .execute(&mut *tx)
     .await?;
+    let changed = written.rows_affected() > 0;
     let record: TenantRecord =
         sqlx::query_as("SELECT id, slug, name, plan, status FROM tenants WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
     tx.commit().await?;
+    if changed && body.suspended {
+        // This replica's sessions stop at once; the others' within their cache's TTL.
+        state.sessions.clear().await;
+    }
     Ok(ok(record))
 }
 
