@@ -80,14 +80,14 @@ checks=not_a_server_error,status_code_conformance,content_type_conformance,respo
 fuzz() {
     local name="$1" seconds="$2" bearer="$3"; shift 3
     local started=$SECONDS status=0
+    # One worker: with more, CPython 3.11.7's ast.parse, which Hypothesis calls from
+    # several threads, fails now and then ("AST constructor recursion depth mismatch").
     # From $work: Schemathesis keeps its example cache in ./.schemathesis.
     (cd "$work" && "$IAF_TEST_SCHEMATHESIS" run "$work/openapi.json" --url "$base" \
         --header "Authorization: Bearer $bearer" \
         --checks "$checks" \
         --phases examples,coverage,fuzzing,stateful \
         --seed "$SEED" --max-time "$seconds" \
-        `# One worker: with more, CPython 3.11.7's ast.parse, which Hypothesis calls from` \
-        `# several threads, fails now and then (AST constructor recursion depth mismatch).` \
         --workers 1 \
         --request-timeout 20 --no-color \
         --suppress-health-check all \

@@ -115,7 +115,7 @@ pub struct SearchResult {
 #[serde(deny_unknown_fields)]
 pub struct SearchFilters {
     /// Only passages in this language (`ar`, `fr`, `en`).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::crd::Language>)]
     pub language: Option<Language>,
     /// Only these documents.
     pub document_ids: Option<Vec<Uuid>>,
