@@ -26,6 +26,14 @@ use crate::registrations::RegistrationStatus;
 use crate::settings::Config;
 use crate::store::{RegisteredKind, Store, StoreError};
 
+/// The stored tenants' desired states ([`App::desired_each`]).
+#[derive(Debug, Default)]
+pub struct DesiredTenants {
+    pub states: Vec<TenantState>,
+    /// The tenants whose state cannot be worked out, with why; left as they are.
+    pub held: Vec<(String, AppError)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -42,6 +50,8 @@ pub enum AppError {
     Manifests(Vec<ManifestError>),
     #[error("{}\nnothing was applied", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     IngressHosts(Vec<crate::gateway::HostConflict>),
+    #[error("{}\nthe other tenants were converged", .0.iter().map(|(tenant, error)| format!("tenant {tenant} was left as it is: {error}")).collect::<Vec<_>>().join("\n"))]
+    TenantsHeld(Vec<(String, AppError)>),
     #[error(
         "{at}: {kind} {name:?} is in namespace {namespace:?}, which is no tenant's: use iafactory-style namespaces, iaf-<tenant>; nothing was applied"
     )]
@@ -191,16 +201,31 @@ impl App {
 
     /// The desired state of every stored tenant (secrets generated on first use).
     pub fn desired(&self) -> Result<Vec<TenantState>, AppError> {
+        let DesiredTenants { states, mut held } = self.desired_each()?;
+        match held.pop() {
+            None => Ok(states),
+            Some((_, error)) => Err(error),
+        }
+    }
+
+    /// The desired state of each stored tenant that has one, and, apart, each tenant
+    /// whose state cannot be worked out (a secret not set, a plan the platform
+    /// configuration now refuses) with why: one such tenant must not stop the others.
+    pub fn desired_each(&self) -> Result<DesiredTenants, AppError> {
         let settings = self.render_settings();
-        self.store
-            .tenants()?
-            .iter()
-            .map(|tenant| {
-                let plan = self.plan_stored(tenant)?;
+        let mut states = Vec::new();
+        let mut held = Vec::new();
+        for tenant in self.store.tenants()? {
+            let state = self.plan_stored(&tenant).and_then(|plan| {
                 let secrets = self.store.secrets(&plan)?;
                 Ok(tenant_state(&plan, &secrets, &settings)?)
-            })
-            .collect()
+            });
+            match state {
+                Ok(state) => states.push(state),
+                Err(error) => held.push((tenant.metadata.name.clone().unwrap_or_default(), error)),
+            }
+        }
+        Ok(DesiredTenants { states, held })
     }
 
     /// The secrets stored tenants refer to (providers' API keys) that nobody set yet
@@ -424,12 +449,26 @@ impl App {
             Ok(lock) => lock,
             Err(e) => return (report, Err(e.into())),
         };
-        let result = match self.desired() {
-            Ok(desired) => self
-                .converger(progress)
-                .converge_all(&desired, &mut report)
-                .await
-                .map_err(AppError::from),
+        let result = match self.desired_each() {
+            Ok(DesiredTenants {
+                states: desired,
+                held,
+            }) => {
+                let held_names = held.iter().map(|(name, _)| name.clone()).collect();
+                let converged = self
+                    .converger(progress)
+                    .converge_all(&desired, &held_names, &mut report)
+                    .await
+                    .map_err(AppError::from);
+                if held.is_empty() {
+                    converged
+                } else {
+                    for (tenant, error) in &held {
+                        progress(&format!("tenant {tenant}: left as it is: {error}"));
+                    }
+                    converged.and(Err(AppError::TenantsHeld(held)))
+                }
+            }
             Err(e) => Err(e),
         };
         // The shared monitoring stack, whatever became of the tenants.

@@ -112,7 +112,11 @@ pub async fn serve(app: App) -> Result<(), ServeError> {
     for (host, error) in manager.install_stored(&current(&hosts)) {
         tracing::warn!(host, "{error}; a new certificate will be issued");
     }
-    let desired = app.desired().unwrap_or_default();
+    // A tenant held back (a secret not set yet) has no state; the others are routed.
+    let desired = app
+        .desired_each()
+        .map(|desired| desired.states)
+        .unwrap_or_default();
     let networks = App::api_networks(&desired);
     let aliases = Arc::new(Mutex::new(tenant_aliases(&app)));
     let routes = SharedRoutes::new(route_table(
@@ -424,8 +428,10 @@ async fn reconcile_forever(served: Arc<Served>, listen: SocketAddr, refresh: Ref
                 Err(error) => tracing::error!("{error}"),
             }
             crate::registrations::log_outcomes(app.register_all().await);
-            match app.desired() {
-                Ok(desired) => {
+            match app.desired_each() {
+                Ok(crate::app::DesiredTenants {
+                    states: desired, ..
+                }) => {
                     // Looked up once: the gateway's routes and Prometheus's targets
                     // are the same addresses.
                     let networks = App::api_networks(&desired);

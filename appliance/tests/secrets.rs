@@ -1,7 +1,8 @@
 //! `iafactory secret`: the secrets a Tenant's `secretRef`s name, through the real binary
 //! and the real Docker Engine. An open tenant whose provider key nobody set is stored
-//! and named by `apply` (exit 0), refused by `up` with the command to run, and runs with
-//! the key in its API's environment once it is set.
+//! and named by `apply` (exit 0), refused by `up` with the command to run (the other
+//! tenants converge all the same), and runs with the key in its API's environment once
+//! it is set.
 
 mod support;
 
@@ -157,6 +158,30 @@ fn an_open_tenant_waits_for_its_provider_key_and_runs_with_it() {
     let refused = stderr(&output);
     assert!(refused.contains(&format!("`{command}`")), "{refused}");
     assert!(!refused.contains("bug"), "{refused}");
+
+    // The tenant waiting for its key holds back no other: a tenant stored now is
+    // started by the same `up`, which still fails, naming the one it left.
+    let neighbour = format!("n{}", random_suffix());
+    let file = box_.tenant_file(&neighbour, "");
+    let output = box_.iafactory(&["apply", "--no-up", "-f", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let output = box_.iafactory(&["up"]);
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    let refused = stderr(&output);
+    assert!(
+        refused.contains(&format!("tenant {tenant} was left as it is"))
+            && refused.contains(&format!("`{command}`"))
+            && refused.contains("the other tenants were converged"),
+        "{refused}"
+    );
+    assert!(
+        box_.containers()
+            .iter()
+            .any(|c| c.starts_with(&format!("iaf-{neighbour}-api-"))),
+        "{:?}\n{}",
+        box_.containers(),
+        both(&output)
+    );
 
     let value = format!("sk-{}", random_suffix());
     let args: Vec<&str> = command.split_whitespace().skip(1).collect();

@@ -107,9 +107,13 @@ impl Converger<'_> {
     /// any other tenant this appliance owns (their volumes stay). A failing tenant
     /// does not stop the others; all failures are returned together, after `report`
     /// has recorded everything that was changed.
+    /// Converges every tenant of `desired`, and removes what belongs to no tenant of it
+    /// except `held`: stored tenants whose desired state could not be worked out (a
+    /// secret not set yet), whose containers are left as they are.
     pub async fn converge_all(
         &self,
         desired: &[TenantState],
+        held: &BTreeSet<String>,
         report: &mut Report,
     ) -> Result<(), ConvergeError> {
         // The shared stack's containers are no tenant's: `converge_stack` keeps them.
@@ -137,7 +141,11 @@ impl Converger<'_> {
                 failures.push(e);
             }
         }
-        let wanted: BTreeSet<&str> = desired.iter().map(|s| s.tenant.as_str()).collect();
+        let wanted: BTreeSet<&str> = desired
+            .iter()
+            .map(|s| s.tenant.as_str())
+            .chain(held.iter().map(String::as_str))
+            .collect();
         let mut orphan_tenants = BTreeSet::new();
         for orphan in observed
             .iter()
