@@ -1,5 +1,5 @@
-//! Hybrid retrieval: vector similarity and full-text search over the normalised text,
-//! fused with reciprocal rank fusion, optionally reranked.
+//! Hybrid retrieval: vector similarity and BM25 full-text ranking over the normalised
+//! text (pg_textsearch), fused with reciprocal rank fusion, optionally reranked.
 
 use std::collections::HashMap;
 
@@ -66,16 +66,30 @@ pub fn search_text(text: &str) -> String {
     search_tokens(text).join(" ")
 }
 
-/// An OR query of the meaningful words: a question rarely shares all its words with
-/// the passage that answers it. Tokens are alphanumeric only, so the query is safe
-/// to hand to `to_tsquery`.
-pub fn tsquery(query: &str) -> Option<String> {
+/// The meaningful words of a query, normalised as the indexed text is, each once.
+/// BM25 scores a passage by every one of them it holds (an OR query: a question rarely
+/// shares all its words with the passage that answers it), weighing rare words more.
+fn query_terms(query: &str) -> Vec<String> {
     let mut terms: Vec<String> = search_tokens(query)
         .into_iter()
         .filter(|t| !STOPWORDS.contains(&t.as_str()))
         .collect();
     terms.sort();
     terms.dedup();
+    terms
+}
+
+/// The BM25 query handed to `search_chunks_bm25`: the meaningful words, separated by
+/// spaces. Tokens are alphanumeric only, so the function can also build the tsquery
+/// of its exact fallback from them.
+pub fn bm25_terms(query: &str) -> Option<String> {
+    let terms = query_terms(query);
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// An OR tsquery of the meaningful words (the GIN index's syntax).
+pub fn tsquery(query: &str) -> Option<String> {
+    let terms = query_terms(query);
     (!terms.is_empty()).then(|| terms.join(" | "))
 }
 
@@ -158,21 +172,22 @@ pub async fn rank(
         Ok::<_, SearchError>(Some(hits.into_iter().map(|h| h.chunk_id).collect()))
     };
     let by_text = async {
-        let Some(tsquery) = tsquery(query) else {
+        let Some(terms) = bm25_terms(query) else {
             return Ok(None);
         };
         let mut tx = tenant_tx(pool, scope.tenant_id).await?;
-        // Through a function: under RLS the GIN index is unusable (see its migration).
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM search_chunks_text($1, to_tsquery('simple', $2), $3, $4, $5)",
-        )
-        .bind(scope.knowledge_base_id)
-        .bind(&tsquery)
-        .bind(i32::try_from(candidates).unwrap_or(i32::MAX))
-        .bind(filters.document_ids.as_deref())
-        .bind(filters.language.map(|l| l.code()))
-        .fetch_all(&mut *tx)
-        .await?;
+        // BM25 through pg_textsearch's index, in a function: under RLS the index is
+        // unusable, and the function applies the tenant filter itself (see its
+        // migration, 20261207030000_bm25_text_search.sql).
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM search_chunks_bm25($1, $2, $3, $4, $5)")
+                .bind(scope.knowledge_base_id)
+                .bind(&terms)
+                .bind(i32::try_from(candidates).unwrap_or(i32::MAX))
+                .bind(filters.document_ids.as_deref())
+                .bind(filters.language.map(|l| l.code()))
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok::<_, SearchError>(Some(ids))
     };
@@ -273,6 +288,11 @@ mod tests {
             "تسجيل | ماستر | يبدا"
         );
         assert_eq!(tsquery("the of and"), None);
+        assert_eq!(
+            bm25_terms("Quand a lieu la session de rattrapage ?").unwrap(),
+            "lieu rattrapage session"
+        );
+        assert_eq!(bm25_terms("the of and"), None);
         assert_eq!(
             tsquery("'; DROP TABLE chunks; --").unwrap(),
             "chunks | drop | table"
