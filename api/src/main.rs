@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations, let the serving role log in, and exit.
     Migrate,
     /// Exit 0 when the local API is ready (for container healthchecks).
     Healthcheck {
@@ -76,16 +76,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             db::migrate(&config.database_url).await?;
+            db::provision_app_role(&config.database_url, config.database_app_password.expose())
+                .await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Serve => {
             let config = Config::load(cli.config.as_deref())?;
-            let listen = config.listen;
+            let (listen, internal_listen) = (config.listen, config.internal_listen);
             let state = server::prepare(config).await?;
             let listener = server::bind(listen).await?;
-            tracing::info!(%listen, "serving");
-            server::serve(state, listener, server::shutdown_signal()).await?;
+            let internal = server::bind(internal_listen).await?;
+            tracing::info!(%listen, %internal_listen, "serving");
+            server::serve(state, listener, internal, server::shutdown_signal()).await?;
             Ok(())
         }
     }

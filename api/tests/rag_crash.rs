@@ -24,8 +24,11 @@ impl Api {
         let child = Command::new(env!("CARGO_BIN_EXE_iafactory-api"))
             .env_clear()
             .env("IAF_DATABASE_URL", &db.url)
+            .env("IAF_DATABASE_APP_PASSWORD", common::DATABASE_APP_PASSWORD)
             .env("IAF_JWT_SECRET", common::JWT_SECRET)
             .env("IAF_LISTEN", format!("127.0.0.1:{port}"))
+            // Not used here; port 0 so that parallel tests never collide on 9180.
+            .env("IAF_INTERNAL_LISTEN", "127.0.0.1:0")
             .env("IAF_LLM_BASE_URL", llm_base_url)
             .env(
                 "IAF_LLM_MODEL",

@@ -522,6 +522,12 @@ mod tests {
         assert!(api.name.starts_with("iaf-acme-api-"));
         assert!(api.env.iter().any(|e| e
             == "IAF_DATABASE_URL=postgres://iafactory:postgres-credentials-password@postgres:5432/iafactory"));
+        // Requests are served by the non-owner login role, with its own password.
+        assert!(
+            api.env
+                .iter()
+                .any(|e| e == "IAF_DATABASE_APP_PASSWORD=postgres-app-credentials-password")
+        );
         assert!(api.memory_bytes > 0 && api.nano_cpus > 0);
         let db = &state.containers[0];
         assert_eq!(db.name, "iaf-acme-postgres");

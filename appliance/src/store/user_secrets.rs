@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use iafactory_crds::plan::{SECRET_DATABASE, SECRET_JWT, SECRET_OPERATOR_TOKEN, SECRET_QDRANT};
+use iafactory_crds::plan::{
+    SECRET_DATABASE, SECRET_DATABASE_APP, SECRET_JWT, SECRET_OPERATOR_TOKEN, SECRET_QDRANT,
+};
 use iafactory_crds::validation::is_dns_label;
 
 use super::{Secrets, Store, StoreError, write_atomically};
@@ -21,9 +23,10 @@ const MAX_TENANT_NAME: usize = 59;
 
 /// Secrets the plan generates: setting or deleting one by hand would break the tenant
 /// (its database was initialised with them).
-pub const GENERATED: [&str; 4] = [
+pub const GENERATED: [&str; 5] = [
     SECRET_JWT,
     SECRET_DATABASE,
+    SECRET_DATABASE_APP,
     SECRET_OPERATOR_TOKEN,
     SECRET_QDRANT,
 ];
