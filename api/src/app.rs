@@ -25,10 +25,48 @@ use crate::workflows::routes as workflows;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every route of the API. Other areas (RAG, workflows, the console) merge theirs in
-/// through [`api_routes`].
+/// The public listener's routes (`IAF_LISTEN`): `/api`, `/ws`, the console, the probes
+/// and the OpenAPI document. `/internal/*` and `/metrics` are not among them: they
+/// answer 404 here, and are served by [`internal_app`] only. Other areas (RAG,
+/// workflows, the console) merge theirs in through [`api_routes`].
 pub fn app(state: AppState) -> Router {
     api_routes(Router::new(), &state).with_state(state)
+}
+
+/// The internal listener's routes (`IAF_INTERNAL_LISTEN`): `/internal/*` (the operator
+/// token) and `/metrics`, for the operator, the appliance and monitoring; and the
+/// probes, so that a check may use either port.
+pub fn internal_app(state: AppState) -> Router {
+    internal_routes(Router::new(), &state).with_state(state)
+}
+
+pub fn internal_routes(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let internal = Router::new()
+        .route("/internal/tenants/{slug}", put(internal::upsert_tenant))
+        .route(
+            "/internal/tenants/{slug}/admins/{email}",
+            put(internal::upsert_admin),
+        )
+        .route(
+            "/internal/tenants/{slug}/knowledge-bases/{name}",
+            // The registration carries the content of its configMap sources.
+            put(internal::upsert_knowledge_base)
+                .layer(DefaultBodyLimit::max(
+                    state.config.max_upload_bytes.saturating_add(1024 * 1024),
+                ))
+                .get(internal::get_knowledge_base)
+                .delete(internal::delete_knowledge_base),
+        )
+        .route(
+            "/internal/tenants/{slug}/workflows/{name}",
+            put(internal::upsert_workflow)
+                .get(internal::get_workflow)
+                .delete(internal::delete_workflow),
+        )
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
+    common_layers(router.merge(internal), state)
 }
 
 pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState> {
@@ -114,39 +152,22 @@ pub fn api_routes(router: Router<AppState>, state: &AppState) -> Router<AppState
             state.clone(),
             limit_by_caller,
         ));
-    let internal = Router::new()
-        .route("/internal/tenants/{slug}", put(internal::upsert_tenant))
-        .route(
-            "/internal/tenants/{slug}/admins/{email}",
-            put(internal::upsert_admin),
-        )
-        .route(
-            "/internal/tenants/{slug}/knowledge-bases/{name}",
-            // The registration carries the content of its configMap sources.
-            put(internal::upsert_knowledge_base)
-                .layer(DefaultBodyLimit::max(
-                    state.config.max_upload_bytes.saturating_add(1024 * 1024),
-                ))
-                .get(internal::get_knowledge_base)
-                .delete(internal::delete_knowledge_base),
-        )
-        .route(
-            "/internal/tenants/{slug}/workflows/{name}",
-            put(internal::upsert_workflow)
-                .get(internal::get_workflow)
-                .delete(internal::delete_workflow),
-        );
     let operations = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));
 
-    router
+    let router = router
         .merge(limited)
-        .merge(internal)
         .merge(operations)
-        .merge(crate::console::routes(&state.config))
+        .merge(crate::console::routes(&state.config));
+    common_layers(router, state)
+}
+
+/// What both listeners share: the 404 envelope for unknown routes, the body limit,
+/// request metrics, CORS and request ids.
+fn common_layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod operator_guard;
 pub mod probe;
 pub mod rag;
 pub mod ratelimit;

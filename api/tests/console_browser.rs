@@ -200,9 +200,15 @@ async fn the_console_journeys_pass_in_a_real_browser() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(iafactory_api::server::serve(
+        state,
+        listener,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let seeded = seed(&base).await;
 
     let fixtures = tempfile::tempdir().unwrap();

@@ -109,9 +109,15 @@ async fn limits_hold_across_two_instances_sharing_redis() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-            let _ = stopped.await;
-        }));
+        let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let task = tokio::spawn(iafactory_api::server::serve(
+            state,
+            listener,
+            internal,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         servers.push((address, stop, task));
     }
     // A fresh, unique address per run: the Redis counters of earlier runs never match.

@@ -20,9 +20,10 @@ const DOMAIN: &str = "drain.test";
 const WORKERS: usize = 4;
 
 /// The API's own count of `/healthz` requests (the gateway's load: Docker's healthcheck
-/// asks /readyz), read from the replica directly on its network.
+/// asks /readyz), read from the replica directly on its network, on its internal
+/// listener.
 async fn healthz_served(address: &str) -> u64 {
-    let body = reqwest::get(format!("http://{address}:8180/metrics"))
+    let body = reqwest::get(format!("http://{address}:9180/metrics"))
         .await
         .unwrap()
         .text()

@@ -2,7 +2,8 @@
 //! behind `iafactory serve`'s TLS gateway. Clients come from distinct loopback
 //! addresses (127.0.0.2, 127.0.0.3). One client's failed logins, each with a forged
 //! `X-Forwarded-For`, reach 429 at the per-client limit; the other client, and a user
-//! already signed in from the locked-out address itself, keep working.
+//! already signed in from the locked-out address itself, keep working. The API's internal
+//! surface (`/metrics`, `/internal/*`) is not reachable through the gateway.
 
 mod support;
 
@@ -101,6 +102,27 @@ async fn one_clients_failed_logins_lock_out_only_that_client() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+
+    // The API's internal surface is on its internal listener, which the gateway never
+    // routes to: through the gateway, /metrics and /internal/* do not exist, whatever the
+    // token. (`iafactory admin` above reached /internal on the internal listener.)
+    let outsider = client_from(Ipv4Addr::new(127, 0, 0, 4), &ca_pem, &host, https_port);
+    let metrics = outsider
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 404, "/metrics through the gateway");
+    let internal = outsider
+        .put(format!("{base}/internal/tenants/{tenant}"))
+        .bearer_auth("a guess")
+        .json(&serde_json::json!({"name": "Taken over", "plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(internal.status(), 404, "/internal through the gateway");
+    let body: serde_json::Value = internal.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
 
     // Signed in from the intruder's own address before the attack: a user behind the
     // same NAT as the attacker.

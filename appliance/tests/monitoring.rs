@@ -154,7 +154,8 @@ async fn prometheus_scrapes_the_appliance_and_every_tenant_api() {
             api["scrapeUrl"]
                 .as_str()
                 .unwrap()
-                .ends_with(":8180/metrics"),
+                // The internal listener: the public one answers 404 to /metrics.
+                .ends_with(":9180/metrics"),
             "{api}"
         );
     }

@@ -93,7 +93,10 @@ fn stored(box_: &TestAppliance) -> BTreeMap<PathBuf, String> {
 /// tenant's network, and the operator token from the tenant's secrets.
 struct TenantApi {
     tenant: String,
+    /// The public listener (`/api`, `/readyz`).
     base: String,
+    /// The internal listener (`/internal/*`), where the appliance registers.
+    internal: String,
     token: String,
     http: reqwest::Client,
 }
@@ -113,6 +116,7 @@ impl TenantApi {
         Self {
             tenant: tenant.to_owned(),
             base: format!("http://{ip}:8180"),
+            internal: format!("http://{ip}:9180"),
             token: secrets["operator-token"]["token"]
                 .as_str()
                 .unwrap()
@@ -127,7 +131,7 @@ impl TenantApi {
             .http
             .get(format!(
                 "{}/internal/tenants/{}/{collection}/{name}",
-                self.base, self.tenant
+                self.internal, self.tenant
             ))
             .bearer_auth(&self.token)
             .send()

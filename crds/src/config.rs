@@ -33,6 +33,10 @@ pub enum ConfigError {
     S3NotBuilt,
     #[error("the platform configuration is invalid: ollama.model_source: {0}")]
     ModelSource(String),
+    #[error(
+        "the platform configuration is invalid: api.internal_port is api.port ({0}); the internal endpoints need a port of their own, which no gateway or Ingress routes to"
+    )]
+    SameApiPorts(u16),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,7 +215,13 @@ impl ModelSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
+    /// The public listener (`IAF_LISTEN`): what the gateway and the Ingress route to.
     pub port: u16,
+    /// The internal listener (`IAF_INTERNAL_LISTEN`): `/internal/*` and `/metrics`, for
+    /// the operator or the appliance and for monitoring only; no gateway or Ingress
+    /// routes to it.
+    #[serde(default = "default_internal_port")]
+    pub internal_port: u16,
     #[serde(default)]
     pub embedding_model_dir: Option<String>,
     pub default_llm_model: String,
@@ -222,6 +232,10 @@ pub struct ApiSettings {
     /// internal API (`iafactory admin` on an appliance).
     #[serde(default)]
     pub self_registration: bool,
+}
+
+fn default_internal_port() -> u16 {
+    9180
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -417,6 +431,9 @@ impl PlatformConfig {
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.check_backup()?;
         config.ollama.model_source.check()?;
+        if config.api.internal_port == config.api.port {
+            return Err(ConfigError::SameApiPorts(config.api.port));
+        }
         Ok(config)
     }
 
@@ -464,7 +481,19 @@ mod tests {
         let config = PlatformConfig::default();
         assert_eq!(config.timezone, "Africa/Algiers");
         assert_eq!(config.api.port, 8180);
+        assert_eq!(config.api.internal_port, 9180);
         assert_eq!(config.plans.tier(PlanTier::Free).max_gpu, 0);
+    }
+
+    #[test]
+    fn the_internal_port_is_not_the_public_one() {
+        let figment =
+            PlatformConfig::figment().merge(Toml::string("[api]\ninternal_port = 8180\n"));
+        let refused = PlatformConfig::extract(figment).unwrap_err();
+        assert!(
+            matches!(refused, ConfigError::SameApiPorts(8180)),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -482,23 +482,32 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
         ));
     }
     if let Some(api) = plan.component(ComponentKind::Api) {
-        let ports: Vec<NetworkPolicyPort> = api.ports.iter().map(|p| tcp_port(p.port)).collect();
+        // The public port from the ingress controller (and the other listed
+        // namespaces); the internal one (`/internal/*`, `/metrics`) from the operator
+        // and monitoring only.
+        let internal = iafactory_crds::plan::API_INTERNAL_PORT_NAME;
+        let (internal_ports, public_ports): (Vec<_>, Vec<_>) =
+            api.ports.iter().partition(|p| p.name == internal);
+        let rule = |namespaces: &[String], ports: Vec<&iafactory_crds::plan::PortPlan>| {
+            NetworkPolicyIngressRule {
+                from: Some(namespaces.iter().map(|ns| namespace_peer(ns)).collect()),
+                ports: Some(ports.into_iter().map(|p| tcp_port(p.port)).collect()),
+            }
+        };
+        let mut rules = vec![rule(&plan.egress.api_ingress_from_namespaces, public_ports)];
+        if !internal_ports.is_empty() && !plan.egress.api_internal_from_namespaces.is_empty() {
+            rules.push(rule(
+                &plan.egress.api_internal_from_namespaces,
+                internal_ports,
+            ));
+        }
         policies.push(policy(
             plan,
             ctx,
             "allow-api-ingress",
             NetworkPolicySpec {
                 pod_selector: Some(pods_of(plan, &api.name)),
-                ingress: Some(vec![NetworkPolicyIngressRule {
-                    from: Some(
-                        plan.egress
-                            .api_ingress_from_namespaces
-                            .iter()
-                            .map(|ns| namespace_peer(ns))
-                            .collect(),
-                    ),
-                    ports: Some(ports),
-                }]),
+                ingress: Some(rules),
                 policy_types: Some(vec!["Ingress".into()]),
                 ..NetworkPolicySpec::default()
             },

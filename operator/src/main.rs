@@ -33,11 +33,13 @@ struct Cli {
         default_value = "0.0.0.0:8080"
     )]
     metrics_addr: SocketAddr,
-    /// Each tenant's API; `{tenant}` and `{namespace}` are replaced.
+    /// Each tenant's API, on its internal port (the platform config's
+    /// `api.internal_port`, where `/internal/*` is served); `{tenant}` and
+    /// `{namespace}` are replaced.
     #[arg(
         long,
         env = "IAF_OPERATOR_TENANT_API_URL",
-        default_value = "http://api.{namespace}.svc:8180"
+        default_value = "http://api.{namespace}.svc:9180"
     )]
     tenant_api_url: String,
     /// Timeout of each call to a tenant's API, in seconds. A KnowledgeBase's

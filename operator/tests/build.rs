@@ -436,6 +436,85 @@ fn monitoring_uses_a_service_monitor_when_the_crd_exists_and_annotations_otherwi
     }
 }
 
+/// The API's internal listener (`/internal/*`, `/metrics`) is a Service port of its
+/// own, admitted only from the operator's and monitoring's namespaces, and scraped;
+/// the Ingress and the ingress controller get the public port only.
+#[test]
+fn the_internal_port_admits_only_the_operator_and_monitoring() {
+    let config = PlatformConfig::default();
+    let (public, internal) = (config.api.port, config.api.internal_port);
+    let operator = config.network.operator_namespace.clone().unwrap();
+    let namespaces = |rule: &serde_json::Value| -> Vec<String> {
+        rule["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    for (_, tenant) in tenant_samples() {
+        let monitored = tenant.spec.components.monitoring.enabled;
+        let (_, objects) = build_sample(&tenant, true);
+        let service = find(&objects, "Service", "api");
+        assert_eq!(
+            field(service, "/spec/ports"),
+            &serde_json::json!([
+                {"name": "http", "port": public, "protocol": "TCP", "targetPort": "http"},
+                {"name": "internal", "port": internal, "protocol": "TCP", "targetPort": "internal"},
+            ])
+        );
+        let policy = find(&objects, "NetworkPolicy", "allow-api-ingress");
+        let rules = field(policy, "/spec/ingress").as_array().unwrap();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(
+            rules[0]["ports"],
+            serde_json::json!([{"port": public, "protocol": "TCP"}])
+        );
+        assert!(namespaces(&rules[0]).contains(&"ingress-nginx".to_owned()));
+        assert_eq!(
+            rules[1]["ports"],
+            serde_json::json!([{"port": internal, "protocol": "TCP"}])
+        );
+        let mut expected = vec![operator.clone()];
+        if monitored {
+            expected.push(config.network.monitoring_namespace.clone());
+        }
+        expected.sort();
+        assert_eq!(
+            namespaces(&rules[1]),
+            expected,
+            "never the ingress controller"
+        );
+        if let Some(ingress) = objects.all().find(|c| c.resource.kind == "Ingress") {
+            assert_eq!(
+                field(
+                    ingress,
+                    "/spec/rules/0/http/paths/0/backend/service/port/number"
+                ),
+                &serde_json::json!(public)
+            );
+        }
+        if monitored {
+            let monitor = objects
+                .all()
+                .find(|c| c.resource.kind == "ServiceMonitor")
+                .unwrap();
+            assert_eq!(field(monitor, "/spec/endpoints/0/port"), "internal");
+            let (_, annotated) = build_sample(&tenant, false);
+            let api = find(&annotated, "Service", "api");
+            assert_eq!(
+                api.object.metadata.annotations.as_ref().unwrap()["prometheus.io/port"],
+                internal.to_string()
+            );
+        }
+    }
+}
+
 #[test]
 fn the_build_is_deterministic_and_hashes_change_with_the_spec() {
     let (_, tenant) = tenant_samples()

@@ -706,16 +706,19 @@ impl Drop for Database {
     }
 }
 
-/// A running `iafactory-api` on its own database: (process, database, port).
+/// A running `iafactory-api` on its own database: (process, database, the port of its
+/// internal listener, where `/metrics` is served).
 fn start_api(dir: &Path) -> (Process, Database, u16) {
     let database = Database::create();
-    let port = free_port();
+    let (public, port) = (free_port(), free_port());
     let mut command = Command::new(workspace_binary("iafactory-api", &["api/src", "crds/src"]));
     command
         .env_clear()
         .env("IAF_DATABASE_URL", database.url())
+        .env("IAF_DATABASE_APP_PASSWORD", "app-password-for-tests")
         .env("IAF_JWT_SECRET", "monitoring-test-secret-0123456789abcdef")
-        .env("IAF_LISTEN", format!("127.0.0.1:{port}"))
+        .env("IAF_LISTEN", format!("127.0.0.1:{public}"))
+        .env("IAF_INTERNAL_LISTEN", format!("127.0.0.1:{port}"))
         .env("IAF_LOG", "warn");
     let mut api = Process::start("iafactory-api", command, dir);
     wait_for("the API answers /readyz", 60, || {

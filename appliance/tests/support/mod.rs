@@ -304,9 +304,10 @@ impl TestAppliance {
             )
         } else {
             // `-Y off`: an open tenant's API is given `http_proxy` (its egress proxy),
-            // and busybox's wget knows no `no_proxy`.
+            // and busybox's wget knows no `no_proxy`. It serves both of the API's
+            // listeners: the public one (8180) and the internal one (9180, scraped).
             format!(
-                "image = \"{image}\"\nuid = 65532\nargs = [\"httpd\", \"-f\", \"-p\", \"8180\", \"-h\", \"/www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-Y\", \"off\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8180/\"]"
+                "image = \"{image}\"\nuid = 65532\nargs = [\"sh\", \"-c\", \"/bin/busybox httpd -p 9180 -h /www && exec /bin/busybox httpd -f -p 8180 -h /www\"]\nhealthcheck = [\"/bin/busybox\", \"wget\", \"-Y\", \"off\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8180/\"]"
             )
         };
         let postgres = if real_database {
