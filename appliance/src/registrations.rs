@@ -234,6 +234,19 @@ impl RegistrationStatus {
                         line.push_str(&format!(", failing: {failing}"));
                     }
                 }
+                if let Some(progress) = &kb.reembedding {
+                    line.push_str(&format!(
+                        "; re-embedding with {}/{} ({} dimensions): {} of {} chunks, searches use the previous model until done",
+                        progress.embedding.provider,
+                        progress.embedding.model,
+                        progress.embedding.dimensions,
+                        progress.done,
+                        progress.total
+                    ));
+                    if let Some(error) = &progress.error {
+                        line.push_str(&format!(", held up: {error}"));
+                    }
+                }
                 line
             }
             Recorded::Workflow(wf) => format!(
@@ -285,7 +298,8 @@ impl App {
             .map_err(|e| e.to_string())?;
         let api = ComponentKind::Api.name();
         let target = Target::component(&name, api);
-        let port = self.config.platform.api.port;
+        // `/internal/*` is served on the API's internal listener only.
+        let port = self.config.platform.api.internal_port;
         for spec in state.containers.iter().filter(|c| c.component == api) {
             let Some(attachment) = self
                 .engine
@@ -685,5 +699,35 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn status_shows_a_re_embedding_under_way() {
+        let record: KnowledgeBaseRecord = serde_json::from_value(serde_json::json!({
+            "id": "k", "documents": 3, "chunks": 12, "last_ingestion": null,
+            "reembedding": {"embedding": {"provider": "ollama", "model": "smollm2", "dimensions": 576},
+                            "done": 4, "total": 12, "error": "the embedding server is unreachable"},
+        }))
+        .unwrap();
+        let status = RegistrationStatus {
+            kind: RegisteredKind::KnowledgeBase,
+            name: "docs".into(),
+            api: Recorded::KnowledgeBase(record),
+        };
+        let line = status.summary();
+        assert!(
+            line.contains("re-embedding with ollama/smollm2 (576 dimensions): 4 of 12 chunks"),
+            "{line}"
+        );
+        assert!(
+            line.contains("held up: the embedding server is unreachable"),
+            "{line}"
+        );
+        // An API that predates re-embedding sends no such field.
+        let old: KnowledgeBaseRecord = serde_json::from_value(serde_json::json!({
+            "id": "k", "documents": 3, "chunks": 12, "last_ingestion": null,
+        }))
+        .unwrap();
+        assert_eq!(old.reembedding, None);
     }
 }

@@ -57,7 +57,11 @@ pub struct KnowledgeBaseSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub languages: Vec<Language>,
 
-    /// How passages are embedded. Defaults to the platform's embedding model.
+    /// How passages are embedded. Defaults to the platform's embedding model. A change
+    /// re-embeds every chunk with the new model in the background; searches use the
+    /// previous model's vectors until all are done, then switch at once
+    /// (`status.reembedding` shows the progress). Not on a Qdrant vector store: there the
+    /// previous model stays and `status.reembedding.lastError` says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[garde(dive)]
     pub embedding: Option<EmbeddingSpec>,
@@ -309,6 +313,12 @@ pub struct KnowledgeBaseStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub sources: Vec<SourceStatus>,
+    /// The re-embedding under way since `spec.embedding` changed: every chunk is
+    /// embedded again with the new model in the background, searches keep using the
+    /// previous model's vectors until all are done, then switch at once. Absent when
+    /// the vectors are the spec's model's. The `Reindexing` condition says the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reembedding: Option<ReembeddingStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -329,4 +339,22 @@ pub struct SourceStatus {
     /// absent when the last read succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// A KnowledgeBase being embedded again with a new model, as its tenant's API reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReembeddingStatus {
+    /// The model the chunks are being embedded with.
+    pub embedding: EmbeddingSpec,
+    /// Chunks that have their new vector.
+    pub done: i64,
+    /// All the knowledge base's chunks.
+    pub total: i64,
+    /// Why the last attempt failed (it is retried), or why the tenant's vector store
+    /// cannot re-embed (Qdrant: the previous model stays); absent while it goes well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
 }

@@ -137,6 +137,30 @@ pub struct KnowledgeBaseRecord {
     /// Each source of the spec, in the spec's order.
     #[serde(default)]
     pub sources: Vec<SourceRecord>,
+    /// The re-embedding under way after a change of `spec.embedding`; None when the
+    /// vectors are the registered model's. Absent from APIs that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reembedding: Option<ReembedProgress>,
+}
+
+/// A knowledge base being embedded again with a new model, in the background: its
+/// searches keep using the previous model's vectors until every chunk has its new
+/// vector, then switch at once.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ReembedProgress {
+    /// The model the chunks are being embedded with.
+    pub embedding: crate::knowledgebase::EmbeddingSpec,
+    /// Chunks that have their new vector.
+    pub done: i64,
+    /// All the knowledge base's chunks.
+    pub total: i64,
+    /// Why the last attempt failed (it is retried), or why it cannot happen on this
+    /// tenant's vector store; None while it is going well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -272,12 +272,16 @@ async fn ingest(state: &AppState, job: Claimed) -> Result<usize, IngestError> {
         "SELECT d.knowledge_base_id, d.content_type, kb.embedding, kb.chunking, b.filename, b.content
          FROM documents d JOIN knowledge_bases kb ON kb.id = d.knowledge_base_id
               JOIN document_blobs b ON b.document_id = d.id
-         WHERE d.id = $1",
+         WHERE d.id = $1
+         FOR SHARE OF kb",
     )
     .bind(job.document_id)
     .fetch_optional(&mut *tx)
     .await?;
     let work = work.ok_or(IngestError::Gone)?;
+    // The knowledge base's row is held until the document is `processing`: a
+    // re-embedding's switch (`rag::reembed`) either sees it processing and waits, or
+    // commits first and this reads the new model.
     sqlx::query("UPDATE documents SET status = 'processing', error = NULL, updated_at = now() WHERE id = $1")
         .bind(job.document_id)
         .execute(&mut *tx)

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod ingest;
 pub mod parse;
 pub mod qdrant;
+pub mod reembed;
 pub mod routes;
 pub mod sandbox;
 pub mod search;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use iafactory_crds::knowledgebase::{KnowledgeBaseSpec, SourceStatus};
+use iafactory_crds::knowledgebase::{KnowledgeBaseSpec, ReembeddingStatus, SourceStatus};
 use iafactory_crds::tenant_api::{
-    ConfigMapContent, KnowledgeBaseRegistration, SourceRecord, TenantApiError,
+    ConfigMapContent, KnowledgeBaseRegistration, ReembedProgress, SourceRecord, TenantApiError,
 };
 use iafactory_crds::{KnowledgeBase, KnowledgeBaseStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -29,6 +29,11 @@ pub const CONTROLLER: &str = "knowledgebase";
 const REFRESH: Duration = Duration::from_secs(60);
 /// The condition on a KnowledgeBase's sources: True when every source was read.
 pub const SOURCES_READY: &str = "SourcesReady";
+/// The condition on a KnowledgeBase's vectors: True while its chunks are embedded again
+/// with a new model (`spec.embedding` changed).
+pub const REINDEXING: &str = "Reindexing";
+/// How often the progress of a re-embedding is refreshed.
+const REINDEX_REFRESH: Duration = Duration::from_secs(10);
 
 /// The content of each `configMap` source, from the ConfigMaps in the KnowledgeBase's
 /// namespace: every key, or the one it names. A missing ConfigMap or key, or one the
@@ -126,6 +131,59 @@ pub fn sources_status(records: &[SourceRecord]) -> (Vec<SourceStatus>, bool, &'s
         );
         (sources, false, "SourceFailed", message)
     }
+}
+
+/// The re-embedding's status, and the Reindexing condition's (status, reason, message)
+/// (pure): set while one is under way, and False once it is done if it was set before.
+pub fn reindexing(
+    progress: Option<&ReembedProgress>,
+    previous: &[Condition],
+) -> (
+    Option<ReembeddingStatus>,
+    Option<(bool, &'static str, String)>,
+) {
+    let Some(progress) = progress else {
+        let was = previous.iter().any(|c| c.type_ == REINDEXING);
+        let done = (
+            false,
+            "Reembedded",
+            "the vectors are the spec's embedding model's".into(),
+        );
+        return (None, was.then_some(done));
+    };
+    let model = format!(
+        "{}/{} ({} dimensions)",
+        progress.embedding.provider, progress.embedding.model, progress.embedding.dimensions
+    );
+    let status = ReembeddingStatus {
+        embedding: progress.embedding.clone(),
+        done: progress.done,
+        total: progress.total,
+        last_error: progress.error.clone(),
+        started_at: progress
+            .started_at
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+    };
+    let condition = match &progress.error {
+        None => (
+            true,
+            "Reembedding",
+            format!(
+                "embedding {} of {} chunks again with {model}; searches use the previous model until all are",
+                progress.done, progress.total
+            ),
+        ),
+        Some(error) => (
+            true,
+            "ReembeddingBlocked",
+            format!(
+                "re-embedding with {model} is held up: {error}; searches use the previous model"
+            ),
+        ),
+    };
+    (Some(status), Some(condition))
 }
 
 pub async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
@@ -261,6 +319,15 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     if !record.sources.is_empty() {
         conditions.set(SOURCES_READY, sources_ready, reason, message);
     }
+    let (reembedding, reindexing) = reindexing(record.reembedding.as_ref(), &previous.conditions);
+    if let Some((status, reason, message)) = reindexing {
+        conditions.set(REINDEXING, status, reason, message);
+    }
+    let refresh = if reembedding.is_some() {
+        REINDEX_REFRESH
+    } else {
+        REFRESH
+    };
     let status = KnowledgeBaseStatus {
         documents: Some(record.documents),
         chunks: Some(record.chunks),
@@ -270,11 +337,12 @@ async fn apply(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         api_id: Some(record.id),
         sources,
+        reembedding,
         conditions: conditions.into_vec(),
         observed_generation: generation,
     };
     publish(ctx, kb, &status).await?;
-    Ok(Action::requeue(REFRESH))
+    Ok(Action::requeue(refresh))
 }
 
 #[cfg(test)]
@@ -324,6 +392,55 @@ mod tests {
             missing.error.as_deref(),
             Some("ConfigMap iaf-x/docs does not exist")
         );
+    }
+
+    #[test]
+    fn a_re_embedding_is_a_condition_until_it_is_done() {
+        let progress = ReembedProgress {
+            embedding: iafactory_crds::knowledgebase::EmbeddingSpec {
+                provider: "ollama".into(),
+                model: "smollm2".into(),
+                dimensions: 576,
+            },
+            done: 64,
+            total: 100,
+            error: None,
+            started_at: Some("2026-12-06T01:00:00Z".into()),
+        };
+        let (status, condition) = reindexing(Some(&progress), &[]);
+        let status = status.unwrap();
+        assert_eq!((status.done, status.total), (64, 100));
+        assert!(status.started_at.is_some());
+        let (on, reason, message) = condition.unwrap();
+        assert!(on);
+        assert_eq!(reason, "Reembedding");
+        assert!(
+            message.contains("64 of 100 chunks again with ollama/smollm2 (576 dimensions)"),
+            "{message}"
+        );
+        let blocked = ReembedProgress {
+            error: Some("the embedding server is unreachable".into()),
+            ..progress
+        };
+        let (status, condition) = reindexing(Some(&blocked), &[]);
+        assert_eq!(
+            status.unwrap().last_error.as_deref(),
+            Some("the embedding server is unreachable")
+        );
+        assert_eq!(condition.unwrap().1, "ReembeddingBlocked");
+        // Done: False if it was shown, absent if it never was.
+        assert_eq!(reindexing(None, &[]), (None, None));
+        let shown = Condition {
+            type_: REINDEXING.into(),
+            status: "True".into(),
+            reason: "Reembedding".into(),
+            message: String::new(),
+            last_transition_time: crate::controller::now(),
+            observed_generation: None,
+        };
+        let (status, condition) = reindexing(None, &[shown]);
+        assert!(status.is_none());
+        assert_eq!(condition.map(|c| (c.0, c.1)), Some((false, "Reembedded")));
     }
 
     #[test]

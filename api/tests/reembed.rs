@@ -1,0 +1,390 @@
+//! A registered KnowledgeBase whose embedding model changes is re-embedded in the
+//! background, on real PostgreSQL with two real models of different dimensions: MiniLM
+//! in the process (384) and SmolLM2 served by llama.cpp (576), reached through a proxy
+//! the test can pause. While it is paused, searches answer from the previous vectors and
+//! the record shows the progress; once resumed, the knowledge base switches to 576
+//! dimensions at once, documents ingested meanwhile included.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use common::{Auth, TestApp, TestDb};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const SLUG: &str = "reembed";
+const MINILM: &str = r#"{"provider": "local", "model": "all-MiniLM-L6-v2", "dimensions": 384}"#;
+const SMOLLM2: &str = r#"{"provider": "ollama", "model": "smollm2", "dimensions": 576}"#;
+
+/// A TCP proxy to `upstream`: while paused, connections are accepted but not passed on
+/// until it resumes.
+struct Proxy {
+    address: SocketAddr,
+    paused: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (paused, watching) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watching = watching.clone();
+                tokio::spawn(async move {
+                    while *watching.borrow_and_update() {
+                        if watching.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { address, paused }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+fn spec(embedding: &str, sources: &[(&str, &str)]) -> Value {
+    json!({
+        "languages": ["en"],
+        "embedding": serde_json::from_str::<Value>(embedding).unwrap(),
+        "sources": sources.iter().map(|(title, text)| json!({"inline": {"title": title, "text": text}})).collect::<Vec<_>>(),
+    })
+}
+
+async fn register_kb(app: &TestApp, name: &str, spec: Value) -> Value {
+    let reply = app
+        .request(
+            Method::PUT,
+            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
+            Auth::Bearer(common::OPERATOR_TOKEN),
+            Some(common::kb_registration(SLUG, name, spec)),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["data"].clone()
+}
+
+async fn record(app: &TestApp, name: &str) -> Value {
+    let reply = app
+        .request(
+            Method::GET,
+            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
+            Auth::Bearer(common::OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["data"].clone()
+}
+
+/// The tenant, and a bearer token of its administrator.
+async fn tenant(app: &TestApp) -> String {
+    let reply = app
+        .request(
+            Method::PUT,
+            &format!("/internal/tenants/{SLUG}"),
+            Auth::Bearer(common::OPERATOR_TOKEN),
+            Some(json!({"name": SLUG, "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let password = "a long enough password";
+    let reply = app
+        .request(
+            Method::PUT,
+            &format!("/internal/tenants/{SLUG}/admins/admin@{SLUG}.dz"),
+            Auth::Bearer(common::OPERATOR_TOKEN),
+            Some(json!({ "password": password })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = app
+        .request(
+            Method::POST,
+            "/api/auth/login",
+            Auth::None,
+            Some(json!({"email": format!("admin@{SLUG}.dz"), "password": password})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The titles of a search's results. The query shares no word with the documents, so
+/// only the vector search can find anything.
+async fn search(app: &TestApp, token: &str, kb: &str) -> Vec<String> {
+    let reply = app
+        .request(
+            Method::POST,
+            "/api/search",
+            Auth::Bearer(token),
+            Some(json!({"query": "When does the reading room welcome visitors?", "knowledge_base_ids": [kb], "top_k": 3})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Each dimension count of the knowledge base's chunks, with how many chunks have it
+/// (NULL: no vector).
+async fn dimensions(owner: &sqlx::PgPool, kb: &str) -> Vec<(Option<i32>, i64)> {
+    sqlx::query_as(
+        "SELECT vector_dims(embedding), count(*) FROM chunks WHERE knowledge_base_id = $1::uuid
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(kb)
+    .fetch_all(owner)
+    .await
+    .unwrap()
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ingested(owner: &sqlx::PgPool, kb: &str, documents: i64) {
+    eventually("the documents are ingested", async || {
+        let ready: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM documents WHERE knowledge_base_id = $1::uuid AND status = 'ready'",
+        )
+        .bind(kb)
+        .fetch_one(owner)
+        .await
+        .unwrap();
+        (ready == documents).then_some(())
+    })
+    .await;
+}
+
+/// What a registration may write to the knowledge base's row and re-embedding.
+async fn written(owner: &sqlx::PgPool, kb: &str) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object('updated_at', updated_at, 'embedding', embedding,
+                'pending', pending_embedding, 'started', reembed_started_at,
+                'next', (SELECT count(*) FROM chunk_embeddings_next n WHERE n.knowledge_base_id = kb.id))
+         FROM knowledge_bases kb WHERE id = $1::uuid",
+    )
+    .bind(kb)
+    .fetch_one(owner)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_once() {
+    let llm = common::engine_url("IAF_TEST_LLM_BASE_URL", "llama");
+    let upstream: SocketAddr = llm
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let db = TestDb::new().await;
+    let config = iafactory_api::config::Config {
+        llm_base_url: Some(format!("http://{}/v1", proxy.address)),
+        ..common::rag_config(&db)
+    };
+    let app = TestApp::with_workers(config).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop).expect("pgvector re-embeds");
+    let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let token = tenant(&app).await;
+
+    let documents = [
+        (
+            "Horaires",
+            "The library opens at eight in the morning and closes at six in the evening.",
+        ),
+        (
+            "Inscription",
+            "Students enrol in the master programme online before the end of September.",
+        ),
+        (
+            "Restaurant",
+            "The university restaurant serves lunch from noon to two o'clock.",
+        ),
+    ];
+    let registered = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    let kb = registered["id"].as_str().unwrap().to_owned();
+    assert!(registered.get("reembedding").is_none(), "{registered}");
+    ingested(&owner, &kb, 3).await;
+    let chunks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM chunks WHERE knowledge_base_id = $1::uuid")
+            .bind(&kb)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!(dimensions(&owner, &kb).await, [(Some(384), chunks)]);
+    assert!(!search(&app, &token, &kb).await.is_empty());
+
+    // The new model, with llama.cpp out of reach: the change is recorded, nothing else.
+    proxy.pause(true);
+    let registered = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let progress = &registered["reembedding"];
+    assert_eq!(
+        progress["embedding"],
+        serde_json::from_str::<Value>(SMOLLM2).unwrap()
+    );
+    assert_eq!(
+        (progress["done"].as_i64(), progress["total"].as_i64()),
+        (Some(0), Some(chunks)),
+        "{registered}"
+    );
+    assert!(progress["error"].is_null(), "{progress}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Still answering from the previous model's vectors.
+    assert!(!search(&app, &token, &kb).await.is_empty());
+    assert_eq!(dimensions(&owner, &kb).await, [(Some(384), chunks)]);
+    let before = written(&owner, &kb).await;
+    assert_eq!(
+        before["embedding"],
+        serde_json::from_str::<Value>(MINILM).unwrap()
+    );
+    assert_eq!(before["next"], 0, "{before}");
+    assert_eq!(record(&app, "guide").await["reembedding"]["done"], 0);
+
+    // Registering the same spec again during the re-embedding writes nothing.
+    let again = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    assert_eq!(again["reembedding"], registered["reembedding"]);
+    assert_eq!(written(&owner, &kb).await, before);
+    // The stored model, asked for again, cancels it; the new one starts it over.
+    let cancelled = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    assert!(cancelled.get("reembedding").is_none(), "{cancelled}");
+    assert!(written(&owner, &kb).await["pending"].is_null());
+    let restarted = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    assert_eq!(restarted["reembedding"]["total"], chunks, "{restarted}");
+
+    // A document ingested meanwhile gets the previous model's vectors, then the new
+    // model's with the others.
+    let mut more = documents.to_vec();
+    more.push((
+        "Parking",
+        "Cars may be left in the car park behind the faculty of sciences.",
+    ));
+    register_kb(&app, "guide", spec(SMOLLM2, &more)).await;
+    ingested(&owner, &kb, 4).await;
+    let all: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM chunks WHERE knowledge_base_id = $1::uuid")
+            .bind(&kb)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert!(all > chunks);
+    assert_eq!(dimensions(&owner, &kb).await, [(Some(384), all)]);
+    assert!(!search(&app, &token, &kb).await.is_empty());
+
+    // Resumed: every chunk is embedded again, then the knowledge base switches.
+    proxy.pause(false);
+    eventually("the knowledge base switches", async || {
+        let pending: Option<Value> =
+            sqlx::query_scalar("SELECT pending_embedding FROM knowledge_bases WHERE id = $1::uuid")
+                .bind(&kb)
+                .fetch_one(&owner)
+                .await
+                .unwrap();
+        pending.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(dimensions(&owner, &kb).await, [(Some(576), all)]);
+    let after = written(&owner, &kb).await;
+    assert_eq!(
+        after["embedding"],
+        serde_json::from_str::<Value>(SMOLLM2).unwrap()
+    );
+    assert_eq!(after["next"], 0, "{after}");
+    let index: String = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname = $1")
+        .bind(format!("chunks_hnsw_{}", kb.replace('-', "")))
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    assert!(index.contains("vector(576)"), "{index}");
+    let recorded = record(&app, "guide").await;
+    assert!(recorded.get("reembedding").is_none(), "{recorded}");
+    // Searches embed the query with the new model and find the new vectors.
+    assert!(!search(&app, &token, &kb).await.is_empty());
+
+    // A knowledge base without documents switches at once.
+    let empty = register_kb(&app, "empty", spec(MINILM, &[])).await;
+    let empty_id = empty["id"].as_str().unwrap();
+    register_kb(&app, "empty", spec(SMOLLM2, &[])).await;
+    assert_eq!(
+        written(&owner, empty_id).await["embedding"],
+        serde_json::from_str::<Value>(SMOLLM2).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_qdrant_store_keeps_the_previous_model_and_says_why() {
+    let db = TestDb::new().await;
+    let config = iafactory_api::config::Config {
+        embedding_model_dir: Some(common::engine_url("IAF_TEST_EMBEDDING_MODEL_DIR", "minilm")),
+        vector_store: "qdrant".into(),
+        // Never reached: registration decides without the store.
+        qdrant_url: Some("http://127.0.0.1:9".into()),
+        qdrant_timeout_seconds: 1,
+        ..common::config(&db)
+    };
+    let app = TestApp::with_config(config).await;
+    assert!(
+        iafactory_api::rag::reembed::spawn_worker(
+            app.state.clone(),
+            tokio_util::sync::CancellationToken::new()
+        )
+        .is_none()
+    );
+    let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
+    tenant(&app).await;
+    let registered = register_kb(&app, "guide", spec(MINILM, &[])).await;
+    let kb = registered["id"].as_str().unwrap().to_owned();
+    sqlx::query(
+        "INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes)
+         SELECT tenant_id, id, 'Horaires', 'text/plain', 'h', 1 FROM knowledge_bases WHERE id = $1::uuid",
+    )
+    .bind(&kb)
+    .execute(&owner)
+    .await
+    .unwrap();
+    let refused = register_kb(&app, "guide", spec(SMOLLM2, &[])).await;
+    assert_eq!(
+        refused["reembedding"]["error"],
+        iafactory_api::rag::reembed::UNSUPPORTED,
+        "{refused}"
+    );
+    assert_eq!(
+        written(&owner, &kb).await["embedding"],
+        serde_json::from_str::<Value>(MINILM).unwrap()
+    );
+    // Asking for the stored model again clears it.
+    let back = register_kb(&app, "guide", spec(MINILM, &[])).await;
+    assert!(back.get("reembedding").is_none(), "{back}");
+}
