@@ -28,6 +28,10 @@ pub enum ConfigError {
         "IAF_DATABASE_URL is not set: point it at the tenant's PostgreSQL (postgres://user:password@host:5432/db)"
     )]
     MissingDatabaseUrl,
+    #[error(
+        "IAF_DATABASE_APP_PASSWORD is not set: requests are served by the login role iafactory_app, never by the owner in IAF_DATABASE_URL. Set it to random bytes, for example: IAF_DATABASE_APP_PASSWORD=$(openssl rand -hex 24)"
+    )]
+    MissingDatabaseAppPassword,
     #[error("IAF_TIMEZONE {0:?} is not a known IANA timezone (for example Africa/Algiers)")]
     BadTimezone(String),
     #[error("IAF_SOVEREIGNTY {0:?} is neither \"strict\" nor \"open\"")]
@@ -36,6 +40,10 @@ pub enum ConfigError {
         "IAF_TRUST_FORWARDED_FOR is no longer read: list the proxies in front of the API instead, as CIDRs, in IAF_TRUSTED_PROXIES (for example IAF_TRUSTED_PROXIES=172.16.0.0/12)"
     )]
     TrustForwardedForRemoved,
+    #[error(
+        "IAF_INTERNAL_LISTEN is the same address as IAF_LISTEN ({0}): the internal endpoints (/internal, /metrics) need a listener of their own, never reached through the gateway or the Ingress"
+    )]
+    SameListeners(SocketAddr),
     #[error("IAF_WORKFLOW_CONCURRENCY must be at least 1")]
     ZeroWorkflowConcurrency,
     #[error("IAF_VECTOR_STORE {0:?} is neither \"pgvector\" nor \"qdrant\"")]
@@ -48,15 +56,29 @@ pub enum ConfigError {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
+    /// The database owner: migrations, and giving the serving role its password.
     #[serde(default)]
     pub database_url: String,
+    /// The password of the serving login role (`db::APP_ROLE`): the request pool logs
+    /// in as that role, on the host and database of `database_url`. Never printed.
+    #[serde(default)]
+    pub database_app_password: Secret,
     #[serde(default)]
     pub redis_url: Option<String>,
     /// Never printed: see the Debug implementation of [`Secret`].
     #[serde(default)]
     pub jwt_secret: Secret,
     pub jwt_ttl_seconds: i64,
+    /// The public listener: `/api`, `/v1`, `/ws`, the console, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
+    /// The internal listener: `/internal/*` (the operator token) and `/metrics`, for the
+    /// operator, the appliance and monitoring only; never routed by a gateway or an
+    /// Ingress. `/healthz` and `/readyz` answer there too.
+    pub internal_listen: SocketAddr,
+    /// Failed operator-token attempts allowed per client address and minute on
+    /// `/internal/*`; past them, every attempt from that address answers 429 until
+    /// the budget refills (a correct token included, so guessing gains nothing).
+    pub operator_token_failures_per_minute: u32,
     /// The largest JSON body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// The largest uploaded document, in bytes.
@@ -230,10 +252,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: String::new(),
+            database_app_password: Secret::default(),
             redis_url: None,
             jwt_secret: Secret::default(),
             jwt_ttl_seconds: 3600,
             listen: "0.0.0.0:8180".parse().expect("a literal address"),
+            internal_listen: "0.0.0.0:9180".parse().expect("a literal address"),
+            operator_token_failures_per_minute: 10,
             body_limit_bytes: 1024 * 1024,
             max_upload_bytes: 20 * 1024 * 1024,
             cors_origins: Vec::new(),
@@ -302,6 +327,10 @@ impl Config {
 
     /// What makes a configuration unusable, said before anything starts.
     pub fn check(&self) -> Result<(), ConfigError> {
+        // Port 0 (tests) binds a fresh port each time: not the same listener.
+        if self.internal_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::SameListeners(self.listen));
+        }
         match self.jwt_secret.expose().len() {
             0 => return Err(ConfigError::MissingJwtSecret),
             n if n < MIN_JWT_SECRET_BYTES => return Err(ConfigError::WeakJwtSecret(n)),
@@ -309,6 +338,9 @@ impl Config {
         }
         if self.database_url.is_empty() {
             return Err(ConfigError::MissingDatabaseUrl);
+        }
+        if self.database_app_password.expose().is_empty() {
+            return Err(ConfigError::MissingDatabaseAppPassword);
         }
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(ConfigError::BadTimezone(self.timezone.clone()));
@@ -343,6 +375,8 @@ mod tests {
         let mut result = None;
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
+            // Every test but the one about it gives the serving role a password.
+            jail.set_env("IAF_DATABASE_APP_PASSWORD", "app-password");
             for (k, v) in vars {
                 jail.set_env(k, v);
             }
@@ -365,11 +399,26 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.internal_listen.port(), 9180);
         assert_eq!(config.cors_origins, ["https://a.dz", "https://b.dz"]);
         assert_eq!(config.rate_limit.per_ip_per_minute, 5);
         assert_eq!(config.rate_limit.per_ip_per_hour, 1000);
         assert_eq!(config.timezone, "Africa/Algiers");
         assert_eq!(format!("{:?}", config.jwt_secret), "<redacted>");
+    }
+
+    #[test]
+    fn the_internal_listener_needs_an_address_of_its_own() {
+        let config = Config {
+            listen: "0.0.0.0:8180".parse().unwrap(),
+            internal_listen: "0.0.0.0:8180".parse().unwrap(),
+            ..Config::default()
+        };
+        let refused = config.check().unwrap_err();
+        assert!(
+            matches!(refused, ConfigError::SameListeners(_)),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -386,6 +435,22 @@ mod tests {
         .unwrap_err();
         assert!(matches!(weak, ConfigError::WeakJwtSecret(5)), "{weak}");
         assert!(weak.to_string().contains("openssl rand"), "{weak}");
+    }
+
+    #[test]
+    fn the_serving_role_needs_its_password_and_it_is_never_printed() {
+        let base = [
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_URL", "postgres://x@y/z"),
+        ];
+        let missing = with_env(&[base[0], base[1], ("IAF_DATABASE_APP_PASSWORD", "")]).unwrap_err();
+        assert!(
+            matches!(missing, ConfigError::MissingDatabaseAppPassword),
+            "{missing}"
+        );
+        let set = with_env(&[base[0], base[1], ("IAF_DATABASE_APP_PASSWORD", "s3rving")]).unwrap();
+        assert_eq!(set.database_app_password.expose(), "s3rving");
+        assert!(!format!("{set:?}").contains("s3rving"));
     }
 
     #[test]
@@ -456,6 +521,7 @@ mod tests {
             )?;
             jail.set_env("IAF_JWT_SECRET", GOOD_SECRET);
             jail.set_env("IAF_DATABASE_URL", "postgres://x@y/z");
+            jail.set_env("IAF_DATABASE_APP_PASSWORD", "app-password");
             jail.set_env("IAF_BODY_LIMIT_BYTES", "4096");
             let config = Config::load(Some(Path::new("api.toml"))).unwrap();
             assert_eq!(config.timezone, "Europe/Paris");

@@ -38,6 +38,7 @@ use crate::workflows::routes as workflows;
         workflows::cancel_execution, workflows::execution_events,
     ),
     components(schemas(crate::error::ErrorEnvelope)),
+    tags((name = "internal", description = "Served on the internal listener only (`IAF_INTERNAL_LISTEN`, port 9180 by default), for the operator and the appliance; the public listener answers 404 to these paths.")),
     modifiers(&SecuritySchemes),
 )]
 struct ApiDoc;

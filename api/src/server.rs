@@ -23,20 +23,30 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Migrates, then builds the state. Readiness turns on once both succeeded.
+/// Migrates as the owner, lets the serving role log in, then builds the state on a
+/// pool of that role. Readiness turns on once all succeeded.
 pub async fn prepare(config: Config) -> Result<AppState, ServeError> {
     db::migrate(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, config.database_max_connections).await?;
+    let app_password = config.database_app_password.expose();
+    db::provision_app_role(&config.database_url, app_password).await?;
+    let pool = db::connect(
+        &config.database_url,
+        app_password,
+        config.database_max_connections,
+    )
+    .await?;
     let state = AppState::new(config, pool).await?;
     state.mark_migrated();
     Ok(state)
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests and flushes the
-/// usage log.
+/// Serves the public routes on `listener` and the internal ones (`/internal/*`,
+/// `/metrics`) on `internal`, until `shutdown` resolves; then both drain their in-flight
+/// requests, and the usage log is flushed.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    internal: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let usage = state.usage.clone();
@@ -46,6 +56,7 @@ pub async fn serve(
         state.config.ingestion_workers,
         stop_workers.clone(),
     );
+    let reembedding = crate::rag::reembed::spawn_worker(state.clone(), stop_workers.clone());
     let listener_task = crate::workflows::events::spawn_listener(
         state.db.clone(),
         state.workflows.clone(),
@@ -55,18 +66,47 @@ pub async fn serve(
         crate::workflows::schedule::spawn_scheduler(state.clone(), stop_workers.clone());
     let probes = crate::probe::spawn(state.clone(), stop_workers.clone());
     let workflows = state.workflows.clone();
+    let internal_app = crate::app::internal_app(state.clone());
     let app = crate::app::app(state);
-    let served = axum::serve(
+    // One signal stops both listeners.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_on_signal = stop.clone();
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        stop_on_signal.cancel();
+    });
+    let public = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(ServeError::Serve);
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let internal = axum::serve(
+        internal,
+        internal_app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let (public, internal) = tokio::join!(
+        async {
+            let served = public.await;
+            // A listener that fails takes the other down with it.
+            stop.cancel();
+            served
+        },
+        async {
+            let served = internal.await;
+            stop.cancel();
+            served
+        }
+    );
+    signal.abort();
+    let served = public.and(internal).map_err(ServeError::Serve);
     // Workers hand their jobs back; the next start picks them up at once.
     stop_workers.cancel();
     for worker in workers {
         let _ = worker.await;
+    }
+    if let Some(reembedding) = reembedding {
+        let _ = reembedding.await;
     }
     // Executions still running are recorded as cancelled, not left open.
     workflows.cancel_all();

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Users' token versions and status, for the bearer path (at most 5 s old).
     pub sessions: SessionCache,
     pub rate_limiter: RateLimiter,
+    /// Failed operator-token attempts per client address (`/internal/*`).
+    pub operator_guard: Arc<crate::operator_guard::OperatorGuard>,
     pub usage: UsageRecorder,
     pub metrics: Metrics,
     pub rag: Arc<Rag>,
@@ -88,6 +90,9 @@ impl AppState {
             sessions: SessionCache::new(Duration::from_secs(config.api_key_cache_seconds)),
             usage: UsageRecorder::start(db.clone(), metrics.clone()),
             rate_limiter,
+            operator_guard: Arc::new(crate::operator_guard::OperatorGuard::new(
+                config.operator_token_failures_per_minute,
+            )),
             metrics,
             rag,
             workflows,

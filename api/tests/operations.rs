@@ -56,9 +56,19 @@ async fn readiness_waits_for_migrations() {
     iafactory_api::db::migrate(&config.database_url)
         .await
         .unwrap();
-    let pool = iafactory_api::db::connect(&config.database_url, 2)
-        .await
-        .unwrap();
+    iafactory_api::db::provision_app_role(
+        &config.database_url,
+        config.database_app_password.expose(),
+    )
+    .await
+    .unwrap();
+    let pool = iafactory_api::db::connect(
+        &config.database_url,
+        config.database_app_password.expose(),
+        2,
+    )
+    .await
+    .unwrap();
     let state = iafactory_api::state::AppState::new(config, pool)
         .await
         .unwrap();
@@ -440,9 +450,15 @@ async fn shutdown_drains_in_flight_requests() {
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let in_flight_gauge = state.metrics.requests_in_flight.clone();
-    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(iafactory_api::server::serve(
+        state,
+        listener,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     // A login is slow on purpose (argon2): it is in flight when shutdown starts.
     let register = http

@@ -132,9 +132,16 @@ async fn upload_ingest_and_ask_over_http_with_a_real_model() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal_address = internal.local_addr().unwrap();
+    let server = tokio::spawn(iafactory_api::server::serve(
+        state,
+        listener,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     let base = format!("http://{address}");
     let registered: Value = http
@@ -262,7 +269,7 @@ async fn upload_ingest_and_ask_over_http_with_a_real_model() {
     assert!(body.find("event: token").unwrap() < body.find("event: done").unwrap());
 
     let metrics = http
-        .get(format!("{base}/metrics"))
+        .get(format!("http://{internal_address}/metrics"))
         .send()
         .await
         .unwrap()

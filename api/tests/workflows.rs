@@ -741,9 +741,15 @@ async fn the_websocket_streams_agent_status_to_a_jwt_holder_only() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(iafactory_api::server::serve(
+        state,
+        listener,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     let registered: Value = http
         .post(format!("http://{address}/api/auth/register"))
@@ -949,9 +955,15 @@ async fn a_signed_out_token_opens_no_websocket() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(iafactory_api::server::serve(
+        state,
+        listener,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     let registered: Value = http
         .post(format!("http://{address}/api/auth/register"))

@@ -142,8 +142,10 @@ pub struct TenantStatus {
 /// One running API container of a tenant, as [`App::api_replicas`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ApiReplica {
-    /// `ip:port` on the tenant's network.
+    /// `ip:port` on the tenant's network: the public listener, what the gateway routes to.
     pub address: String,
+    /// `ip:internal_port`: the internal listener, where Prometheus scrapes `/metrics`.
+    pub metrics_address: String,
     /// Docker's healthcheck passes (or the container has none).
     pub healthy: bool,
     /// On its way out: the gateway sends it no new request.
@@ -601,6 +603,7 @@ impl App {
         networks: &BTreeMap<String, String>,
     ) -> BTreeMap<String, Vec<ApiReplica>> {
         let port = self.config.platform.api.port;
+        let internal_port = self.config.platform.api.internal_port;
         let mut labels = instance_labels(&self.render_settings());
         labels.insert(LABEL_COMPONENT.into(), ComponentKind::Api.name().to_owned());
         let mut replicas: BTreeMap<String, Vec<ApiReplica>> = networks
@@ -624,6 +627,7 @@ impl App {
             if let Some(ip) = container.addresses.get(network) {
                 found.push(ApiReplica {
                     address: format!("{ip}:{port}"),
+                    metrics_address: format!("{ip}:{internal_port}"),
                     healthy: container.health.is_healthy(),
                     draining: is_draining(&container.name),
                 });

@@ -331,7 +331,8 @@ fn route_table(
 fn scrape_addresses(apis: &BTreeMap<String, Vec<ApiReplica>>) -> BTreeMap<String, Vec<String>> {
     apis.iter()
         .map(|(tenant, replicas)| {
-            let addresses = replicas.iter().map(|r| r.address.clone()).collect();
+            // `/metrics` is on the internal listener; the gateway uses `address`.
+            let addresses = replicas.iter().map(|r| r.metrics_address.clone()).collect();
             (tenant.clone(), addresses)
         })
         .collect()
@@ -511,6 +512,7 @@ mod tests {
     fn replica(address: &str, healthy: bool) -> ApiReplica {
         ApiReplica {
             address: address.to_owned(),
+            metrics_address: address.replace(":8180", ":9180"),
             healthy,
             draining: false,
         }
@@ -546,6 +548,7 @@ mod tests {
 
         let scraped = scrape_addresses(&apis);
         assert_eq!(scraped["alpha"].len(), 4);
-        assert_eq!(scraped["beta"], ["172.19.0.3:8180"]);
+        // Scraped on the internal listener, never on the routed one.
+        assert_eq!(scraped["beta"], ["172.19.0.3:9180"]);
     }
 }

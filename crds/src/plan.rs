@@ -350,8 +350,12 @@ pub struct EgressPlan {
     /// only towards `providers`.
     pub internet: bool,
     pub providers: Vec<ProviderEgress>,
-    /// Namespaces that may reach the API (ingress controller, the operator, monitoring).
+    /// Namespaces that may reach the API's public port (ingress controller, the
+    /// operator, monitoring).
     pub api_ingress_from_namespaces: Vec<String>,
+    /// The only namespaces that may reach the API's internal port (`/internal/*`,
+    /// `/metrics`): the operator's, and monitoring's when the tenant has monitoring.
+    pub api_internal_from_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -384,8 +388,16 @@ pub struct SecretKeyPlan {
     pub random_bytes: usize,
 }
 
+/// The API's public port is `http`; its internal one (`/internal/*`, `/metrics`) is
+/// this, in the plan, the Service and the NetworkPolicies.
+pub const API_INTERNAL_PORT_NAME: &str = "internal";
+
 pub const SECRET_JWT: &str = "api-jwt";
 pub const SECRET_DATABASE: &str = "postgres-credentials";
+/// The password of the API's serving login role (`iafactory_app`), which is neither
+/// the database owner nor a superuser. A Secret of its own, so that tenants created
+/// before it get it generated (an existing Secret is never rewritten).
+pub const SECRET_DATABASE_APP: &str = "postgres-app-credentials";
 pub const SECRET_OPERATOR_TOKEN: &str = "operator-token";
 pub const SECRET_QDRANT: &str = "qdrant-api-key";
 
@@ -694,6 +706,13 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
             }],
         },
         SecretPlan {
+            name: SECRET_DATABASE_APP.into(),
+            keys: vec![SecretKeyPlan {
+                key: "password".into(),
+                random_bytes: 24,
+            }],
+        },
+        SecretPlan {
             name: SECRET_OPERATOR_TOKEN.into(),
             keys: vec![SecretKeyPlan {
                 key: "token".into(),
@@ -747,7 +766,8 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
 
     let mut targets = vec![ScrapeTarget {
         component: ComponentKind::Api,
-        port: "http".into(),
+        // `/metrics` is served on the internal listener only.
+        port: API_INTERNAL_PORT_NAME.into(),
         path: "/metrics".into(),
     }];
     if qdrant {
@@ -786,6 +806,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
             internet: false,
             providers,
             api_ingress_from_namespaces: api_ingress_namespaces(spec, config),
+            api_internal_from_namespaces: api_internal_namespaces(spec, config),
         },
         secrets,
         components,
@@ -846,6 +867,18 @@ fn api_ingress_namespaces(spec: &crate::TenantSpec, config: &PlatformConfig) -> 
     if let Some(operator) = &config.network.operator_namespace {
         namespaces.push(operator.clone());
     }
+    if spec.components.monitoring.enabled {
+        namespaces.push(config.network.monitoring_namespace.clone());
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
+/// Who may reach the API's internal port: the operator registers resources there, and
+/// Prometheus scrapes `/metrics` there. Never the ingress controller.
+fn api_internal_namespaces(spec: &crate::TenantSpec, config: &PlatformConfig) -> Vec<String> {
+    let mut namespaces: Vec<String> = config.network.operator_namespace.iter().cloned().collect();
     if spec.components.monitoring.enabled {
         namespaces.push(config.network.monitoring_namespace.clone());
     }
@@ -1295,6 +1328,10 @@ fn api(
     let db = ComponentKind::Database.name();
     let mut env = vec![
         literal("IAF_LISTEN", format!("0.0.0.0:{port}")),
+        literal(
+            "IAF_INTERNAL_LISTEN",
+            format!("0.0.0.0:{}", config.api.internal_port),
+        ),
         literal("IAF_TENANT", name),
         literal(
             "IAF_SOVEREIGNTY",
@@ -1325,6 +1362,7 @@ fn api(
                 ),
             },
         },
+        from_secret("IAF_DATABASE_APP_PASSWORD", SECRET_DATABASE_APP, "password"),
         from_secret("IAF_JWT_SECRET", SECRET_JWT, "secret"),
         from_secret("IAF_OPERATOR_TOKEN", SECRET_OPERATOR_TOKEN, "token"),
         literal(
@@ -1409,10 +1447,16 @@ fn api(
         stateful: false,
         args: vec![],
         env,
-        ports: vec![PortPlan {
-            name: "http".into(),
-            port,
-        }],
+        ports: vec![
+            PortPlan {
+                name: "http".into(),
+                port,
+            },
+            PortPlan {
+                name: API_INTERNAL_PORT_NAME.into(),
+                port: config.api.internal_port,
+            },
+        ],
         volumes: vec![VolumePlan {
             name: "tmp".into(),
             mount_path: "/tmp".into(),

@@ -970,13 +970,23 @@ async fn knowledge_bases_and_workflows_are_registered_with_the_real_tenant_api()
     let state = iafactory_api::server::prepare(config)
         .await
         .expect("the tenant API starts");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", api_port))
+    // The operator registers on the API's internal listener; the public one is not
+    // used here.
+    let public = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let internal = tokio::net::TcpListener::bind(("127.0.0.1", api_port))
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(iafactory_api::server::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
+    let api = tokio::spawn(iafactory_api::server::serve(
+        state,
+        public,
+        internal,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     apply_sample(&cluster, "knowledgebase-reglements.yaml").await;
     apply_sample(&cluster, "workflow-synthese.yaml").await;

@@ -48,8 +48,10 @@ base="http://127.0.0.1:$port"
 
 note "starting the API on $base (database $database)"
 IAF_DATABASE_URL="${IAF_TEST_DATABASE_URL%/*}/$database" \
+IAF_DATABASE_APP_PASSWORD=app-password-for-tests \
 IAF_JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
 IAF_LISTEN="127.0.0.1:$port" \
+IAF_INTERNAL_LISTEN="127.0.0.1:0" \
 IAF_EMBEDDING_MODEL_DIR="$IAF_TEST_EMBEDDING_MODEL_DIR" \
 IAF_RATE_LIMIT__PER_IP_PER_MINUTE=1000000 \
 IAF_RATE_LIMIT__PER_IP_PER_HOUR=1000000 \

@@ -10,7 +10,9 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use garde::Validate;
 use iafactory_crds::plan::WorkflowPlan;
-use iafactory_crds::tenant_api::{KnowledgeBaseRegistration, SourceRecord, TenantUpsert};
+use iafactory_crds::tenant_api::{
+    KnowledgeBaseRegistration, ReembedProgress, SourceRecord, TenantUpsert,
+};
 use iafactory_crds::workflow::WorkflowSpec;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -39,6 +41,18 @@ impl FromRequestParts<AppState> for Operator {
                 "internal API (IAF_OPERATOR_TOKEN is not set)",
             ));
         }
+        // The internal listener has no proxy in front of it: the peer is the client.
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let refused = |wait: std::time::Duration| {
+            tracing::warn!(%client, "operator-token attempts refused: too many failures");
+            ApiError::RateLimited {
+                retry_after_seconds: wait.as_secs_f64().ceil() as u64,
+            }
+        };
+        state.operator_guard.check(client).map_err(refused)?;
         let presented = parts
             .headers
             .get(http::header::AUTHORIZATION)
@@ -48,6 +62,7 @@ impl FromRequestParts<AppState> for Operator {
         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(Operator)
         } else {
+            state.operator_guard.failed(client).map_err(refused)?;
             Err(ApiError::Unauthorized(
                 "the operator token is missing or wrong",
             ))
@@ -236,6 +251,12 @@ pub struct KnowledgeBaseRecord {
     /// repeats).
     #[schema(value_type = Vec<Object>)]
     pub sources: Vec<SourceRecord>,
+    /// The re-embedding under way after a change of the embedding model:
+    /// `{embedding, done, total, error, started_at}` (see `rag::reembed`); absent when
+    /// the vectors are the registered model's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub reembedding: Option<ReembedProgress>,
 }
 
 async fn knowledge_base_record(
@@ -252,16 +273,18 @@ async fn knowledge_base_record(
     .bind(name)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(
-        |(id, documents, chunks, last_ingestion)| KnowledgeBaseRecord {
-            id,
-            name: name.to_owned(),
-            documents,
-            chunks,
-            last_ingestion,
-            sources: Vec::new(),
-        },
-    ))
+    let Some((id, documents, chunks, last_ingestion)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(KnowledgeBaseRecord {
+        id,
+        name: name.to_owned(),
+        documents,
+        chunks,
+        last_ingestion,
+        sources: Vec::new(),
+        reembedding: crate::rag::reembed::progress(tx, id).await?,
+    }))
 }
 
 /// Registers a `KnowledgeBase` resource: creates or updates it by name, then brings
@@ -293,11 +316,11 @@ pub async fn upsert_knowledge_base(
         "INSERT INTO knowledge_bases (tenant_id, name, description, languages, embedding, chunking, vector_store, generation, managed_by)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'operator')
          ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, languages = EXCLUDED.languages,
-             embedding = EXCLUDED.embedding, chunking = EXCLUDED.chunking, vector_store = EXCLUDED.vector_store,
+             chunking = EXCLUDED.chunking, vector_store = EXCLUDED.vector_store,
              generation = EXCLUDED.generation, managed_by = 'operator', updated_at = now()
-         WHERE (knowledge_bases.description, knowledge_bases.languages, knowledge_bases.embedding,
+         WHERE (knowledge_bases.description, knowledge_bases.languages,
                 knowledge_bases.chunking, knowledge_bases.vector_store, knowledge_bases.generation, knowledge_bases.managed_by)
-             IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.languages, EXCLUDED.embedding,
+             IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.languages,
                 EXCLUDED.chunking, EXCLUDED.vector_store, EXCLUDED.generation, 'operator')",
     )
     .bind(tenant_id)
@@ -310,10 +333,24 @@ pub async fn upsert_knowledge_base(
     .bind(spec.generation.as_ref().map(serde_json::to_value).transpose().map_err(|e| ApiError::internal("encoding a spec", e))?)
     .execute(&mut *tx)
     .await?;
+    // A new model is not written over the stored one: the chunks are re-embedded with
+    // it in the background, and searches switch when they all are (`rag::reembed`).
+    let (_, change) = crate::rag::reembed::register(&state, &mut tx, &name, embedding)
+        .await
+        .map_err(|e| ApiError::internal("registering the embedding model", e))?;
     let record = knowledge_base_record(&mut tx, &name)
         .await?
         .ok_or(ApiError::NotFound("knowledge base"))?;
     tx.commit().await?;
+    if change == crate::rag::reembed::Change::Switch {
+        let scope = crate::rag::store::Scope {
+            tenant_id,
+            knowledge_base_id: record.id,
+        };
+        if let Err(error) = crate::rag::reembed::after_switch(&state, scope).await {
+            tracing::warn!(%error, "the previous model's vector index stays; searches scan instead");
+        }
+    }
     let sources = crate::sources::reconcile(&state, tenant_id, record.id, &spec, &config_maps)
         .await
         .map_err(|e| ApiError::internal("ingesting the knowledge base's sources", e))?;

@@ -18,6 +18,8 @@ use tower::ServiceExt;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+/// The serving role's password. Roles are cluster-wide, so every test gives it the same.
+pub const DATABASE_APP_PASSWORD: &str = "app-password-for-tests";
 
 /// A database of its own, dropped at the end of the test.
 pub struct TestDb {
@@ -79,6 +81,7 @@ impl Drop for TestDb {
 pub fn config(db: &TestDb) -> Config {
     Config {
         database_url: db.url.clone(),
+        database_app_password: Secret(DATABASE_APP_PASSWORD.into()),
         jwt_secret: Secret(JWT_SECRET.into()),
         operator_token: Secret(OPERATOR_TOKEN.into()),
         database_max_connections: 8,
@@ -112,7 +115,10 @@ pub async fn state(config: Config) -> AppState {
 }
 
 pub struct TestApp {
+    /// The public listener's router.
     pub router: Router,
+    /// The internal listener's router (`/internal/*`, `/metrics`).
+    pub internal: Router,
     pub state: AppState,
     /// Stops the ingestion workers, if any, when the test ends.
     workers: Option<tokio_util::sync::DropGuard>,
@@ -125,11 +131,12 @@ impl TestApp {
 
     pub async fn with_config(config: Config) -> Self {
         let state = state(config).await;
-        let router = iafactory_api::app::app(state.clone()).layer(axum::Extension(ConnectInfo(
-            SocketAddr::from(([10, 0, 0, 1], 40000)),
-        )));
+        let peer = axum::Extension(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 40000))));
+        let router = iafactory_api::app::app(state.clone()).layer(peer);
+        let internal = iafactory_api::app::internal_app(state.clone()).layer(peer);
         Self {
             router,
+            internal,
             state,
             workers: None,
         }
@@ -216,8 +223,26 @@ impl TestApp {
         self.send(builder.body(body).unwrap()).await
     }
 
+    /// To the listener that serves the path, as the operator and Prometheus do:
+    /// `/internal/*` and `/metrics` to the internal one, the rest to the public one.
+    /// [`TestApp::send_public`] sends anything to the public one.
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.router.clone().oneshot(request).await.unwrap();
+        let path = request.uri().path();
+        let internal = path.starts_with("/internal/") || path == "/metrics";
+        let router = if internal {
+            &self.internal
+        } else {
+            &self.router
+        };
+        Self::reply(router.clone().oneshot(request).await.unwrap()).await
+    }
+
+    /// To the public listener, whatever the path.
+    pub async fn send_public(&self, request: Request<Body>) -> Reply {
+        Self::reply(self.router.clone().oneshot(request).await.unwrap()).await
+    }
+
+    async fn reply(response: axum::response::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
