@@ -90,3 +90,53 @@ async fn nul_characters_are_refused_as_invalid() {
     );
     assert_eq!(reply.error_code(), "validation_failed");
 }
+
+/// Schemathesis found it: a metadata number near f64::MAX was stored, and jsonb printed
+/// it back in 309 digits that serde_json cannot read, so listing the document was a 500.
+#[tokio::test]
+async fn metadata_numbers_that_would_not_read_back_are_refused() {
+    let db = TestDb::new().await;
+    let app = TestApp::with_config(common::rag_config(&db)).await;
+    let admin = app.register("huge-number").await;
+    let token = admin.token.as_str();
+    let reply = app
+        .request(
+            Method::POST,
+            "/api/knowledge-bases",
+            Auth::Bearer(token),
+            Some(json!({"name": "numbers"})),
+        )
+        .await;
+    let id = reply.body["data"]["id"].as_str().unwrap().to_owned();
+    let documents = format!("/api/knowledge-bases/{id}/documents");
+    let reply = app
+        .request(
+            Method::POST,
+            &documents,
+            Auth::Bearer(token),
+            Some(json!({"title": "t", "text": "du texte", "metadata": {"k": [f64::MAX]}})),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["fields"][0]["field"], "metadata");
+    // An ordinary number is kept, and the list reads it back.
+    let reply = app
+        .request(
+            Method::POST,
+            &documents,
+            Auth::Bearer(token),
+            Some(json!({"title": "t", "text": "du texte", "metadata": {"k": 1.5e30}})),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    let listed = app
+        .request(Method::GET, &documents, Auth::Bearer(token), None)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(listed.body["data"][0]["metadata"]["k"], 1.5e30);
+}

@@ -46,8 +46,8 @@ async fn serve_routes_each_tenant_host_to_its_own_api_over_tls() {
     let config = std::fs::read_to_string(&box_.config_file)
         .unwrap()
         .replace(
-            r#"args = ["httpd", "-f", "-p", "8180", "-h", "/www"]"#,
-            r#"args = ["sh", "-c", "mkdir -p /tmp/www && echo tenant=$IAF_TENANT > /tmp/www/index.html && exec /bin/busybox httpd -f -p 8180 -h /tmp/www"]"#,
+            r#"args = ["sh", "-c", "/bin/busybox httpd -p 9180 -h /www && exec /bin/busybox httpd -f -p 8180 -h /www"]"#,
+            r#"args = ["sh", "-c", "mkdir -p /tmp/www && echo tenant=$IAF_TENANT > /tmp/www/index.html && /bin/busybox httpd -p 9180 -h /www && exec /bin/busybox httpd -f -p 8180 -h /tmp/www"]"#,
         );
     assert!(config.contains("IAF_TENANT"), "{config}");
     std::fs::write(&box_.config_file, config).unwrap();

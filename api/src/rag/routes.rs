@@ -444,6 +444,19 @@ struct Upload {
     metadata: serde_json::Value,
 }
 
+/// Whether every number in `value` comes back from PostgreSQL readable: jsonb keeps a
+/// number as `numeric` and prints it in full (1.7976931348623157e308 becomes 309
+/// digits), which serde_json refuses to read as an f64 near its limit, so such a
+/// document could be stored and never listed again.
+fn numbers_read_back(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x.abs() < 1e300),
+        serde_json::Value::Array(items) => items.iter().all(numbers_read_back),
+        serde_json::Value::Object(fields) => fields.values().all(numbers_read_back),
+        _ => true,
+    }
+}
+
 /// Reads a multipart `file` field or a JSON `{title, text, metadata}` body.
 async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiError> {
     let content_type = request
@@ -465,12 +478,19 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
         if body.text.trim().is_empty() {
             return Err(ApiError::validation("text", "is empty"));
         }
+        let metadata = serde_json::Value::Object(body.metadata.unwrap_or_default());
+        if !numbers_read_back(&metadata) {
+            return Err(ApiError::validation(
+                "metadata",
+                "numbers must lie between -1e300 and 1e300",
+            ));
+        }
         return Ok(Upload {
             filename: format!("{title}.txt"),
             title,
             format: Format::Text,
             bytes: body.text.into_bytes(),
-            metadata: serde_json::Value::Object(body.metadata.unwrap_or_default()),
+            metadata,
         });
     }
     if !content_type.starts_with("multipart/form-data") {
