@@ -1,6 +1,8 @@
 //! End to end: the real `iafactory-operator` process against the in-memory API server
 //! (`kube-testserver`), driven with the machine's `kubectl` and with kube-rs.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -899,17 +901,7 @@ async fn without_the_crds_it_fails_fast_with_an_install_hint() {
 async fn tenant_database() -> String {
     let admin = std::env::var("IAF_TEST_DATABASE_URL")
         .expect("IAF_TEST_DATABASE_URL is not set: run scripts/test, or scripts/engines.sh up postgres && source /tmp/iafactory-engines/env");
-    let name = format!("iaf_operator_e2e_{}", std::process::id());
-    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+    common::fresh_database(&admin, &format!("iaf_operator_e2e_{}", std::process::id())).await
 }
 
 #[tokio::test]

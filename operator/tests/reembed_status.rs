@@ -4,6 +4,8 @@
 //! `Reindexing` condition, until the API has switched to the new model (SmolLM2 on the
 //! real llama.cpp server).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -136,16 +138,7 @@ async fn a_re_embedding_shows_in_the_knowledge_base_status_until_it_is_done() {
     // The tenant's API on a database of its own, without workers for now: the
     // re-embedding waits.
     let name = format!("iaf_operator_reembed_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let database_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let database_url = common::fresh_database(&admin_url, &name).await;
     let config = iafactory_api::config::Config {
         database_url: database_url.clone(),
         database_app_password: iafactory_api::config::Secret("app-password-for-tests".into()),

@@ -57,3 +57,18 @@ pub fn build_objects(
     );
     (plan, objects)
 }
+
+/// A database of its own, `name`, on the test PostgreSQL at `admin_url` (dropped first
+/// if a killed run left it); its URL.
+pub async fn fresh_database(admin_url: &str, name: &str) -> String {
+    let admin = sqlx::PgPool::connect(admin_url).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)
+}
