@@ -54,6 +54,8 @@ const STRINGS = {
     "err.rate_limited": "Too many requests: wait a moment, then try again.",
     "err.validation_failed": "Check the field “{field}”: {message}",
     "err.session": "Your session has ended: sign in again.",
+    "session.signedOut": "You are signed out.",
+    "session.signOutLocal": "You are signed out on this device, but the server could not be reached: the session stays valid until it expires.",
     "err.unavailable": "The service is not available right now. Try again in a moment.",
     "err.other": "Something went wrong ({code}).",
   },
@@ -109,6 +111,8 @@ const STRINGS = {
     "err.rate_limited": "Trop de requêtes : patientez un instant, puis réessayez.",
     "err.validation_failed": "Vérifiez le champ « {field} » : {message}",
     "err.session": "Votre session a pris fin : reconnectez-vous.",
+    "session.signedOut": "Vous êtes déconnecté.",
+    "session.signOutLocal": "Vous êtes déconnecté sur cet appareil, mais le serveur est injoignable : la session reste valable jusqu’à son expiration.",
     "err.unavailable": "Le service est momentanément indisponible. Réessayez dans un instant.",
     "err.other": "Une erreur s’est produite ({code}).",
   },
@@ -162,6 +166,8 @@ const STRINGS = {
     "err.rate_limited": "طلبات كثيرة جدًا: انتظر قليلًا ثم أعد المحاولة.",
     "err.validation_failed": "تحقق من الحقل «{field}»: {message}",
     "err.session": "انتهت جلستك: سجّل الدخول من جديد.",
+    "session.signedOut": "تم تسجيل خروجك.",
+    "session.signOutLocal": "تم تسجيل خروجك على هذا الجهاز، لكن تعذر الوصول إلى الخادم: تبقى الجلسة صالحة حتى انتهاء مدتها.",
     "err.unavailable": "الخدمة غير متاحة حاليًا. أعد المحاولة بعد قليل.",
     "err.other": "حدث خطأ ({code}).",
   },
@@ -348,9 +354,18 @@ function isAdmin() {
   return ["tenant_admin", "admin"].includes(session.me?.user?.role);
 }
 
-function signOut() {
+// The token is forgotten here whatever happens; the server is asked to end every
+// token of this user, so a copy of it (a shared machine, a proxy log) stops working too.
+async function signOut() {
+  let ended = true;
+  try {
+    await api("POST", "/api/auth/logout");
+  } catch (error) {
+    ended = error instanceof ApiFailure && error.status === 401;
+  }
   session.token = null;
   session.me = null;
+  notify(t(ended ? "session.signedOut" : "session.signOutLocal"), ended ? "info" : "error", true);
   location.hash = "#/login";
 }
 

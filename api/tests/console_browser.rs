@@ -263,6 +263,7 @@ async fn the_console_journeys_pass_in_a_real_browser() {
         "run a workflow",
         "delete a knowledge base",
         "an expired session",
+        "sign out",
         "phone width",
     ] {
         assert!(

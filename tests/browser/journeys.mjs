@@ -361,6 +361,31 @@ await journey("an expired session", async () => {
   await page.locator('form[data-workflow="synthese"]').waitFor();
 });
 
+await journey("sign out", async () => {
+  // Signing out ends the session on the server: a copy of the token stops working.
+  let token = null;
+  const remember = (request) => {
+    const header = request.headers().authorization;
+    if (header?.startsWith("Bearer ")) token = header.slice("Bearer ".length);
+  };
+  page.on("request", remember);
+  await page.getByRole("link", { name: "Bases de connaissances" }).click();
+  await page.getByRole("heading", { level: 1, name: "Bases de connaissances" }).waitFor();
+  page.off("request", remember);
+  check(token !== null, "the console sent its token");
+  const before = await fetch(`${URL}/api/auth/me`, { headers: { Authorization: `Bearer ${token}` } });
+  check(before.status === 200, `before signing out, the token answered ${before.status}`);
+  await page.getByRole("button", { name: "Se déconnecter" }).click();
+  await page.getByRole("heading", { level: 1, name: "Connexion à IAFactory" }).waitFor();
+  check((await text("#notice")) === "Vous êtes déconnecté.", `the message was: ${await text("#notice")}`);
+  const after = await fetch(`${URL}/api/auth/me`, { headers: { Authorization: `Bearer ${token}` } });
+  check(after.status === 401, `after signing out, the copied token answered ${after.status}`);
+  await page.getByLabel("Adresse e-mail").fill(env("CONSOLE_EMAIL"));
+  await page.getByLabel("Mot de passe").fill(env("CONSOLE_PASSWORD"));
+  await page.getByRole("button", { name: "Se connecter" }).click();
+  await page.getByRole("heading", { level: 1, name: "Bases de connaissances" }).waitFor();
+});
+
 await journey("phone width", async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   for (const [hash, heading, name] of [["#/kbs", "Bases de connaissances", "13-phone-knowledge-bases"],
