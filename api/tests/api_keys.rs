@@ -489,6 +489,61 @@ async fn revoking_a_key_revokes_what_it_minted() {
         "a key the revoked one did not mint still works"
     );
 
+    // A key ends only its own lineage: the surviving sibling, an admin key, cannot cut
+    // off the tenant's other keys, yet it can end a key it minted, and itself.
+    let (admin_key, admin_key_id) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "delegated admin", "scopes": ["admin", "query"]}),
+        )
+        .await;
+    let (other_admin_key, other_admin_key_id) = app
+        .create_key(
+            &admin.token,
+            json!({"name": "other admin", "scopes": ["admin", "query"]}),
+        )
+        .await;
+    let refused = app
+        .request(
+            Method::DELETE,
+            &format!("/api/keys/{other_admin_key_id}"),
+            Auth::Key(&admin_key),
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let me = app
+        .request(
+            Method::GET,
+            "/api/auth/me",
+            Auth::Key(&other_admin_key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        me.status,
+        StatusCode::OK,
+        "a sibling key survives: {}",
+        me.body
+    );
+    let (_, own_child_id) = mint_with_key(
+        &app,
+        &admin_key,
+        json!({"name": "delegated child", "scopes": ["query"]}),
+    )
+    .await;
+    for own in [&own_child_id, &admin_key_id] {
+        let ended = app
+            .request(
+                Method::DELETE,
+                &format!("/api/keys/{own}"),
+                Auth::Key(&admin_key),
+                None,
+            )
+            .await;
+        assert_eq!(ended.status, StatusCode::OK, "{}", ended.body);
+    }
+
     // A key minted while its maker was being revoked (the revocation's update did not
     // see it) is refused too: authentication checks the whole lineage.
     let late = iafactory_api::auth::generate_api_key();

@@ -300,6 +300,37 @@ pub async fn revoke_key(
 ) -> ApiResult<Json<Envelope<KeyView>>> {
     auth.require(Scope::Admin)?;
     let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    // A key may end itself and what it minted, never a sibling or its maker: an `admin`
+    // key limited to one knowledge base must not be able to cut off the tenant's other
+    // keys. Signed-in admins revoke any key of their tenant.
+    if let Some(caller) = &auth.key {
+        let within_lineage: bool = sqlx::query_scalar(
+            "WITH RECURSIVE minted AS (
+                 SELECT id FROM api_keys WHERE id = $1
+                 UNION
+                 SELECT k.id FROM api_keys k JOIN minted m ON k.created_by_key_id = m.id
+             )
+             SELECT EXISTS (SELECT 1 FROM minted WHERE id = $2)",
+        )
+        .bind(caller.id)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !within_lineage {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1)")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Err(if exists {
+                ApiError::Forbidden(
+                    "an API key can revoke only itself and the keys it minted: sign in as a tenant admin to revoke other keys".into(),
+                )
+            } else {
+                ApiError::NotFound("API key")
+            });
+        }
+    }
     let revoked: Vec<Uuid> = sqlx::query_scalar(
         "WITH RECURSIVE minted AS (
              SELECT id FROM api_keys WHERE id = $1
