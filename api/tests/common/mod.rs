@@ -79,8 +79,13 @@ impl Drop for TestDb {
 }
 
 pub fn config(db: &TestDb) -> Config {
+    config_for_url(&db.url)
+}
+
+/// The test configuration for a database the test runs itself.
+pub fn config_for_url(database_url: &str) -> Config {
     Config {
-        database_url: db.url.clone(),
+        database_url: database_url.to_owned(),
         database_app_password: Secret(DATABASE_APP_PASSWORD.into()),
         jwt_secret: Secret(JWT_SECRET.into()),
         operator_token: Secret(OPERATOR_TOKEN.into()),
