@@ -25,9 +25,17 @@ pub enum ConfigError {
     )]
     WeakJwtSecret(usize),
     #[error(
-        "IAF_DATABASE_URL is not set: point it at the tenant's PostgreSQL (postgres://user:password@host:5432/db)"
+        "neither IAF_DATABASE_APP_URL nor IAF_DATABASE_URL is set: serve as the login role iafactory_app with IAF_DATABASE_APP_URL=postgres://iafactory_app:PASSWORD@host:5432/db after `iafactory-api migrate` ran with the owner's IAF_DATABASE_URL (or, for a single-process setup, give serve IAF_DATABASE_URL alone and it migrates at start)"
     )]
     MissingDatabaseUrl,
+    #[error(
+        "IAF_DATABASE_URL and IAF_DATABASE_APP_URL are both set: a serving API given IAF_DATABASE_APP_URL must not hold the owner's credentials. Run `iafactory-api migrate` with IAF_DATABASE_URL first, then serve with IAF_DATABASE_APP_URL alone"
+    )]
+    OwnerAndAppUrls,
+    #[error(
+        "IAF_DATABASE_URL is not set: `iafactory-api migrate` runs as the database owner (postgres://owner:password@host:5432/db)"
+    )]
+    MissingOwnerUrl,
     #[error(
         "IAF_DATABASE_APP_PASSWORD is not set: requests are served by the login role iafactory_app, never by the owner in IAF_DATABASE_URL. Set it to random bytes, for example: IAF_DATABASE_APP_PASSWORD=$(openssl rand -hex 24)"
     )]
@@ -56,9 +64,17 @@ pub enum ConfigError {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
-    /// The database owner: migrations, and giving the serving role its password.
+    /// The database owner: migrations, and giving the serving role its password. Only
+    /// for a single-process setup (development, tests), where `serve` migrates at
+    /// start; the drivers give it to the `migrate` step alone, and serve with
+    /// `database_app_url`.
     #[serde(default)]
     pub database_url: String,
+    /// The serving login role's own URL (`postgres://iafactory_app:...`): `serve` then
+    /// never migrates, refuses a schema that lacks a migration it embeds, and never
+    /// holds the owner's credentials. Exclusive with `database_url`. Never printed.
+    #[serde(default)]
+    pub database_app_url: Secret,
     /// The password of the serving login role (`db::APP_ROLE`): the request pool logs
     /// in as that role, on the host and database of `database_url`. Never printed.
     #[serde(default)]
@@ -180,6 +196,31 @@ pub struct Config {
     pub qdrant_timeout_seconds: u64,
 }
 
+/// What `iafactory-api migrate` reads (the same file and `IAF_*` variables as
+/// [`Config`], nothing else): the owner's URL, and the serving role's password to give it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MigrateConfig {
+    #[serde(default)]
+    pub database_url: String,
+    #[serde(default)]
+    pub database_app_password: Secret,
+}
+
+impl MigrateConfig {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: MigrateConfig = Config::figment(file)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        if config.database_url.is_empty() {
+            return Err(ConfigError::MissingOwnerUrl);
+        }
+        if config.database_app_password.expose().is_empty() {
+            return Err(ConfigError::MissingDatabaseAppPassword);
+        }
+        Ok(config)
+    }
+}
+
 /// Three kinds of bucket, so that no anonymous client can lock out signed-in people:
 /// requests that carry no valid credential (sign-in, sign-up, probing) count per client
 /// address; authenticated ones count per user or per key, under a per-address ceiling
@@ -252,6 +293,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: String::new(),
+            database_app_url: Secret::default(),
             database_app_password: Secret::default(),
             redis_url: None,
             jwt_secret: Secret::default(),
@@ -336,11 +378,18 @@ impl Config {
             n if n < MIN_JWT_SECRET_BYTES => return Err(ConfigError::WeakJwtSecret(n)),
             _ => {}
         }
-        if self.database_url.is_empty() {
-            return Err(ConfigError::MissingDatabaseUrl);
-        }
-        if self.database_app_password.expose().is_empty() {
-            return Err(ConfigError::MissingDatabaseAppPassword);
+        match (
+            self.database_url.is_empty(),
+            self.database_app_url.expose().is_empty(),
+        ) {
+            (true, true) => return Err(ConfigError::MissingDatabaseUrl),
+            (false, false) => return Err(ConfigError::OwnerAndAppUrls),
+            // Serving as the app role, from its own URL: no password of its own needed.
+            (true, false) => {}
+            (false, true) if self.database_app_password.expose().is_empty() => {
+                return Err(ConfigError::MissingDatabaseAppPassword);
+            }
+            (false, true) => {}
         }
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(ConfigError::BadTimezone(self.timezone.clone()));
@@ -451,6 +500,47 @@ mod tests {
         let set = with_env(&[base[0], base[1], ("IAF_DATABASE_APP_PASSWORD", "s3rving")]).unwrap();
         assert_eq!(set.database_app_password.expose(), "s3rving");
         assert!(!format!("{set:?}").contains("s3rving"));
+    }
+
+    #[test]
+    fn serving_from_the_app_url_needs_no_owner_and_refuses_both() {
+        let app_url = "postgres://iafactory_app:s3rving@db/iafactory";
+        let served = with_env(&[
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_APP_URL", app_url),
+            ("IAF_DATABASE_APP_PASSWORD", ""),
+        ])
+        .unwrap();
+        assert_eq!(served.database_app_url.expose(), app_url);
+        assert!(served.database_url.is_empty());
+        assert!(!format!("{served:?}").contains("s3rving"));
+        let both = with_env(&[
+            ("IAF_JWT_SECRET", GOOD_SECRET),
+            ("IAF_DATABASE_APP_URL", app_url),
+            ("IAF_DATABASE_URL", "postgres://owner:x@db/iafactory"),
+        ])
+        .unwrap_err();
+        assert!(matches!(both, ConfigError::OwnerAndAppUrls), "{both}");
+        let neither = with_env(&[("IAF_JWT_SECRET", GOOD_SECRET)]).unwrap_err();
+        assert!(
+            matches!(neither, ConfigError::MissingDatabaseUrl),
+            "{neither}"
+        );
+    }
+
+    #[test]
+    fn migrate_reads_only_the_owner_url_and_the_app_password() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            // No JWT key: migrating needs none.
+            jail.set_env("IAF_DATABASE_APP_PASSWORD", "app-password");
+            let missing = MigrateConfig::load(None).unwrap_err();
+            assert!(matches!(missing, ConfigError::MissingOwnerUrl), "{missing}");
+            jail.set_env("IAF_DATABASE_URL", "postgres://owner:x@db/iafactory");
+            let config = MigrateConfig::load(None).unwrap();
+            assert_eq!(config.database_app_password.expose(), "app-password");
+            Ok(())
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iafactory_api::config::Config;
+use iafactory_api::config::{Config, MigrateConfig};
 use iafactory_api::{db, server};
 use tracing_subscriber::EnvFilter;
 
@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Apply the database migrations, let the serving role log in, and exit.
+    /// As the database owner (IAF_DATABASE_URL): apply the migrations, let the serving
+    /// role log in with IAF_DATABASE_APP_PASSWORD, and exit. Run before `serve`.
     Migrate,
     /// Exit 0 when the local API is ready (for container healthchecks).
     Healthcheck {
@@ -74,7 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let config = Config::load(cli.config.as_deref())?;
+            // The owner's URL and the serving role's password, nothing else (no JWT
+            // key): the drivers run this as an init step with only those.
+            let config = MigrateConfig::load(cli.config.as_deref())?;
             db::migrate(&config.database_url).await?;
             db::provision_app_role(&config.database_url, config.database_app_password.expose())
                 .await?;

@@ -1,4 +1,5 @@
-//! Serving: migrations, the listener, graceful shutdown.
+//! Serving: the database (migrated here only in a single-process setup), the listener,
+//! graceful shutdown.
 
 use std::net::SocketAddr;
 
@@ -23,18 +24,31 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
 }
 
-/// Migrates as the owner, lets the serving role log in, then builds the state on a
-/// pool of that role. Readiness turns on once all succeeded.
+/// Builds the state on a pool of the serving role. With `database_app_url` (what both
+/// drivers give): no migration, the owner's credentials never seen, and a schema that
+/// lacks a migration this API embeds is refused by name. With the owner's
+/// `database_url` alone (a single-process setup): migrates as the owner and lets the
+/// serving role log in first. Readiness turns on once all succeeded.
 pub async fn prepare(config: Config) -> Result<AppState, ServeError> {
-    db::migrate(&config.database_url).await?;
-    let app_password = config.database_app_password.expose();
-    db::provision_app_role(&config.database_url, app_password).await?;
-    let pool = db::connect(
-        &config.database_url,
-        app_password,
-        config.database_max_connections,
-    )
-    .await?;
+    let pool = if config.database_app_url.expose().is_empty() {
+        db::migrate(&config.database_url).await?;
+        let app_password = config.database_app_password.expose();
+        db::provision_app_role(&config.database_url, app_password).await?;
+        db::connect(
+            &config.database_url,
+            app_password,
+            config.database_max_connections,
+        )
+        .await?
+    } else {
+        let pool = db::connect_app(
+            config.database_app_url.expose(),
+            config.database_max_connections,
+        )
+        .await?;
+        db::check_schema(&pool).await?;
+        pool
+    };
     let state = AppState::new(config, pool).await?;
     state.mark_migrated();
     Ok(state)
@@ -105,9 +119,7 @@ pub async fn serve(
     for worker in workers {
         let _ = worker.await;
     }
-    if let Some(reembedding) = reembedding {
-        let _ = reembedding.await;
-    }
+    let _ = reembedding.await;
     // Executions still running are recorded as cancelled, not left open.
     workflows.cancel_all();
     let _ = listener_task.await;

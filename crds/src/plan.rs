@@ -31,6 +31,10 @@ pub const LABEL_MANAGED_BY: &str = "iafactory.dz/managed-by";
 /// non-owner role for requests; see docs/api.md).
 pub const DATABASE_NAME: &str = "iafactory";
 pub const DATABASE_USER: &str = "iafactory";
+/// The login role the API serves requests as: neither the owner nor a superuser. The
+/// API's `migrate` step (the owner) gives it its password; the serving container gets
+/// only this role's URL, never the owner's credentials.
+pub const DATABASE_APP_USER: &str = "iafactory_app";
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
@@ -218,6 +222,10 @@ pub struct ComponentPlan {
     /// Components that must be healthy before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ComponentKind>,
+    /// Runs to completion, in the component's image, before the component serves: the
+    /// API's database migrations, the only step given the owner's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitPlan>,
     /// The only components that may connect to this one (a NetworkPolicy on
     /// Kubernetes); empty: any component of the tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -234,6 +242,20 @@ impl ComponentPlan {
     pub fn port(&self, name: &str) -> Option<u16> {
         self.ports.iter().find(|p| p.name == name).map(|p| p.port)
     }
+}
+
+/// A one-shot step in the component's image, with an environment of its own (a
+/// Kubernetes initContainer of every pod; on the appliance, a container run to its end
+/// each time the component's containers are created or replaced, then removed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitPlan {
+    /// The init container's name (`migrate`).
+    pub name: String,
+    /// Arguments to the image's entrypoint.
+    pub args: Vec<String>,
+    /// In order, as the component's: a template refers only to earlier variables.
+    pub env: Vec<EnvVarPlan>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -350,8 +372,7 @@ pub struct EgressPlan {
     /// only towards `providers`.
     pub internet: bool,
     pub providers: Vec<ProviderEgress>,
-    /// Namespaces that may reach the API's public port (ingress controller, the
-    /// operator, monitoring).
+    /// Namespaces that may reach the API's public port: the ingress controller's.
     pub api_ingress_from_namespaces: Vec<String>,
     /// The only namespaces that may reach the API's internal port (`/internal/*`,
     /// `/metrics`): the operator's, and monitoring's when the tenant has monitoring.
@@ -805,7 +826,7 @@ pub fn plan(tenant: &Tenant, config: &PlatformConfig) -> Result<TenantPlan, Plan
         egress: EgressPlan {
             internet: false,
             providers,
-            api_ingress_from_namespaces: api_ingress_namespaces(spec, config),
+            api_ingress_from_namespaces: api_ingress_namespaces(config),
             api_internal_from_namespaces: api_internal_namespaces(spec, config),
         },
         secrets,
@@ -860,16 +881,11 @@ fn set_literal(env: &mut Vec<EnvVarPlan>, name: &str, value: &str) {
 }
 
 /// The ingress controller's namespaces, and Prometheus' when the tenant is monitored.
-fn api_ingress_namespaces(spec: &crate::TenantSpec, config: &PlatformConfig) -> Vec<String> {
+/// Who may reach the API's public port from outside the tenant's namespace: the
+/// ingress controller only. The operator and monitoring use the internal port alone
+/// (registration, `/metrics`), so they are not admitted here.
+fn api_ingress_namespaces(config: &PlatformConfig) -> Vec<String> {
     let mut namespaces = config.network.ingress_namespaces.clone();
-    // The operator registers knowledge bases and workflows on the API's internal
-    // endpoints; without this, default-deny would cut it off.
-    if let Some(operator) = &config.network.operator_namespace {
-        namespaces.push(operator.clone());
-    }
-    if spec.components.monitoring.enabled {
-        namespaces.push(config.network.monitoring_namespace.clone());
-    }
     namespaces.sort();
     namespaces.dedup();
     namespaces
@@ -1069,6 +1085,7 @@ fn database(
         gpu: 0,
         security: security(config.images.postgres.uid, true),
         depends_on: vec![],
+        init: None,
         clients: vec![],
         spec_hash: String::new(),
     })
@@ -1160,6 +1177,7 @@ fn vector_store(
         gpu: 0,
         security: security(config.images.qdrant.uid, true),
         depends_on: vec![],
+        init: None,
         clients: vec![],
         spec_hash: String::new(),
     })
@@ -1243,6 +1261,7 @@ fn ollama(
         gpu,
         security: security(config.images.ollama.uid, true),
         depends_on: vec![],
+        init: None,
         clients: vec![],
         spec_hash: String::new(),
     })
@@ -1307,6 +1326,7 @@ fn redis(
         gpu: 0,
         security: security(config.images.redis.uid, true),
         depends_on: vec![],
+        init: None,
         clients: vec![ComponentKind::Api],
         spec_hash: String::new(),
     })
@@ -1353,16 +1373,16 @@ fn api(
             "IAF_TRUSTED_PROXIES",
             config.network.trusted_proxies.join(","),
         ),
-        from_secret("IAF_DB_PASSWORD", SECRET_DATABASE, "password"),
+        // The serving role only: the owner's credentials go to the `migrate` step.
+        from_secret("IAF_DATABASE_APP_PASSWORD", SECRET_DATABASE_APP, "password"),
         EnvVarPlan {
-            name: "IAF_DATABASE_URL".into(),
+            name: "IAF_DATABASE_APP_URL".into(),
             value: EnvValue::Template {
                 template: format!(
-                    "postgres://{DATABASE_USER}:$(IAF_DB_PASSWORD)@{db}:{POSTGRES_PORT}/{DATABASE_NAME}"
+                    "postgres://{DATABASE_APP_USER}:$(IAF_DATABASE_APP_PASSWORD)@{db}:{POSTGRES_PORT}/{DATABASE_NAME}"
                 ),
             },
         },
-        from_secret("IAF_DATABASE_APP_PASSWORD", SECRET_DATABASE_APP, "password"),
         from_secret("IAF_JWT_SECRET", SECRET_JWT, "secret"),
         from_secret("IAF_OPERATOR_TOKEN", SECRET_OPERATOR_TOKEN, "token"),
         literal(
@@ -1432,6 +1452,25 @@ fn api(
         ));
     }
 
+    // Migrations run as the database owner, before the API serves, and set the
+    // serving role's password (`iafactory-api migrate`).
+    let migrate = InitPlan {
+        name: "migrate".into(),
+        args: vec!["migrate".into()],
+        env: vec![
+            from_secret("IAF_DB_PASSWORD", SECRET_DATABASE, "password"),
+            EnvVarPlan {
+                name: "IAF_DATABASE_URL".into(),
+                value: EnvValue::Template {
+                    template: format!(
+                        "postgres://{DATABASE_USER}:$(IAF_DB_PASSWORD)@{db}:{POSTGRES_PORT}/{DATABASE_NAME}"
+                    ),
+                },
+            },
+            from_secret("IAF_DATABASE_APP_PASSWORD", SECRET_DATABASE_APP, "password"),
+        ],
+    };
+
     let mut depends_on = vec![ComponentKind::Database];
     if qdrant {
         depends_on.push(ComponentKind::VectorStore);
@@ -1498,6 +1537,7 @@ fn api(
         gpu: 0,
         security: security(config.images.api.uid, true),
         depends_on,
+        init: Some(migrate),
         clients: vec![],
         spec_hash: String::new(),
     })

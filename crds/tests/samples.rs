@@ -79,7 +79,7 @@ fn the_university_plan_follows_its_manifest_and_tier() {
     assert_eq!(plan.quota.requests_cpu.as_str(), "16");
     let env: Vec<_> = api.env.iter().map(|e| e.name.as_str()).collect();
     for required in [
-        "IAF_DATABASE_URL",
+        "IAF_DATABASE_APP_URL",
         "IAF_JWT_SECRET",
         "IAF_OPERATOR_TOKEN",
         "IAF_LISTEN",
@@ -88,11 +88,41 @@ fn the_university_plan_follows_its_manifest_and_tier() {
     ] {
         assert!(env.contains(&required), "{required} in {env:?}");
     }
-    let db_url = env.iter().position(|n| *n == "IAF_DATABASE_URL").unwrap();
-    let password = env.iter().position(|n| *n == "IAF_DB_PASSWORD").unwrap();
+    let db_url = env
+        .iter()
+        .position(|n| *n == "IAF_DATABASE_APP_URL")
+        .unwrap();
+    let password = env
+        .iter()
+        .position(|n| *n == "IAF_DATABASE_APP_PASSWORD")
+        .unwrap();
     assert!(
         password < db_url,
         "a $(VAR) template refers to an earlier variable"
+    );
+    // The serving container never holds the database owner's credentials: only the
+    // `migrate` step, which runs before it, does.
+    for owner in ["IAF_DATABASE_URL", "IAF_DB_PASSWORD"] {
+        assert!(!env.contains(&owner), "{owner} in the API's env {env:?}");
+    }
+    assert!(!api.env.iter().any(|e| matches!(
+        &e.value,
+        EnvValue::Secret { secret, .. }
+            if secret == iafactory_crds::plan::SECRET_DATABASE
+    )));
+    let migrate = api
+        .init
+        .as_ref()
+        .expect("the API migrates before it serves");
+    assert_eq!(migrate.args, ["migrate"]);
+    let init_env: Vec<_> = migrate.env.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        init_env,
+        [
+            "IAF_DB_PASSWORD",
+            "IAF_DATABASE_URL",
+            "IAF_DATABASE_APP_PASSWORD"
+        ]
     );
 }
 

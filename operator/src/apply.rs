@@ -4,9 +4,20 @@
 //! cluster already holds is known from watch caches, never from reads per reconcile:
 //! an object whose applied-hash annotation equals the built one is skipped, so a
 //! steady state costs no request at all.
+//!
+//! Secrets are the exception: the operator may not list or watch them (see
+//! [`crate::rbac`]), so it creates each generated Secret by name and remembers, per
+//! namespace uid, that it exists ([`SecretMemo`]). The memory is trusted for
+//! [`SECRET_RECHECK`] only: a Secret deleted behind the operator's back is created
+//! again at the next reconcile after that, at the latest on the periodic resync,
+//! rather than at once on a watch event.
+//!
+//! Order matters for RBAC: the namespace first, then the RoleBinding that gives the
+//! operator write access inside it, then everything else.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
@@ -101,13 +112,37 @@ pub struct OwnedCache {
     pub index: NamespaceIndex,
 }
 
+/// How long the operator trusts its memory that a generated Secret exists: half the
+/// resync period, so that every periodic resync looks again.
+pub const SECRET_RECHECK: Duration = Duration::from_secs(crate::controller::RESYNC.as_secs() / 2);
+
+/// The generated Secrets known to exist, by namespace uid and name, and since when.
+/// Keyed by uid, so a namespace deleted and created again starts empty.
+#[derive(Clone, Default)]
+pub struct SecretMemo(Arc<Mutex<HashMap<(String, String), Instant>>>);
+
+impl SecretMemo {
+    fn knows(&self, namespace_uid: &str, name: &str) -> bool {
+        let memo = self.0.lock().expect("the memo lock is never poisoned");
+        memo.get(&(namespace_uid.to_owned(), name.to_owned()))
+            .is_some_and(|since| since.elapsed() < SECRET_RECHECK)
+    }
+
+    fn remember(&self, namespace_uid: &str, name: &str) {
+        let mut memo = self.0.lock().expect("the memo lock is never poisoned");
+        memo.retain(|_, since| since.elapsed() < SECRET_RECHECK);
+        memo.insert((namespace_uid.to_owned(), name.to_owned()), Instant::now());
+    }
+}
+
 /// What the operator's watches know of the cluster.
 #[derive(Clone)]
 pub struct Caches {
     /// Every namespaced kind the operator owns, by [`kind_key`], metadata only.
     pub owned: Arc<HashMap<String, OwnedCache>>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Not a watch: Secrets are neither listed nor watched (see [`SecretMemo`]).
+    pub secrets: SecretMemo,
     pub deployments: Store<Deployment>,
     pub stateful_sets: Store<StatefulSet>,
     pub jobs: Store<Job>,
@@ -125,7 +160,6 @@ impl Caches {
             .wait_until_ready()
             .await
             .map_err(not_ready)?;
-        self.secrets.wait_until_ready().await.map_err(not_ready)?;
         self.deployments
             .wait_until_ready()
             .await
@@ -206,33 +240,47 @@ impl Applier<'_> {
         }
     }
 
-    pub async fn apply_child(&self, child: &Child, report: &mut ApplyReport) -> Result<()> {
+    /// Applies `child` unless the cache shows it as built; what the server answered,
+    /// if it wrote.
+    pub async fn apply_child(
+        &self,
+        child: &Child,
+        report: &mut ApplyReport,
+    ) -> Result<Option<DynamicObject>> {
         match self.caches.cached_hash(child) {
-            Some(_) if child.create_only => return Ok(()),
-            Some(Some(hash)) if hash == child.hash() => return Ok(()),
+            Some(_) if child.create_only => return Ok(None),
+            Some(Some(hash)) if hash == child.hash() => return Ok(None),
             _ => {}
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api(child)
+        let applied = self
+            .api(child)
             .patch(&child.name(), &params, &Patch::Apply(&child.object))
             .await
             .map_err(|e| Error::kube("applying", child.describe(), e))?;
         self.metrics.wrote("apply");
         report.applied.push(child.describe());
-        Ok(())
+        Ok(Some(applied))
     }
 
-    async fn ensure_secret(&self, secret: &SecretToCreate, report: &mut ApplyReport) -> Result<()> {
+    /// Creates a generated Secret unless it is known to exist: by name, never by a
+    /// list, and never overwriting one that is there.
+    async fn ensure_secret(
+        &self,
+        secret: &SecretToCreate,
+        namespace_uid: Option<&str>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         let name = secret.template.name_any();
         let namespace = secret.template.namespace().unwrap_or_default();
-        if self
-            .caches
-            .secrets
-            .get(&ObjectRef::new(&name).within(&namespace))
-            .is_some()
-        {
+        if namespace_uid.is_some_and(|uid| self.caches.secrets.knows(uid, &name)) {
             return Ok(());
         }
+        let remember = || {
+            if let Some(uid) = namespace_uid {
+                self.caches.secrets.remember(uid, &name);
+            }
+        };
         let mut object = secret.template.clone();
         let mut data = std::collections::BTreeMap::new();
         for (key, bytes) in &secret.keys {
@@ -262,9 +310,13 @@ impl Applier<'_> {
             Ok(_) => {
                 self.metrics.wrote("create");
                 report.created_secrets.push(format!("Secret/{name}"));
+                remember();
                 Ok(())
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                remember();
+                Ok(())
+            }
             Err(e) => Err(Error::kube("creating", format!("Secret/{name}"), e)),
         }
     }
@@ -273,17 +325,25 @@ impl Applier<'_> {
     /// but was not built this time.
     pub async fn apply_tenant(&self, objects: &TenantObjects, tenant: &str) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        self.apply_child(&objects.namespace, &mut report).await?;
+        let namespace = objects.namespace.name();
+        let applied = self.apply_child(&objects.namespace, &mut report).await?;
+        let namespace_uid = applied.and_then(|ns| ns.metadata.uid).or_else(|| {
+            self.caches
+                .namespaces
+                .get(&ObjectRef::new(&namespace))
+                .and_then(|ns| ns.metadata.uid.clone())
+        });
+        // The operator's write access to the namespace, before any write in it.
+        self.apply_child(&objects.access, &mut report).await?;
         for secret in &objects.secrets {
-            self.ensure_secret(secret, &mut report).await?;
+            self.ensure_secret(secret, namespace_uid.as_deref(), &mut report)
+                .await?;
         }
         for child in &objects.children {
             self.apply_child(child, &mut report).await?;
         }
-        let namespace = objects.namespace.name();
-        let wanted: BTreeSet<(String, String)> = objects
-            .children
-            .iter()
+        let wanted: BTreeSet<(String, String)> = std::iter::once(&objects.access)
+            .chain(&objects.children)
             .map(|c| (kind_key(&c.resource), c.name()))
             .collect();
         // Claims hold the data: the StatefulSet controller creates them with our labels

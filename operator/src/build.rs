@@ -30,6 +30,7 @@ use k8s_openapi::api::networking::v1::{
     ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
@@ -60,6 +61,27 @@ pub struct BuildContext {
     pub owner: OwnerReference,
     /// Whether `monitoring.coreos.com/v1` ServiceMonitors exist (found at start-up).
     pub service_monitors: bool,
+    /// The operator's own ServiceAccount, which each tenant namespace's RoleBinding
+    /// grants the tenant role to.
+    pub operator: OperatorAccount,
+}
+
+/// The ServiceAccount the operator runs as (the chart passes it through the
+/// downward API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorAccount {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Default for OperatorAccount {
+    /// The chart's defaults: `iafactory-operator` in `iafactory-system`.
+    fn default() -> Self {
+        OperatorAccount {
+            name: "iafactory-operator".into(),
+            namespace: "iafactory-system".into(),
+        }
+    }
 }
 
 /// One object to apply, kind-erased so that applying, hashing and RBAC checks treat
@@ -137,6 +159,10 @@ pub struct SecretToCreate {
 #[derive(Clone, Debug)]
 pub struct TenantObjects {
     pub namespace: Child,
+    /// The RoleBinding that lets the operator write in the namespace (the tenant role,
+    /// [`crate::rbac::TENANT_ROLE`]): applied right after the namespace, before anything
+    /// else in it, since without it every other write there is forbidden.
+    pub access: Child,
     /// Applied in order: policy and limits first, so nothing runs unconfined.
     pub children: Vec<Child>,
     pub secrets: Vec<SecretToCreate>,
@@ -144,7 +170,9 @@ pub struct TenantObjects {
 
 impl TenantObjects {
     pub fn all(&self) -> impl Iterator<Item = &Child> {
-        std::iter::once(&self.namespace).chain(&self.children)
+        [&self.namespace, &self.access]
+            .into_iter()
+            .chain(&self.children)
     }
 }
 
@@ -223,6 +251,7 @@ pub fn build(plan: &TenantPlan, ctx: &BuildContext) -> TenantObjects {
     }
     TenantObjects {
         namespace: namespace(plan),
+        access: operator_access(plan, ctx),
         children,
         secrets: secrets(plan),
     }
@@ -248,6 +277,25 @@ fn namespace(plan: &TenantPlan) -> Child {
             ..ObjectMeta::default()
         },
         ..Namespace::default()
+    })
+}
+
+/// The operator's write access to the tenant namespace: the tenant role, bound to its
+/// own ServiceAccount in this namespace only.
+fn operator_access(plan: &TenantPlan, ctx: &BuildContext) -> Child {
+    Child::new(RoleBinding {
+        metadata: meta(plan, ctx, crate::rbac::TENANT_BINDING, base_labels(plan)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: crate::rbac::TENANT_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: ctx.operator.name.clone(),
+            namespace: Some(ctx.operator.namespace.clone()),
+            api_group: None,
+        }]),
     })
 }
 
@@ -383,6 +431,13 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
     if plan.backup.is_some() {
         confined.push(BACKUP_NAME.to_owned());
     }
+    // The API's pods too: the namespace reaches their public port only (in
+    // `allow-api-ingress`), never the internal one, which only the operator and
+    // monitoring reach. Their egress inside the namespace is `allow-api-egress`.
+    let api = plan.component(ComponentKind::Api);
+    if let Some(api) = api {
+        confined.push(api.name.clone());
+    }
     let unrestricted = if confined.is_empty() {
         everyone.clone()
     } else {
@@ -417,7 +472,7 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
                     ..NetworkPolicyIngressRule::default()
                 }]),
                 egress: Some(vec![NetworkPolicyEgressRule {
-                    to: Some(vec![same_namespace]),
+                    to: Some(vec![same_namespace.clone()]),
                     ..NetworkPolicyEgressRule::default()
                 }]),
                 policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
@@ -481,10 +536,10 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
             },
         ));
     }
-    if let Some(api) = plan.component(ComponentKind::Api) {
-        // The public port from the ingress controller (and the other listed
-        // namespaces); the internal one (`/internal/*`, `/metrics`) from the operator
-        // and monitoring only.
+    if let Some(api) = api {
+        // The public port from the ingress controller and the tenant's own pods; the
+        // internal one (`/internal/*`, `/metrics`) from the operator and monitoring
+        // only.
         let internal = iafactory_crds::plan::API_INTERNAL_PORT_NAME;
         let (internal_ports, public_ports): (Vec<_>, Vec<_>) =
             api.ports.iter().partition(|p| p.name == internal);
@@ -494,7 +549,23 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
                 ports: Some(ports.into_iter().map(|p| tcp_port(p.port)).collect()),
             }
         };
-        let mut rules = vec![rule(&plan.egress.api_ingress_from_namespaces, public_ports)];
+        let public = |from: Vec<NetworkPolicyPeer>| NetworkPolicyIngressRule {
+            from: Some(from),
+            ports: Some(public_ports.iter().map(|p| tcp_port(p.port)).collect()),
+        };
+        let mut rules = Vec::new();
+        // An empty `from` would admit every source: no rule when no namespace is listed.
+        if !plan.egress.api_ingress_from_namespaces.is_empty() {
+            rules.push(public(
+                plan.egress
+                    .api_ingress_from_namespaces
+                    .iter()
+                    .map(|ns| namespace_peer(ns))
+                    .collect(),
+            ));
+        }
+        // The tenant's own pods: the public port, and no other.
+        rules.push(public(vec![same_namespace.clone()]));
         if !internal_ports.is_empty() && !plan.egress.api_internal_from_namespaces.is_empty() {
             rules.push(rule(
                 &plan.egress.api_internal_from_namespaces,
@@ -509,6 +580,22 @@ fn network_policies(plan: &TenantPlan, ctx: &BuildContext) -> Vec<Child> {
                 pod_selector: Some(pods_of(plan, &api.name)),
                 ingress: Some(rules),
                 policy_types: Some(vec!["Ingress".into()]),
+                ..NetworkPolicySpec::default()
+            },
+        ));
+        // What `allow-same-namespace` gave the API before it was confined: its stores,
+        // its model server, Redis.
+        policies.push(policy(
+            plan,
+            ctx,
+            "allow-api-egress",
+            NetworkPolicySpec {
+                pod_selector: Some(pods_of(plan, &api.name)),
+                egress: Some(vec![NetworkPolicyEgressRule {
+                    to: Some(vec![same_namespace.clone()]),
+                    ..NetworkPolicyEgressRule::default()
+                }]),
+                policy_types: Some(vec!["Egress".into()]),
                 ..NetworkPolicySpec::default()
             },
         ));
@@ -776,6 +863,29 @@ fn pod_template(
         annotations.insert("prometheus.io/path".to_owned(), target.path.clone());
     }
     let sec = &component.security;
+    // The API's `migrate` step: the only container given the database owner's
+    // credentials; it must succeed before the serving container starts.
+    let init_containers = component.init.as_ref().map(|init| {
+        vec![Container {
+            name: init.name.clone(),
+            image: Some(component.image.clone()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            args: Some(init.args.clone()),
+            env: Some(
+                init.env
+                    .iter()
+                    .map(|e| env_var(&e.name, &e.value))
+                    .collect(),
+            ),
+            resources: Some(ResourceRequirements {
+                requests: Some(requests.clone()),
+                limits: Some(limits.clone()),
+                ..ResourceRequirements::default()
+            }),
+            security_context: Some(restricted_container_security(sec.read_only_root_filesystem)),
+            ..Container::default()
+        }]
+    });
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -791,6 +901,7 @@ fn pod_template(
                 sec.fs_group,
             )),
             tolerations,
+            init_containers,
             containers: vec![Container {
                 name: component.name.clone(),
                 image: Some(component.image.clone()),
@@ -1529,6 +1640,7 @@ pub fn owned_kinds(service_monitors: bool) -> Vec<ApiResource> {
         ApiResource::erase::<Job>(&()),
         ApiResource::erase::<CronJob>(&()),
         ApiResource::erase::<Ingress>(&()),
+        ApiResource::erase::<RoleBinding>(&()),
     ];
     if service_monitors {
         kinds.push(service_monitor_resource());

@@ -1,4 +1,4 @@
-//! `iafactory-operator`: run the controllers, or print the ClusterRole they need.
+//! `iafactory-operator`: run the controllers, or print the ClusterRoles they need.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,9 +50,18 @@ struct Cli {
     /// Run without a Lease: only for a single replica.
     #[arg(long)]
     no_leader_election: bool,
-    /// Where the leader-election Lease lives.
+    /// The operator's own namespace: where the leader-election Lease lives, and its
+    /// ServiceAccount (the chart passes it through the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "iafactory-system")]
     lease_namespace: String,
+    /// The operator's ServiceAccount: each tenant namespace gets a RoleBinding of the
+    /// tenant role (`iafactory-tenant-workloads`) to it, in that namespace only.
+    #[arg(
+        long,
+        env = "IAF_OPERATOR_SERVICE_ACCOUNT",
+        default_value = "iafactory-operator"
+    )]
+    service_account: String,
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -69,7 +78,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the least-privilege ClusterRole the operator needs.
+    /// Print the least-privilege ClusterRoles the operator needs: its own, bound
+    /// cluster-wide, and the tenant role it binds in each tenant namespace.
     Rbac,
 }
 
@@ -98,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Rbac) = cli.command {
         print!("{}", iafactory_operator::rbac::cluster_role_yaml());
+        println!("---");
+        print!("{}", iafactory_operator::rbac::tenant_role_yaml());
         return Ok(());
     }
     let reload = init_tracing(&cli.log, cli.log_json)?;
@@ -130,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             tenant_api_timeout: Duration::from_secs(cli.tenant_api_timeout_seconds),
             leader_election: !cli.no_leader_election,
             lease_namespace: cli.lease_namespace,
+            service_account: cli.service_account,
             identity,
             concurrency: cli.concurrency,
         },

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use iafactory_crds::{KnowledgeBase, PlatformConfig, Tenant, Workflow};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -26,8 +26,8 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Caches, MetaStore, NamespaceIndex, OwnedCache, kind_key};
-use crate::build::owned_kinds;
+use crate::apply::{Caches, MetaStore, NamespaceIndex, OwnedCache, SecretMemo, kind_key};
+use crate::build::{OperatorAccount, owned_kinds};
 use crate::controller::{self, Context};
 use crate::labels::{self, FIELD_MANAGER};
 use crate::metrics::Metrics;
@@ -59,7 +59,10 @@ pub struct Settings {
     pub tenant_api_url: String,
     pub tenant_api_timeout: Duration,
     pub leader_election: bool,
+    /// The operator's own namespace: where its Lease lives, and its ServiceAccount.
     pub lease_namespace: String,
+    /// The operator's ServiceAccount, which each tenant namespace's RoleBinding names.
+    pub service_account: String,
     pub identity: String,
     pub concurrency: u16,
 }
@@ -336,12 +339,8 @@ async fn run_controllers(
         >| {
             o.metadata.managed_fields = None;
         });
-    let secrets: Store<PartialObjectMeta<Secret>> =
-        typed_cache!(PartialObjectMeta<Secret>, |o: &mut PartialObjectMeta<
-            Secret,
-        >| {
-            o.metadata.managed_fields = None;
-        });
+    // No watch of Secrets: the operator may not list them (see rbac.rs); it creates
+    // the ones it generates by name and remembers that they exist.
 
     let knowledge_bases = Controller::new(
         Api::<KnowledgeBase>::all(client.clone()),
@@ -437,7 +436,7 @@ async fn run_controllers(
         caches: Caches {
             owned: Arc::new(owned),
             namespaces,
-            secrets,
+            secrets: SecretMemo::default(),
             deployments,
             stateful_sets,
             jobs,
@@ -445,6 +444,10 @@ async fn run_controllers(
         metrics,
         recorder,
         tenant_api: TenantApi::new(settings.tenant_api_url.clone(), settings.tenant_api_timeout),
+        operator: OperatorAccount {
+            name: settings.service_account.clone(),
+            namespace: settings.lease_namespace.clone(),
+        },
         service_monitors,
         tenants: tenant_store,
         knowledge_bases: kb_store,

@@ -1,6 +1,6 @@
 //! The pure build: each sample Tenant gives the committed objects, every built-in
 //! object passes `kubernetes-validate --strict`, and the properties the issue asks for
-//! hold (isolation, restricted pods, owner references, preload job naming, RBAC).
+//! hold (isolation, restricted pods, owner references, preload job naming; RBAC in rbac.rs).
 
 mod common;
 
@@ -9,8 +9,7 @@ use std::path::PathBuf;
 
 use iafactory_crds::manifest::{self, Manifest};
 use iafactory_crds::{PlatformConfig, Tenant, TenantPlan};
-use iafactory_operator::build::{BuildContext, Child, TenantObjects, build, owned_kinds};
-use iafactory_operator::rbac;
+use iafactory_operator::build::{BuildContext, Child, TenantObjects, build};
 
 use common::{build_objects, owner, repo_root};
 
@@ -229,10 +228,9 @@ fn network_policies_deny_by_default_and_open_only_what_sovereignty_allows() {
             })
             .collect();
         assert!(from.contains(&"ingress-nginx".to_owned()));
-        assert_eq!(
-            from.contains(&"monitoring".to_owned()),
-            plan.monitoring.enabled
-        );
+        // Monitoring scrapes the internal port only: the public one never admits it.
+        assert!(!from.contains(&"monitoring".to_owned()));
+        let _ = &plan;
 
         let llm = objects.all().find(|c| c.name() == "allow-llm-providers");
         match tenant.spec.sovereignty {
@@ -436,6 +434,85 @@ fn monitoring_uses_a_service_monitor_when_the_crd_exists_and_annotations_otherwi
     }
 }
 
+/// Whether a label selector (matchLabels, matchExpressions) selects `labels`.
+fn selects(selector: &serde_json::Value, labels: &serde_json::Value) -> bool {
+    let label = |key: &str| labels.get(key).and_then(|v| v.as_str());
+    let labels_match = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|wanted| wanted.iter().all(|(k, v)| label(k) == v.as_str()));
+    let expressions_match = selector["matchExpressions"].as_array().is_none_or(|all| {
+        all.iter().all(|e| {
+            let key = e["key"].as_str().unwrap();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str().unwrap() {
+                "In" => label(key).is_some_and(|v| values.contains(&v)),
+                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
+                "Exists" => label(key).is_some(),
+                "DoesNotExist" => label(key).is_none(),
+                other => panic!("unknown selector operator {other}"),
+            }
+        })
+    });
+    labels_match && expressions_match
+}
+
+/// Every source that some NetworkPolicy selecting pods with `pod_labels` admits on
+/// `port`: a namespace's name when the peer is that namespace (any of its pods), and
+/// a description of anything else (the whole namespace, all sources, an ipBlock).
+fn internal_port_admitted_from(
+    objects: &TenantObjects,
+    pod_labels: &serde_json::Value,
+    port: u16,
+) -> BTreeSet<String> {
+    let mut sources = BTreeSet::new();
+    for policy in objects.all().filter(|c| c.resource.kind == "NetworkPolicy") {
+        let spec = &policy.object.data["spec"];
+        if !selects(&spec["podSelector"], pod_labels) {
+            continue;
+        }
+        for rule in spec["ingress"].as_array().into_iter().flatten() {
+            let ports = rule["ports"].as_array().filter(|p| !p.is_empty());
+            let covers = ports.is_none_or(|ports| {
+                ports.iter().any(|p| {
+                    let number = p["port"].as_u64();
+                    let end = p["endPort"].as_u64().or(number);
+                    p.get("port").is_none()
+                        || p["port"] == "internal"
+                        || number.is_some_and(|n| {
+                            n <= u64::from(port) && u64::from(port) <= end.unwrap()
+                        })
+                })
+            });
+            if !covers {
+                continue;
+            }
+            let from = rule["from"].as_array().filter(|f| !f.is_empty());
+            let Some(from) = from else {
+                sources.insert(format!("every source ({})", policy.name()));
+                continue;
+            };
+            for peer in from {
+                let named = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str();
+                match named {
+                    Some(namespace)
+                        if peer["namespaceSelector"].as_object().unwrap().len() == 1 =>
+                    {
+                        sources.insert(namespace.to_owned());
+                    }
+                    _ => {
+                        sources.insert(format!("{peer} ({})", policy.name()));
+                    }
+                }
+            }
+        }
+    }
+    sources
+}
+
 /// The API's internal listener (`/internal/*`, `/metrics`) is a Service port of its
 /// own, admitted only from the operator's and monitoring's namespaces, and scraped;
 /// the Ingress and the ingress controller get the public port only.
@@ -470,14 +547,24 @@ fn the_internal_port_admits_only_the_operator_and_monitoring() {
         );
         let policy = find(&objects, "NetworkPolicy", "allow-api-ingress");
         let rules = field(policy, "/spec/ingress").as_array().unwrap();
-        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(rules.len(), 3, "{rules:?}");
         assert_eq!(
             rules[0]["ports"],
             serde_json::json!([{"port": public, "protocol": "TCP"}])
         );
-        assert!(namespaces(&rules[0]).contains(&"ingress-nginx".to_owned()));
+        assert_eq!(
+            namespaces(&rules[0]),
+            ["ingress-nginx"],
+            "the operator and monitoring use the internal port only"
+        );
+        // The tenant's own pods reach the public port, and only it.
+        assert_eq!(rules[1]["from"], serde_json::json!([{"podSelector": {}}]));
         assert_eq!(
             rules[1]["ports"],
+            serde_json::json!([{"port": public, "protocol": "TCP"}])
+        );
+        assert_eq!(
+            rules[2]["ports"],
             serde_json::json!([{"port": internal, "protocol": "TCP"}])
         );
         let mut expected = vec![operator.clone()];
@@ -486,9 +573,25 @@ fn the_internal_port_admits_only_the_operator_and_monitoring() {
         }
         expected.sort();
         assert_eq!(
-            namespaces(&rules[1]),
+            namespaces(&rules[2]),
             expected,
             "never the ingress controller"
+        );
+        // NetworkPolicies add up: no policy at all that selects the API's pods may
+        // admit the internal port from anyone else (the namespace-wide allowance
+        // included).
+        let api = find(&objects, "Deployment", "api");
+        let pod_labels = field(api, "/spec/template/metadata/labels");
+        let admitted = internal_port_admitted_from(&objects, pod_labels, internal);
+        assert!(
+            admitted.iter().all(|peer| expected.contains(peer)),
+            "the internal port is admitted from {admitted:?}, not only {expected:?}"
+        );
+        // And the API still reaches its stores within the namespace.
+        let egress = find(&objects, "NetworkPolicy", "allow-api-egress");
+        assert_eq!(
+            field(egress, "/spec/egress"),
+            &serde_json::json!([{"to": [{"podSelector": {}}]}])
         );
         if let Some(ingress) = objects.all().find(|c| c.resource.kind == "Ingress") {
             assert_eq!(
@@ -510,6 +613,97 @@ fn the_internal_port_admits_only_the_operator_and_monitoring() {
             assert_eq!(
                 api.object.metadata.annotations.as_ref().unwrap()["prometheus.io/port"],
                 internal.to_string()
+            );
+        }
+    }
+}
+
+/// The serving container never holds the database owner's credentials: only the
+/// `migrate` init container, which runs before it, does (#19 item 7).
+#[test]
+fn only_the_migrate_init_container_holds_the_database_owner() {
+    let owner_secret = iafactory_crds::plan::SECRET_DATABASE;
+    let secrets_of = |container: &serde_json::Value| -> Vec<String> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str())
+            .map(str::to_owned)
+            .collect()
+    };
+    let names_of = |container: &serde_json::Value| -> Vec<String> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (_, tenant) in tenant_samples() {
+        let (_, objects) = build_sample(&tenant, false);
+        let api = find(&objects, "Deployment", "api");
+        let containers = field(api, "/spec/template/spec/containers")
+            .as_array()
+            .unwrap();
+        assert_eq!(containers.len(), 1);
+        let serving = &containers[0];
+        assert!(
+            !secrets_of(serving).iter().any(|s| s == owner_secret),
+            "the API container reads {owner_secret}: {serving}"
+        );
+        let names = names_of(serving);
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "IAF_DATABASE_URL" || n == "IAF_DB_PASSWORD")
+        );
+        let app_url = serving["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "IAF_DATABASE_APP_URL")
+            .expect("the API serves from the app role's URL");
+        assert_eq!(
+            app_url["value"],
+            "postgres://iafactory_app:$(IAF_DATABASE_APP_PASSWORD)@postgres:5432/iafactory"
+        );
+        let init = field(api, "/spec/template/spec/initContainers")
+            .as_array()
+            .unwrap();
+        assert_eq!(init.len(), 1);
+        let migrate = &init[0];
+        assert_eq!(migrate["name"], "migrate");
+        assert_eq!(migrate["args"], serde_json::json!(["migrate"]));
+        assert_eq!(migrate["image"], serving["image"]);
+        assert_eq!(
+            migrate["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+        assert_eq!(
+            secrets_of(migrate),
+            [owner_secret, iafactory_crds::plan::SECRET_DATABASE_APP]
+        );
+        assert_eq!(
+            names_of(migrate),
+            [
+                "IAF_DB_PASSWORD",
+                "IAF_DATABASE_URL",
+                "IAF_DATABASE_APP_PASSWORD"
+            ]
+        );
+        // No other workload gets an init step.
+        for child in objects
+            .all()
+            .filter(|c| matches!(c.resource.kind.as_str(), "Deployment" | "StatefulSet"))
+            .filter(|c| c.name() != "api")
+        {
+            assert!(
+                child.object.data["spec"]["template"]["spec"]
+                    .get("initContainers")
+                    .is_none(),
+                "{}",
+                child.describe()
             );
         }
     }
@@ -540,94 +734,6 @@ fn the_build_is_deterministic_and_hashes_change_with_the_spec() {
     );
 }
 
-/// `(group, plural)` of everything the operator builds, watches or writes.
-fn used_resources() -> BTreeSet<(String, String)> {
-    let mut used: BTreeSet<(String, String)> = owned_kinds(true)
-        .iter()
-        .map(|r| (r.group.clone(), r.plural.clone()))
-        .collect();
-    for (_, tenant) in tenant_samples() {
-        let (_, objects) = build_sample(&tenant, true);
-        used.extend(
-            objects
-                .all()
-                .map(|c| (c.resource.group.clone(), c.resource.plural.clone())),
-        );
-    }
-    for (group, plural) in [
-        ("", "secrets"),
-        ("iafactory.dz", "tenants"),
-        ("iafactory.dz", "knowledgebases"),
-        ("iafactory.dz", "workflows"),
-        ("iafactory.dz", "tenants/status"),
-        ("iafactory.dz", "knowledgebases/status"),
-        // KnowledgeBase configMap sources (controller/knowledge_base.rs).
-        ("", "configmaps"),
-        ("iafactory.dz", "workflows/status"),
-        ("coordination.k8s.io", "leases"),
-        ("events.k8s.io", "events"),
-        ("apiextensions.k8s.io", "customresourcedefinitions"),
-    ] {
-        used.insert((group.into(), plural.into()));
-    }
-    used
-}
-
-#[test]
-fn the_cluster_role_covers_everything_built_and_asks_for_nothing_unused() {
-    for (_, tenant) in tenant_samples() {
-        let (_, objects) = build_sample(&tenant, true);
-        for child in objects.all() {
-            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
-                assert!(
-                    rbac::allows(&child.resource.group, &child.resource.plural, verb),
-                    "the ClusterRole does not allow {verb} on {}",
-                    child.describe()
-                );
-            }
-        }
-    }
-    let used = used_resources();
-    for (group, resources, verbs) in rbac::RULES {
-        for resource in *resources {
-            assert!(
-                used.contains(&((*group).to_owned(), (*resource).to_owned())),
-                "{group}/{resource} is granted but never used"
-            );
-        }
-        assert!(
-            !verbs.contains(&"*") && !resources.contains(&"*"),
-            "no wildcards"
-        );
-        // Secrets are created once and never changed or deleted by the operator.
-        if resources.contains(&"secrets") {
-            assert!(
-                !verbs.contains(&"patch")
-                    && !verbs.contains(&"update")
-                    && !verbs.contains(&"delete")
-            );
-        }
-    }
-}
-
-#[test]
-fn config_rbac_is_generated_from_the_rules() {
-    let path = repo_root().join("config/rbac/clusterrole.yaml");
-    let generated = rbac::cluster_role_yaml();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(
-        committed,
-        generated,
-        "{} drifted from operator/src/rbac.rs: run `cargo run -p iafactory-operator -- rbac > config/rbac/clusterrole.yaml`",
-        path.display()
-    );
-}
-
 #[test]
 fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
     for (name, tenant) in tenant_samples() {
@@ -638,11 +744,12 @@ fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
                 objects.all().all(|c| c.name() != "redis"),
                 "{name}: one API replica, no redis object"
             );
-            // Backup pods get only their own policy (allow-backup).
+            // Backup pods get only their own policy (allow-backup), the API's its own
+            // (allow-api-ingress, allow-api-egress).
             let expected = if plan.backup.is_some() {
-                serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["backup"]}]})
+                serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["backup", "api"]}]})
             } else {
-                serde_json::json!({})
+                serde_json::json!({"matchExpressions": [{"key": "iafactory.dz/component", "operator": "NotIn", "values": ["api"]}]})
             };
             assert_eq!(
                 field(same_namespace, "/spec/podSelector"),
@@ -665,12 +772,12 @@ fn redis_runs_beside_replicated_apis_and_admits_only_the_api() {
         assert_eq!(container["args"], serde_json::json!(redis.args));
         let service = find(&objects, "Service", "redis");
         assert_eq!(field(service, "/spec/ports/0/port"), 6379, "{name}");
-        // The namespace-wide allowance leaves redis (and the backup pods) out: their
-        // own policies decide.
+        // The namespace-wide allowance leaves redis, the backup pods and the API out:
+        // their own policies decide.
         let confined = if plan.backup.is_some() {
-            serde_json::json!(["redis", "backup"])
+            serde_json::json!(["redis", "backup", "api"])
         } else {
-            serde_json::json!(["redis"])
+            serde_json::json!(["redis", "api"])
         };
         assert_eq!(
             field(same_namespace, "/spec/podSelector"),
@@ -823,6 +930,7 @@ fn a_backup_is_a_restricted_cron_job_in_the_platform_timezone_that_reaches_only_
         &BuildContext {
             owner: owner(&plan.tenant),
             service_monitors: false,
+            operator: Default::default(),
         },
     );
     assert_eq!(

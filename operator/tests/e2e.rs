@@ -713,6 +713,7 @@ fn expected_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)>
         &BuildContext {
             owner: tenant.controller_owner_ref(&()).unwrap(),
             service_monitors: false,
+            operator: Default::default(),
         },
     );
     objects
@@ -738,6 +739,7 @@ fn stored_objects(cluster: &Cluster, name: &str) -> BTreeSet<(String, String)> {
         ("batch", "cronjobs", "CronJob"),
         ("", "persistentvolumeclaims", "PersistentVolumeClaim"),
         ("networking.k8s.io", "ingresses", "Ingress"),
+        ("rbac.authorization.k8s.io", "rolebindings", "RoleBinding"),
     ] {
         let objects = if resource == "namespaces" {
             cluster
@@ -1377,4 +1379,145 @@ async fn a_backup_cron_job_is_applied_and_its_last_success_shows_in_the_tenant_s
     );
     assert!(!names(&cluster, "networking.k8s.io", "networkpolicies", ns).contains("allow-backup"));
     operator.kill().await;
+}
+
+/// Issue #19, item 7. The in-memory API server has no RBAC, so its request log stands in
+/// for it: over two tenants' lives (created, settled, one retained and one deleted), the
+/// operator never lists or watches a Secret, and each of its writes in a namespace
+/// lands in a tenant namespace it created and had already bound the tenant role in
+/// (operator/src/rbac.rs). Events are the one namespaced write the ClusterRole allows.
+#[tokio::test]
+async fn the_operator_reads_no_secret_list_and_writes_only_where_it_bound_itself() {
+    use iafactory_operator::rbac::{TENANT_BINDING, TENANT_ROLE};
+
+    let cluster = Cluster::start().await;
+    let setup = cluster.server.requests().len();
+    let operator = Operator::start(&cluster, "solo", &["--no-leader-election"]).await;
+    apply_sample(&cluster, "tenant-small-firm.yaml").await; // retention: Delete
+    apply_sample(&cluster, "tenant-univ-tlemcen.yaml").await; // retention: Retain
+    for tenant in ["cabinet-benali", "univ-tlemcen"] {
+        wait_condition(
+            &cluster,
+            tenant,
+            "Ready",
+            "True",
+            None,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    // The binding names the operator's ServiceAccount (the defaults: the chart's).
+    let binding = cluster
+        .object(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "iaf-univ-tlemcen",
+            TENANT_BINDING,
+        )
+        .expect("the tenant namespace has the operator's RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], TENANT_ROLE);
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "iafactory-operator", "namespace": LEASE_NAMESPACE}])
+    );
+    assert_eq!(
+        binding["metadata"]["labels"]["iafactory.dz/managed-by"],
+        "iafactory-operator"
+    );
+    for tenant in ["cabinet-benali", "univ-tlemcen"] {
+        cluster
+            .kubectl(&["delete", "iaft", tenant, "--timeout=60s"])
+            .await;
+    }
+    eventually(
+        "the namespace of the deleted tenant goes",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .object("", "namespaces", "", "iaf-cabinet-benali")
+                .map_or(Ok(()), |n| Err(format!("{}", n["status"])))
+        },
+    )
+    .await;
+    operator.kill().await;
+
+    let requests = cluster.server.requests();
+    let requests = &requests[setup..];
+    assert!(requests.len() > 100, "{} requests", requests.len());
+    let secret_reads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.resource == "secrets" && matches!(r.verb, "list" | "watch"))
+        .collect();
+    assert!(
+        secret_reads.is_empty(),
+        "the operator lists or watches Secrets: {secret_reads:?}"
+    );
+    let is_write = |verb: &str| {
+        matches!(
+            verb,
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    };
+    let ok = |code: u16| (200..300).contains(&code);
+    let mut checked = 0;
+    for (at, request) in requests.iter().enumerate() {
+        if !is_write(request.verb) || request.resource == "events" {
+            continue;
+        }
+        let before = &requests[..at];
+        let applied = |resource: &str, namespace: Option<&str>, name: &str| {
+            before.iter().any(|r| {
+                ok(r.code)
+                    && matches!(r.verb, "create" | "patch")
+                    && r.resource == resource
+                    && r.namespace.as_deref() == namespace
+                    && r.name.as_deref() == Some(name)
+            })
+        };
+        // A request on a Namespace object is authorized within that namespace.
+        let namespace = match (&request.namespace, request.resource.as_str()) {
+            (Some(namespace), _) => namespace.clone(),
+            (None, "namespaces") if request.verb == "delete" => {
+                request.name.clone().expect("a named delete")
+            }
+            (None, resource) => {
+                // Cluster-scoped writes: the custom resources (the test's kubectl, the
+                // operator's finalizer and status) and the tenant namespaces.
+                assert!(
+                    matches!(resource, "tenants" | "tenants/status" | "namespaces"),
+                    "a cluster-scoped write outside the tenant namespaces: {request:?}"
+                );
+                if resource == "namespaces" {
+                    let name = request.name.as_deref().unwrap_or_default();
+                    assert!(name.starts_with("iaf-"), "{request:?}");
+                }
+                continue;
+            }
+        };
+        assert!(
+            applied("namespaces", None, &namespace),
+            "a write in {namespace}, which the operator had not created: {request:?}"
+        );
+        if request.resource == "rolebindings" && request.name.as_deref() == Some(TENANT_BINDING) {
+            continue;
+        }
+        assert!(
+            applied("rolebindings", Some(&namespace), TENANT_BINDING),
+            "a write in {namespace} before the operator's RoleBinding there: {request:?}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 20,
+        "only {checked} namespaced writes were checked"
+    );
+    // The retained namespace still carries the operator's label.
+    let retained = cluster
+        .object("", "namespaces", "", "iaf-univ-tlemcen")
+        .expect("a retained namespace stays");
+    assert_eq!(
+        retained["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "iafactory-operator"
+    );
 }

@@ -1,5 +1,6 @@
 //! The Helm chart `charts/iafactory-operator`, rendered by the real helm (TESTBED.md):
-//! its ClusterRole is the operator's own RBAC, its CRDs are the generated ones, its
+//! its ClusterRoles are the operator's own RBAC (nothing cluster-wide on Secrets or
+//! workloads), its CRDs are the generated ones, its
 //! appVersion is the workspace version, it keeps the values contract, every value set
 //! renders what it should, the pod passes the `restricted` profile, wrong values are
 //! refused, and every flag it passes exists in the operator binary.
@@ -164,11 +165,18 @@ fn cluster_role_is_the_operators_rbac() {
     let link = std::fs::read_link(chart().join("files/rbac")).expect("files/rbac is a link");
     assert_eq!(link, Path::new("../../../config/rbac"));
     let objects = render(&[]);
-    let role = one(&objects, "ClusterRole");
+    let role = operator_role(&objects);
     let expected = serde_json::to_value(iafactory_operator::rbac::cluster_role().rules).unwrap();
     assert_eq!(
         role["rules"], expected,
-        "the chart's ClusterRole must carry exactly the rules of operator/src/rbac.rs (regenerate config/rbac/clusterrole.yaml with `iafactory-operator rbac`)"
+        "the chart's ClusterRole must carry exactly the rules of operator/src/rbac.rs (regenerate config/rbac/ with `UPDATE_GOLDEN=1 cargo test -p iafactory-operator --test rbac`)"
+    );
+    // The tenant role, under the one name the operator may bind, and bound by nothing
+    // in the chart: the operator binds it in each tenant namespace.
+    let tenant = tenant_role(&objects);
+    assert_eq!(
+        tenant["rules"],
+        serde_json::to_value(iafactory_operator::rbac::tenant_role().rules).unwrap()
     );
     let binding = one(&objects, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
@@ -177,11 +185,146 @@ fn cluster_role_is_the_operators_rbac() {
         one(&objects, "ServiceAccount")["metadata"]["name"]
     );
     assert_eq!(binding["subjects"][0]["namespace"], "iafactory-system");
+    assert_ne!(binding["roleRef"]["name"], tenant["metadata"]["name"]);
+    // The operator learns its ServiceAccount, which the tenant RoleBindings name, from
+    // the downward API.
+    assert_eq!(
+        env(&objects, "IAF_OPERATOR_SERVICE_ACCOUNT").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.serviceAccountName"
+    );
     // No other RBAC object widens it.
     for kind in ["Role", "RoleBinding"] {
         assert!(
             !kinds(&objects).contains(kind),
             "the chart renders a {kind}"
+        );
+    }
+}
+
+fn cluster_roles(objects: &[Value]) -> Vec<&Value> {
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .collect();
+    assert_eq!(
+        roles.len(),
+        2,
+        "the operator's ClusterRole and the tenant role"
+    );
+    roles
+}
+
+fn tenant_role(objects: &[Value]) -> &Value {
+    cluster_roles(objects)
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == iafactory_operator::rbac::TENANT_ROLE)
+        .expect("the chart renders the tenant role")
+}
+
+/// The ClusterRole the chart binds cluster-wide.
+fn operator_role(objects: &[Value]) -> &Value {
+    let bound = &one(objects, "ClusterRoleBinding")["roleRef"]["name"];
+    cluster_roles(objects)
+        .into_iter()
+        .find(|r| &r["metadata"]["name"] == bound)
+        .expect("the ClusterRoleBinding binds a rendered ClusterRole")
+}
+
+/// Issue #19, item 7: what the chart grants cluster-wide, read from the rendered
+/// output: no Secret listed or watched anywhere, no workload written anywhere; writes
+/// go through the tenant role, which only the operator's per-namespace RoleBindings bind.
+#[test]
+fn the_cluster_wide_grant_reads_no_secret_and_writes_no_workload() {
+    let objects = render(&[]);
+    let role = operator_role(&objects);
+    let writes = [
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "*",
+    ];
+    let workloads = [
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("", "persistentvolumeclaims"),
+        ("", "resourcequotas"),
+        ("", "limitranges"),
+        ("", "pods"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("networking.k8s.io", "ingresses"),
+        ("policy", "poddisruptionbudgets"),
+        ("monitoring.coreos.com", "servicemonitors"),
+    ];
+    let names = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for rule in role["rules"].as_array().unwrap() {
+        let (groups, resources, verbs) = (
+            names(&rule["apiGroups"]),
+            names(&rule["resources"]),
+            names(&rule["verbs"]),
+        );
+        assert!(
+            !groups.contains(&"*".to_owned()) && !resources.contains(&"*".to_owned()),
+            "a wildcard: {rule}"
+        );
+        for (group, resource) in workloads {
+            if !groups.iter().any(|g| g == group) || !resources.iter().any(|r| r == resource) {
+                continue;
+            }
+            if resource == "secrets" {
+                panic!("the operator may touch Secrets in every namespace: {rule}");
+            }
+            for verb in writes {
+                assert!(
+                    !verbs.iter().any(|v| v == verb),
+                    "the operator may {verb} {group}/{resource} in every namespace: {rule}"
+                );
+            }
+        }
+        // RBAC objects: its own bindings (patched by name only), and `bind` on the
+        // tenant role only.
+        if groups.iter().any(|g| g == "rbac.authorization.k8s.io") {
+            for resource in &resources {
+                match resource.as_str() {
+                    "rolebindings" if verbs.iter().any(|v| v == "patch") => {
+                        assert_eq!(names(&rule["resourceNames"]), ["iafactory-operator"]);
+                        assert_eq!(verbs, ["patch"]);
+                    }
+                    "rolebindings" => assert_eq!(verbs, ["get", "list", "watch", "create"]),
+                    "clusterroles" => {
+                        assert_eq!(verbs, ["bind"]);
+                        assert_eq!(
+                            names(&rule["resourceNames"]),
+                            [iafactory_operator::rbac::TENANT_ROLE]
+                        );
+                    }
+                    other => panic!("the operator may touch {other}: {rule}"),
+                }
+            }
+        }
+    }
+    // Nothing in the chart binds the tenant role.
+    for binding in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        assert_ne!(
+            binding["roleRef"]["name"],
+            iafactory_operator::rbac::TENANT_ROLE
         );
     }
 }
@@ -568,6 +711,7 @@ fn the_chart_passes_flags_the_operator_has() {
         "POD_NAMESPACE",
         "RUST_LOG",
         "IAF_OPERATOR_CONFIG",
+        "IAF_OPERATOR_SERVICE_ACCOUNT",
     ] {
         assert!(
             help.contains(variable),

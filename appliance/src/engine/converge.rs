@@ -11,7 +11,8 @@ use futures::StreamExt;
 use iafactory_crds::plan::LABEL_TENANT;
 
 use super::desired::{
-    ContainerSpec, HOST_NETWORK, LABEL_STACK, RenderSettings, TenantState, instance_labels,
+    ContainerSpec, HOST_NETWORK, InitSpec, LABEL_STACK, RenderSettings, TenantState,
+    instance_labels,
 };
 use super::docker::{DockerError, Engine, Health, Observed, Target};
 use crate::gateway::ROUTE_REFRESH;
@@ -54,6 +55,9 @@ pub enum ConvergeError {
         reason: String,
         logs: Vec<String>,
     },
+    /// Boxed: the error stays small on every path that returns it.
+    #[error(transparent)]
+    InitFailed(Box<InitFailure>),
     #[error(
         "component {component} of tenant {tenant:?} waits for {dependency}, which is not in the plan; this is a bug in the plan, report it"
     )]
@@ -64,6 +68,18 @@ pub enum ConvergeError {
     },
     #[error("{} tenant(s) did not converge:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Tenants(Vec<ConvergeError>),
+}
+
+/// A component's init step (the API's `migrate`) that did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("the {step} step of component {component} of tenant {tenant:?} ({container}) {reason}{}; the tenant's {component} was left as it was: fix the cause, then run `iafactory up` again", render_logs(.logs))]
+pub struct InitFailure {
+    pub tenant: String,
+    pub component: String,
+    pub step: String,
+    pub container: String,
+    pub reason: String,
+    pub logs: Vec<String>,
 }
 
 fn render_logs(logs: &[String]) -> String {
@@ -264,6 +280,9 @@ impl Converger<'_> {
             }
             let mut touched = Vec::new();
             let mut superseded = Vec::new();
+            // The component's init step runs once, before the first container this
+            // run creates or replaces, and never on a run that changes nothing.
+            let mut init_ran = false;
             for spec in &specs {
                 let moved = match by_name.get(spec.name.as_str()) {
                     Some(current) if current.spec_hash == spec.spec_hash => {
@@ -273,7 +292,7 @@ impl Converger<'_> {
                 };
                 match by_name.get(spec.name.as_str()) {
                     None => {
-                        self.create_and_start(&target, spec, report, "created")
+                        self.create_and_start(&target, spec, report, "created", &mut init_ran)
                             .await?;
                         touched.push(spec.name.as_str());
                     }
@@ -287,7 +306,7 @@ impl Converger<'_> {
                             .rename_container(&target, &current.name, &aside)
                             .await?;
                         superseded.push(aside);
-                        self.create_and_start(&target, spec, report, "replaced")
+                        self.create_and_start(&target, spec, report, "replaced", &mut init_ran)
                             .await?;
                         touched.push(spec.name.as_str());
                     }
@@ -298,7 +317,7 @@ impl Converger<'_> {
                             .stop_container(&target, &current.name, STOP_GRACE_SECONDS)
                             .await?;
                         self.engine.remove_container(&target, &current.name).await?;
-                        self.create_and_start(&target, spec, report, "replaced")
+                        self.create_and_start(&target, spec, report, "replaced", &mut init_ran)
                             .await?;
                         touched.push(spec.name.as_str());
                     }
@@ -435,7 +454,14 @@ impl Converger<'_> {
         spec: &ContainerSpec,
         report: &mut Report,
         verb: &str,
+        init_ran: &mut bool,
     ) -> Result<(), ConvergeError> {
+        if let Some(init) = &spec.init
+            && !*init_ran
+        {
+            self.run_init(target, spec, init, report).await?;
+            *init_ran = true;
+        }
         self.engine.create_container(target, spec).await?;
         self.engine.start_container(target, &spec.name).await?;
         self.did(
@@ -443,6 +469,90 @@ impl Converger<'_> {
             format!("{target}: {verb} {} ({})", spec.name, spec.image),
         );
         Ok(())
+    }
+
+    /// Runs a component's init step (the API's `migrate`) in a container of its own,
+    /// on the tenant's network, to its end, and removes it. A failure (a non-zero exit,
+    /// or still running after the health timeout) stops this tenant's converge with the
+    /// step's last output; nothing of the component was changed yet.
+    async fn run_init(
+        &self,
+        target: &Target,
+        spec: &ContainerSpec,
+        init: &InitSpec,
+        report: &mut Report,
+    ) -> Result<(), ConvergeError> {
+        let container = spec.init_container(init);
+        let step_target = Target::component(&target.tenant, &container.component);
+        // A run cut short may have left one behind.
+        self.engine
+            .remove_container(&step_target, &container.name)
+            .await?;
+        self.engine
+            .create_container(&step_target, &container)
+            .await?;
+        self.engine
+            .start_container(&step_target, &container.name)
+            .await?;
+        let deadline = Instant::now() + self.health_timeout;
+        let outcome = loop {
+            let state = self
+                .engine
+                .inspect(&step_target, &container.name)
+                .await?
+                .and_then(|i| i.state);
+            match state {
+                None => break Err("disappeared before it finished".to_owned()),
+                Some(state) if !state.running.unwrap_or(false) => {
+                    break match state.exit_code.unwrap_or(-1) {
+                        0 => Ok(()),
+                        code => Err(format!("exited with code {code}")),
+                    };
+                }
+                Some(_) if Instant::now() >= deadline => {
+                    break Err(format!(
+                        "was still running after {}s",
+                        self.health_timeout.as_secs()
+                    ));
+                }
+                Some(_) => tokio::time::sleep(HEALTH_POLL).await,
+            }
+        };
+        let logs = match &outcome {
+            Ok(()) => Vec::new(),
+            Err(_) => self.last_output(&step_target, &container.name).await,
+        };
+        self.engine
+            .remove_container(&step_target, &container.name)
+            .await?;
+        match outcome {
+            Ok(()) => {
+                self.did(
+                    report,
+                    format!("{target}: ran {} ({})", init.step, container.name),
+                );
+                Ok(())
+            }
+            Err(reason) => Err(ConvergeError::InitFailed(Box::new(InitFailure {
+                tenant: target.tenant.clone(),
+                component: spec.component.clone(),
+                step: init.step.clone(),
+                container: container.name.clone(),
+                reason,
+                logs,
+            }))),
+        }
+    }
+
+    async fn last_output(&self, target: &Target, name: &str) -> Vec<String> {
+        self.engine
+            .logs(target, name, false, Some(10))
+            .filter_map(|line| async { line.ok() })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|l| l.trim_end().to_owned())
+            .collect()
     }
 
     /// Waits until the container is healthy (or running, without a healthcheck).

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use iafactory_crds::plan::{
-    ComponentKind, ComponentPlan, EnvValue, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_SPEC_HASH,
-    LABEL_TENANT, TenantPlan, VolumeKind,
+    ComponentKind, ComponentPlan, EnvValue, EnvVarPlan, LABEL_COMPONENT, LABEL_MANAGED_BY,
+    LABEL_SPEC_HASH, LABEL_TENANT, TenantPlan, VolumeKind,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -164,7 +164,57 @@ pub struct ContainerSpec {
     pub memory_bytes: i64,
     /// Components (by name) that must be healthy before this one starts.
     pub depends_on: Vec<String>,
+    /// The plan's init step (the API's `migrate`): run once, to its end, before this
+    /// component's containers are created or replaced, never on a run that changes
+    /// nothing. Left out of the hash when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
+    /// Runs once to its end (an init step): no restart policy. Left out of the hash
+    /// when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub one_shot: bool,
     pub spec_hash: String,
+}
+
+/// A one-shot container in the component's image, on its network, with an environment
+/// of its own (the only one given the database owner's credentials).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InitSpec {
+    /// `iaf-<tenant>-<component>-<step>`.
+    pub name: String,
+    /// The plan's step name (`migrate`).
+    pub step: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// The container that runs `init`: this one's image, user, network, limits and
+    /// read-only root, with the step's command and environment, no alias (it never
+    /// answers as the component), no healthcheck, and a component label of its own
+    /// (`<component>-<step>`), so that neither the gateway nor Prometheus ever sees it
+    /// and a leftover is removed as no component of the plan.
+    pub fn init_container(&self, init: &InitSpec) -> ContainerSpec {
+        let component = format!("{}-{}", self.component, init.step);
+        let mut labels = self.labels.clone();
+        labels.insert(LABEL_COMPONENT.into(), component.clone());
+        labels.remove(LABEL_SPEC_HASH);
+        ContainerSpec {
+            name: init.name.clone(),
+            component,
+            cmd: init.cmd.clone(),
+            env: init.env.clone(),
+            labels,
+            aliases: Vec::new(),
+            gateway_hosts: Vec::new(),
+            healthcheck: None,
+            depends_on: Vec::new(),
+            init: None,
+            one_shot: true,
+            spec_hash: String::new(),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -275,7 +325,16 @@ fn component_containers(
     secrets: &Secrets,
     settings: &RenderSettings,
 ) -> Result<Vec<ContainerSpec>, DesiredError> {
-    let mut env = environment(plan, component, secrets)?;
+    let mut env = environment(plan, &component.name, &component.env, secrets)?;
+    let init = match &component.init {
+        Some(step) => Some(InitSpec {
+            name: format!("iaf-{}-{}-{}", plan.tenant, component.name, step.name),
+            step: step.name.clone(),
+            cmd: step.args.clone(),
+            env: environment(plan, &component.name, &step.env, secrets)?,
+        }),
+        None => None,
+    };
     let gateway_hosts = egress_proxy(plan, component, &mut env);
     let mut labels = plan.component_labels(component);
     labels.extend(instance_labels(settings));
@@ -345,6 +404,8 @@ fn component_containers(
             .iter()
             .map(|k| k.name().to_owned())
             .collect(),
+        init,
+        one_shot: false,
         spec_hash: String::new(),
     };
     let hash = spec_hash(&template);
@@ -377,11 +438,12 @@ fn component_containers(
 /// (Kubernetes' rule).
 fn environment(
     plan: &TenantPlan,
-    component: &ComponentPlan,
+    component: &str,
+    vars: &[EnvVarPlan],
     secrets: &Secrets,
 ) -> Result<Vec<String>, DesiredError> {
     let mut values: Vec<(String, String)> = Vec::new();
-    for var in &component.env {
+    for var in vars {
         let value = match &var.value {
             EnvValue::Literal { value } => value.clone(),
             EnvValue::Secret { secret, key } => secrets
@@ -391,7 +453,7 @@ fn environment(
                 .ok_or_else(|| {
                     let (tenant, component, secret, key) = (
                         plan.tenant.clone(),
-                        component.name.clone(),
+                        component.to_owned(),
                         secret.clone(),
                         key.clone(),
                     );
@@ -520,13 +582,35 @@ mod tests {
         assert_eq!(api.labels[LABEL_TENANT], "acme");
         assert_eq!(api.labels[LABEL_SPEC_HASH], api.spec_hash);
         assert!(api.name.starts_with("iaf-acme-api-"));
+        // Requests are served by the non-owner login role, from its own URL; the
+        // owner's credentials are only in the one-shot `migrate` step.
         assert!(api.env.iter().any(|e| e
-            == "IAF_DATABASE_URL=postgres://iafactory:postgres-credentials-password@postgres:5432/iafactory"));
-        // Requests are served by the non-owner login role, with its own password.
+            == "IAF_DATABASE_APP_URL=postgres://iafactory_app:postgres-app-credentials-password@postgres:5432/iafactory"));
         assert!(
+            !api.env.iter().any(|e| e.starts_with("IAF_DATABASE_URL=")
+                || e.contains("postgres-credentials-password")),
+            "{:?}",
             api.env
+        );
+        let migrate = api.init.as_ref().expect("the API migrates first");
+        assert_eq!(migrate.name, "iaf-acme-api-migrate");
+        assert_eq!(migrate.cmd, ["migrate"]);
+        assert!(migrate.env.iter().any(|e| e
+            == "IAF_DATABASE_URL=postgres://iafactory:postgres-credentials-password@postgres:5432/iafactory"));
+        let step = api.init_container(migrate);
+        assert!(step.one_shot && step.aliases.is_empty() && step.healthcheck.is_none());
+        assert_eq!(step.labels[LABEL_COMPONENT], "api-migrate");
+        assert!(!step.labels.contains_key(LABEL_SPEC_HASH));
+        assert_eq!(
+            (step.image.as_str(), step.network.as_str()),
+            (api.image.as_str(), "iaf-acme")
+        );
+        assert!(
+            state
+                .containers
                 .iter()
-                .any(|e| e == "IAF_DATABASE_APP_PASSWORD=postgres-app-credentials-password")
+                .filter(|c| c.component != "api")
+                .all(|c| c.init.is_none())
         );
         assert!(api.memory_bytes > 0 && api.nano_cpus > 0);
         let db = &state.containers[0];

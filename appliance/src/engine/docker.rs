@@ -660,8 +660,14 @@ impl Engine {
                         .collect(),
                 ),
                 tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+                // A one-shot step (an init container) runs once: restarting it would
+                // repeat a failure forever.
                 restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    name: Some(if spec.one_shot {
+                        RestartPolicyNameEnum::NO
+                    } else {
+                        RestartPolicyNameEnum::UNLESS_STOPPED
+                    }),
                     maximum_retry_count: None,
                 }),
                 nano_cpus: Some(spec.nano_cpus),

@@ -36,6 +36,8 @@ pub struct Context {
     pub tenant_api: TenantApi,
     /// Whether ServiceMonitors exist in this cluster (found at start-up).
     pub service_monitors: bool,
+    /// The operator's ServiceAccount, bound to the tenant role in each tenant namespace.
+    pub operator: crate::build::OperatorAccount,
     pub tenants: Store<Tenant>,
     pub knowledge_bases: Store<KnowledgeBase>,
     pub workflows: Store<Workflow>,

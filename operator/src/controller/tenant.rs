@@ -135,6 +135,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         &BuildContext {
             owner,
             service_monitors: ctx.service_monitors,
+            operator: ctx.operator.clone(),
         },
     );
     let applier = Applier {
@@ -210,8 +211,44 @@ fn record_conditions(
         .tenant_status(&tenant.name_any(), &pairs, tenant.spec.suspended);
 }
 
+/// Applies the operator's RoleBinding in the tenant's namespace, if that namespace is
+/// there and live: cleaning up writes in it through the tenant role, and a namespace
+/// made by an operator version before the RoleBinding existed may lack it. A cached,
+/// unchanged binding costs no request.
+async fn ensure_access(tenant: &Tenant, ctx: &Context) -> Result<()> {
+    let Ok(plan) = iafactory_crds::plan(tenant, &ctx.config) else {
+        return Ok(());
+    };
+    let live = ctx
+        .caches
+        .namespaces
+        .get(&ObjectRef::new(&plan.namespace))
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none());
+    let Some(owner) = tenant.controller_owner_ref(&()).filter(|_| live) else {
+        return Ok(());
+    };
+    let objects = build(
+        &plan,
+        &BuildContext {
+            owner,
+            service_monitors: ctx.service_monitors,
+            operator: ctx.operator.clone(),
+        },
+    );
+    let applier = Applier {
+        client: &ctx.client,
+        caches: &ctx.caches,
+        metrics: &ctx.metrics,
+    };
+    applier
+        .apply_child(&objects.access, &mut Default::default())
+        .await?;
+    Ok(())
+}
+
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     ctx.caches.ready().await?;
+    ensure_access(tenant, ctx).await?;
     let name = tenant.name_any();
     let known: Vec<String> = tenant
         .status

@@ -53,6 +53,7 @@ pub fn build_objects(
         &BuildContext {
             owner: owner(&plan.tenant),
             service_monitors,
+            operator: Default::default(),
         },
     );
     (plan, objects)

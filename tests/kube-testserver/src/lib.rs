@@ -85,7 +85,9 @@
 //!   [`TestServer::set_failing`] makes it degrade (`ProgressDeadlineExceeded`, or
 //!   a `Failed` Job).
 //! - **Test hooks:** [`TestServer::get`] and [`TestServer::list`] read the store,
-//!   [`TestServer::counts`] and [`TestServer::reset_counts`] count requests per verb, and
+//!   [`TestServer::counts`] and [`TestServer::reset_counts`] count requests per verb,
+//!   [`TestServer::requests`] lists every resource request in order (verb, group,
+//!   resource, namespace, name, status code), and
 //!   [`TestServer::compact`] and [`TestServer::close_watches`] force watchers to relist.
 //!
 //! # What it does not implement
@@ -140,7 +142,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use server::RequestCounts;
+pub use server::{RequestCounts, RequestRecord};
 
 use crate::node::Failing;
 use crate::resources::Registry;
@@ -274,6 +276,7 @@ impl TestServer {
         let shared = Arc::new(Shared {
             store: store.clone(),
             counters: Counters::default(),
+            requests: Default::default(),
             bookmark_interval: options.bookmark_interval,
             close_watches,
         });
@@ -370,6 +373,16 @@ impl TestServer {
 
     pub fn reset_counts(&self) {
         self.shared.counters.reset();
+    }
+
+    /// Every request on a resource path since the start, in the order served: verb,
+    /// group, resource, namespace, name and the status code answered.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Makes the workload (Deployment, StatefulSet or Job) `namespace/name` fail (a

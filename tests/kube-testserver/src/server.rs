@@ -93,10 +93,30 @@ impl Counters {
     }
 }
 
+/// One request on a resource path, as [`crate::TestServer::requests`] reports it, in the
+/// order the store served them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The Kubernetes verb: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`
+    /// or `deletecollection`.
+    pub verb: &'static str,
+    /// The API group, empty for the core group.
+    pub group: String,
+    /// The plural, with `/status`, `/scale` or `/finalize` for a subresource.
+    pub resource: String,
+    /// `None` for a cluster-scoped object, or a request across every namespace.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The HTTP status answered (200 for a watch that started).
+    pub code: u16,
+}
+
 /// What every request handler shares.
 pub struct Shared {
     pub store: Arc<Mutex<Store>>,
     pub counters: Counters,
+    /// Every resource request served, in order.
+    pub requests: Mutex<Vec<RequestRecord>>,
     pub bookmark_interval: Duration,
     /// Bumped to end every open watch (a test hook, like an API server restart).
     pub close_watches: watch::Sender<u64>,
@@ -391,6 +411,57 @@ fn resource_request(
 ) -> Result<Routed> {
     let mut store = shared.lock();
     let t = resolve(&store, group, version, rest)?;
+    let verb = match (method, t.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if flag(params, "watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    };
+    let resource = match t.sub {
+        Sub::Main => t.info.plural.clone(),
+        Sub::Status => format!("{}/status", t.info.plural),
+        Sub::Scale => format!("{}/scale", t.info.plural),
+        Sub::Finalize => format!("{}/finalize", t.info.plural),
+    };
+    let result = serve_resource(
+        shared, &mut store, &t, method, version, headers, params, body,
+    );
+    let code = match &result {
+        Ok(Routed::Response(r)) => r.status().as_u16(),
+        Ok(Routed::Watch(_)) => 200,
+        Err(e) => e.code,
+    };
+    shared
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(RequestRecord {
+            verb,
+            group: t.info.group.clone(),
+            resource,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            code,
+        });
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_resource(
+    shared: &Shared,
+    store: &mut Store,
+    t: &Target,
+    method: &Method,
+    version: &str,
+    headers: &HeaderMap,
+    params: &Params,
+    body: &Bytes,
+) -> Result<Routed> {
     let info = &t.info;
     if t.namespace.is_some() && !info.namespaced {
         return Err(ApiError::no_route());
@@ -420,7 +491,7 @@ fn resource_request(
             count(&c.get);
             ok(
                 StatusCode::OK,
-                &ops::scale_of(&ops::get(&store, info, ns, name)?),
+                &ops::scale_of(&ops::get(store, info, ns, name)?),
             )
         }
         (&Method::PUT | &Method::PATCH, Some(name)) if t.sub == Sub::Scale => {
@@ -438,34 +509,34 @@ fn resource_request(
                         .ok_or_else(|| ApiError::unsupported_media_type(ct))?,
                 )
             };
-            let scale = ops::write_scale(&mut store, info, version, ns, name, kind, body, &opts)?;
+            let scale = ops::write_scale(store, info, version, ns, name, kind, body, &opts)?;
             ok(StatusCode::OK, &scale)
         }
         (&Method::GET, Some(name)) => {
             count(&c.get);
             needs_ns(name)?;
-            ok(StatusCode::OK, &present(ops::get(&store, info, ns, name)?))
+            ok(StatusCode::OK, &present(ops::get(store, info, ns, name)?))
         }
         (&Method::GET, None) if flag(params, "watch") => {
             count(&c.watch);
-            let w = watch_request(&mut store, &t, params)?;
+            let w = watch_request(store, t, params)?;
             Ok(Routed::Watch(Box::new(w)))
         }
         (&Method::GET, None) => {
             count(&c.list);
-            ok(StatusCode::OK, &list(&store, &t, params)?)
+            ok(StatusCode::OK, &list(store, t, params)?)
         }
         (&Method::POST, None) => {
             count(&c.create);
             let obj = ops::parse_body(body, false)?;
-            let created = ops::create(&mut store, info, version, ns, obj, &opts)?;
+            let created = ops::create(store, info, version, ns, obj, &opts)?;
             ok(StatusCode::CREATED, &present(created))
         }
         (&Method::PUT, Some(name)) => {
             count(&c.update);
             needs_ns(name)?;
             let obj = ops::parse_body(body, false)?;
-            let updated = ops::update(&mut store, info, version, ns, name, obj, t.sub, &opts)?;
+            let updated = ops::update(store, info, version, ns, name, obj, t.sub, &opts)?;
             ok(StatusCode::OK, &present(updated))
         }
         (&Method::PATCH, Some(name)) => {
@@ -477,9 +548,8 @@ fn resource_request(
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(ct)
                 .ok_or_else(|| ApiError::unsupported_media_type(ct))?;
-            let (obj, created) = ops::patch(
-                &mut store, info, version, ns, name, kind, body, t.sub, &opts,
-            )?;
+            let (obj, created) =
+                ops::patch(store, info, version, ns, name, kind, body, t.sub, &opts)?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -491,7 +561,7 @@ fn resource_request(
             count(&c.delete);
             needs_ns(name)?;
             let dopts = delete_opts(params, body)?;
-            match ops::delete(&mut store, info, ns, name, &dopts)? {
+            match ops::delete(store, info, ns, name, &dopts)? {
                 Deleted::Pending(obj) => ok(StatusCode::OK, &present(obj)),
                 Deleted::Gone(obj) => ok(
                     StatusCode::OK,
@@ -513,7 +583,7 @@ fn resource_request(
             let mut items = Vec::new();
             for (item_ns, name) in names {
                 let item_ns = (!item_ns.is_empty()).then_some(item_ns.as_str());
-                match ops::delete(&mut store, info, item_ns, &name, &dopts)? {
+                match ops::delete(store, info, item_ns, &name, &dopts)? {
                     Deleted::Pending(v) | Deleted::Gone(v) => items.push(present(v)),
                 }
             }
