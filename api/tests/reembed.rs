@@ -216,7 +216,7 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
     let app = TestApp::with_workers(config).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop).expect("pgvector re-embeds");
+    iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop);
     let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
     let token = tenant(&app).await;
 
@@ -341,50 +341,4 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
         written(&owner, empty_id).await["embedding"],
         serde_json::from_str::<Value>(SMOLLM2).unwrap()
     );
-}
-
-#[tokio::test]
-async fn a_qdrant_store_keeps_the_previous_model_and_says_why() {
-    let db = TestDb::new().await;
-    let config = iafactory_api::config::Config {
-        embedding_model_dir: Some(common::engine_url("IAF_TEST_EMBEDDING_MODEL_DIR", "minilm")),
-        vector_store: "qdrant".into(),
-        // Never reached: registration decides without the store.
-        qdrant_url: Some("http://127.0.0.1:9".into()),
-        qdrant_timeout_seconds: 1,
-        ..common::config(&db)
-    };
-    let app = TestApp::with_config(config).await;
-    assert!(
-        iafactory_api::rag::reembed::spawn_worker(
-            app.state.clone(),
-            tokio_util::sync::CancellationToken::new()
-        )
-        .is_none()
-    );
-    let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
-    tenant(&app).await;
-    let registered = register_kb(&app, "guide", spec(MINILM, &[])).await;
-    let kb = registered["id"].as_str().unwrap().to_owned();
-    sqlx::query(
-        "INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes)
-         SELECT tenant_id, id, 'Horaires', 'text/plain', 'h', 1 FROM knowledge_bases WHERE id = $1::uuid",
-    )
-    .bind(&kb)
-    .execute(&owner)
-    .await
-    .unwrap();
-    let refused = register_kb(&app, "guide", spec(SMOLLM2, &[])).await;
-    assert_eq!(
-        refused["reembedding"]["error"],
-        iafactory_api::rag::reembed::UNSUPPORTED,
-        "{refused}"
-    );
-    assert_eq!(
-        written(&owner, &kb).await["embedding"],
-        serde_json::from_str::<Value>(MINILM).unwrap()
-    );
-    // Asking for the stored model again clears it.
-    let back = register_kb(&app, "guide", spec(MINILM, &[])).await;
-    assert!(back.get("reembedding").is_none(), "{back}");
 }

@@ -60,8 +60,8 @@ pub struct KnowledgeBaseSpec {
     /// How passages are embedded. Defaults to the platform's embedding model. A change
     /// re-embeds every chunk with the new model in the background; searches use the
     /// previous model's vectors until all are done, then switch at once
-    /// (`status.reembedding` shows the progress). Not on a Qdrant vector store: there the
-    /// previous model stays and `status.reembedding.lastError` says so.
+    /// (`status.reembedding` shows the progress), on pgvector and Qdrant vector stores
+    /// alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[garde(dive)]
     pub embedding: Option<EmbeddingSpec>,
@@ -351,8 +351,7 @@ pub struct ReembeddingStatus {
     pub done: i64,
     /// All the knowledge base's chunks.
     pub total: i64,
-    /// Why the last attempt failed (it is retried), or why the tenant's vector store
-    /// cannot re-embed (Qdrant: the previous model stays); absent while it goes well.
+    /// Why the last attempt failed (it is retried); absent while it goes well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

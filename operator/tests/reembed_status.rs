@@ -237,7 +237,7 @@ async fn a_re_embedding_shows_in_the_knowledge_base_status_until_it_is_done() {
     // The API's worker re-embeds and switches; the status follows.
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    iafactory_api::rag::reembed::spawn_worker(state.clone(), stop).unwrap();
+    iafactory_api::rag::reembed::spawn_worker(state.clone(), stop);
     let status = eventually("the re-embedding is done", || {
         let kb = kb().ok_or("no kb")?;
         match condition(&kb, "Reindexing") {

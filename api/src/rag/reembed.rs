@@ -8,23 +8,28 @@
 //!   ([`decide`] says when). Searches keep using the previous model's vectors.
 //! - A worker ([`spawn_worker`], one per API process, any number of replicas: a
 //!   knowledge base is leased to one worker at a time) embeds every chunk again with the
-//!   pending model, in batches, through the embedding cache, into
-//!   `chunk_embeddings_next`, and records its progress.
+//!   pending model, in batches, through the embedding cache, and records its progress.
+//!   A row of `chunk_embeddings_next` marks each chunk done. Where the vectors go
+//!   depends on the store ([`super::store::VectorStore::next_collection`]):
+//!   - pgvector: into that row;
+//!   - Qdrant: into the knowledge base's next collection (the row holds no vector).
 //! - When every chunk has its next vector and no document is being ingested, one
-//!   transaction, holding the knowledge base's row, drops its HNSW index (its
-//!   expression has the previous dimensions), copies the next vectors into `chunks`,
-//!   and makes the pending model the knowledge base's. The index for the new
-//!   dimensions is built right after.
+//!   transaction, holding the knowledge base's row, makes the pending model the
+//!   knowledge base's, and:
+//!   - pgvector: drops its HNSW index (its expression has the previous dimensions) and
+//!     copies the next vectors into `chunks`. The index for the new dimensions is built
+//!     right after.
+//!   - Qdrant: checks that the next collection holds exactly one point per chunk (else
+//!     it starts over), then drops the live collection, before the commit, so that the
+//!     next one takes its place.
 //! - Documents ingested meanwhile are embedded with the previous model (ingestion reads
 //!   the knowledge base's row `FOR SHARE`), and the worker catches their chunks before
 //!   the switch: a document being ingested holds the switch back, so no chunk is
 //!   written with the previous model after it.
-//!
-//! Only pgvector is built: on a Qdrant store a change is recorded as the re-embedding's
-//! error ([`UNSUPPORTED`]) and the previous model stays.
 
 use std::time::Duration;
 
+use iafactory_crds::Language;
 use iafactory_crds::knowledgebase::EmbeddingSpec;
 use iafactory_crds::tenant_api::ReembedProgress;
 use pgvector::Vector;
@@ -34,7 +39,7 @@ use uuid::Uuid;
 
 use super::embed::EmbedError;
 use super::ingest::{IngestError, embed_cached};
-use super::store::{Scope, StoreError};
+use super::store::{NextCollection, Scope, StoreError, VectorPoint};
 use crate::db::tenant_tx;
 use crate::state::AppState;
 
@@ -44,9 +49,6 @@ const BATCH: i64 = 64;
 const LEASE_SECONDS: i32 = 60;
 /// How often an idle worker looks for a knowledge base to re-embed.
 const POLL: Duration = Duration::from_secs(1);
-
-/// What a Qdrant store says to an embedding change.
-pub const UNSUPPORTED: &str = "re-embedding is supported for pgvector knowledge bases; this API stores vectors in Qdrant, so the knowledge base keeps its previous embedding model (delete and re-create it to change the model)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReembedError {
@@ -92,9 +94,6 @@ pub enum Change {
     Reembed,
     /// The stored model is asked for again: the re-embedding under way is dropped.
     Cancel,
-    /// The store cannot re-embed: the change is recorded, with [`UNSUPPORTED`] as its
-    /// error, and the stored model stays.
-    Unsupported,
 }
 
 /// Decides what registering `desired` does, for a knowledge base whose vectors are
@@ -104,7 +103,6 @@ pub fn decide(
     pending: Option<&EmbeddingSpec>,
     desired: &EmbeddingSpec,
     has_documents: bool,
-    store_reembeds: bool,
 ) -> Change {
     if pending == Some(desired) {
         return Change::Keep;
@@ -116,18 +114,11 @@ pub fn decide(
             Change::Keep
         };
     }
-    if !has_documents {
-        Change::Switch
-    } else if store_reembeds {
+    if has_documents {
         Change::Reembed
     } else {
-        Change::Unsupported
+        Change::Switch
     }
-}
-
-/// Whether this store's knowledge bases can be re-embedded.
-fn store_reembeds(state: &AppState) -> bool {
-    state.rag.store.kind() == "pgvector"
 }
 
 /// Applies a registration's embedding, `desired`, to the knowledge base `name` of the
@@ -141,13 +132,14 @@ pub async fn register(
     name: &str,
     desired: &EmbeddingSpec,
 ) -> Result<(Uuid, Change), ReembedError> {
-    let (id, current, pending, has_documents): (
+    let (id, tenant_id, current, pending, has_documents): (
+        Uuid,
         Uuid,
         serde_json::Value,
         Option<serde_json::Value>,
         bool,
     ) = sqlx::query_as(
-        "SELECT kb.id, kb.embedding, kb.pending_embedding,
+        "SELECT kb.id, kb.tenant_id, kb.embedding, kb.pending_embedding,
                     EXISTS (SELECT 1 FROM documents d WHERE d.knowledge_base_id = kb.id)
              FROM knowledge_bases kb WHERE kb.name = $1 FOR NO KEY UPDATE",
     )
@@ -157,13 +149,7 @@ pub async fn register(
     let current: EmbeddingSpec = serde_json::from_value(current)?;
     // An unreadable pending model is replaced like any other.
     let pending: Option<EmbeddingSpec> = pending.and_then(|p| serde_json::from_value(p).ok());
-    let change = decide(
-        &current,
-        pending.as_ref(),
-        desired,
-        has_documents,
-        store_reembeds(state),
-    );
+    let change = decide(&current, pending.as_ref(), desired, has_documents);
     let desired_json = serde_json::to_value(desired)?;
     let cleared =
         "pending_embedding = NULL, reembed_done = 0, reembed_total = 0, reembed_error = NULL,
@@ -187,19 +173,31 @@ pub async fn register(
             .execute(&mut **tx)
             .await?;
         }
-        Change::Reembed | Change::Unsupported => {
+        Change::Reembed => {
             sqlx::query(
                 "UPDATE knowledge_bases SET pending_embedding = $2, reembed_done = 0,
                      reembed_total = (SELECT count(*) FROM chunks c WHERE c.knowledge_base_id = $1),
-                     reembed_error = $3, reembed_started_at = now(), reembed_leased_until = NULL,
+                     reembed_error = NULL, reembed_started_at = now(), reembed_leased_until = NULL,
                      updated_at = now()
                  WHERE id = $1",
             )
             .bind(id)
             .bind(&desired_json)
-            .bind((change == Change::Unsupported).then_some(UNSUPPORTED))
             .execute(&mut **tx)
             .await?;
+        }
+    }
+    if change == Change::Cancel
+        && let Some(next) = state.rag.store.next_collection()
+    {
+        let scope = Scope {
+            tenant_id,
+            knowledge_base_id: id,
+        };
+        // Left behind, it would only take room: the live collection is the lowest
+        // generation, and the next re-embedding starts its own afresh.
+        if let Err(error) = next.discard(scope).await {
+            tracing::warn!(%error, knowledge_base = %id, "cannot drop the cancelled re-embedding's collection");
         }
     }
     // Vectors of another model than the one now pending are of no use.
@@ -250,13 +248,9 @@ pub async fn progress(
     }))
 }
 
-/// Starts this process's re-embedding worker, when its store can re-embed; it stops
-/// when `stop` is cancelled.
-pub fn spawn_worker(
-    state: AppState,
-    stop: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    store_reembeds(&state).then(|| tokio::spawn(worker(state, stop)))
+/// Starts this process's re-embedding worker; it stops when `stop` is cancelled.
+pub fn spawn_worker(state: AppState, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(worker(state, stop))
 }
 
 async fn worker(state: AppState, stop: CancellationToken) {
@@ -288,10 +282,13 @@ async fn worker(state: AppState, stop: CancellationToken) {
                 let outcome = tokio::select! {
                     outcome = reembed(&state, scope, &stop) => outcome,
                     _ = heartbeat => unreachable!("the heartbeat loops forever"),
-                    _ = stop.cancelled() => Ok(Duration::ZERO),
+                    _ = stop.cancelled() => Ok(Some(Duration::ZERO)),
                 };
                 let next = match outcome {
-                    Ok(next) => hold(&state, scope, next).await,
+                    Ok(Some(next)) => hold(&state, scope, next).await,
+                    // Another worker may hold the knowledge base for the run that
+                    // replaced this one: its lease is not this worker's to change.
+                    Ok(None) => Ok(()),
                     Err(error) => {
                         tracing::warn!(%error, knowledge_base = %knowledge_base_id, "re-embedding failed; retrying later");
                         failed(&state, scope, &error).await
@@ -346,31 +343,52 @@ async fn failed(state: &AppState, scope: Scope, error: &ReembedError) -> Result<
     tx.commit().await
 }
 
+/// When the re-embedding under way was started: with its model, it tells one run from
+/// the next.
+type Started = chrono::DateTime<chrono::Utc>;
+
 /// Embeds the knowledge base's chunks that lack their next vector, batch by batch, then
-/// switches. Returns how long to wait before the next attempt (zero when done, or when
-/// the pending model changed under it).
+/// switches. Returns how long to wait before the next attempt (zero when done), or None
+/// when the run it worked on is over (the pending model changed, cancelled or started
+/// again).
 #[tracing::instrument(skip_all, fields(tenant_id = %scope.tenant_id, knowledge_base = %scope.knowledge_base_id))]
 async fn reembed(
     state: &AppState,
     scope: Scope,
     stop: &CancellationToken,
-) -> Result<Duration, ReembedError> {
+) -> Result<Option<Duration>, ReembedError> {
+    let next = state.rag.store.next_collection();
+    let mut prepared = false;
     loop {
         if stop.is_cancelled() {
-            return Ok(Duration::ZERO);
+            return Ok(Some(Duration::ZERO));
         }
         let mut tx = tenant_tx(&state.db, scope.tenant_id).await?;
-        let pending: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT pending_embedding FROM knowledge_bases WHERE id = $1")
-                .bind(scope.knowledge_base_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
-        let Some(pending_json) = pending else {
-            return Ok(Duration::ZERO);
+        type Row = (
+            serde_json::Value,
+            Option<serde_json::Value>,
+            Option<Started>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT embedding, pending_embedding, reembed_started_at FROM knowledge_bases WHERE id = $1",
+        )
+        .bind(scope.knowledge_base_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((current_json, Some(pending_json), started)) = row else {
+            return Ok(None);
         };
-        let batch: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT c.id, c.content FROM chunks c
+        let pending: EmbeddingSpec = serde_json::from_value(pending_json.clone())?;
+        if let Some(next) = next
+            && !prepared
+        {
+            let current: EmbeddingSpec = serde_json::from_value(current_json)?;
+            prepare(&mut tx, scope, next, &current, &pending).await?;
+            prepared = true;
+        }
+        type Batch = (Uuid, String, Uuid, Option<String>);
+        let batch: Vec<Batch> = sqlx::query_as(
+            "SELECT c.id, c.content, c.document_id, c.language FROM chunks c
              WHERE c.knowledge_base_id = $1
                AND NOT EXISTS (SELECT 1 FROM chunk_embeddings_next n WHERE n.chunk_id = c.id)
              ORDER BY c.id LIMIT $2",
@@ -381,48 +399,128 @@ async fn reembed(
         .await?;
         tx.commit().await?;
         if batch.is_empty() {
-            return switch(state, scope, &pending_json).await;
+            return switch(state, scope, &pending_json, started).await;
         }
-        let pending: EmbeddingSpec = serde_json::from_value(pending_json.clone())?;
         let embedder = state
             .rag
             .embedders
             .resolve(&pending.provider, &pending.model)?;
-        let texts: Vec<String> = batch.iter().map(|(_, text)| text.clone()).collect();
+        let texts: Vec<String> = batch.iter().map(|(_, text, _, _)| text.clone()).collect();
         let vectors = embed_cached(state, scope.tenant_id, embedder.as_ref(), &texts).await?;
         let declared = pending.dimensions as usize;
         if let Some(actual) = vectors.iter().map(Vec::len).find(|n| *n != declared) {
             return Err(ReembedError::Dimensions { declared, actual });
         }
         let mut tx = tenant_tx(&state.db, scope.tenant_id).await?;
-        // The registration that changes or cancels the pending model takes this row
-        // too: vectors of a model that is no longer pending are never written.
-        let still: Option<Option<serde_json::Value>> = sqlx::query_scalar(
-            "SELECT pending_embedding FROM knowledge_bases WHERE id = $1 FOR NO KEY UPDATE",
+        // The registration that changes, cancels or restarts the re-embedding takes
+        // this row too: vectors of a run that is over are never written (a restarted
+        // run may have started its next collection afresh).
+        let still: Option<(Option<serde_json::Value>, Option<Started>)> = sqlx::query_as(
+            "SELECT pending_embedding, reembed_started_at FROM knowledge_bases WHERE id = $1
+             FOR NO KEY UPDATE",
         )
         .bind(scope.knowledge_base_id)
         .fetch_optional(&mut *tx)
         .await?;
-        if still.flatten().as_ref() != Some(&pending_json) {
-            return Ok(Duration::ZERO);
+        if still != Some((Some(pending_json.clone()), started)) {
+            return Ok(None);
         }
-        // Chunks deleted meanwhile (their document re-ingested or deleted) are skipped.
-        sqlx::query(
-            "INSERT INTO chunk_embeddings_next (chunk_id, tenant_id, knowledge_base_id, embedding)
-             SELECT v.id, $2, $3, v.embedding
-             FROM UNNEST($1::uuid[], $4::vector[]) AS v(id, embedding)
-             JOIN chunks c ON c.id = v.id AND c.knowledge_base_id = $3
-             ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding",
-        )
-        .bind(batch.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind(scope.tenant_id)
-        .bind(scope.knowledge_base_id)
-        .bind(vectors.into_iter().map(Vector::from).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        let ids: Vec<Uuid> = batch.iter().map(|(id, ..)| *id).collect();
+        match next {
+            // Chunks deleted meanwhile (their document re-ingested or deleted) are skipped.
+            None => {
+                sqlx::query(
+                    "INSERT INTO chunk_embeddings_next (chunk_id, tenant_id, knowledge_base_id, embedding)
+                     SELECT v.id, $2, $3, v.embedding
+                     FROM UNNEST($1::uuid[], $4::vector[]) AS v(id, embedding)
+                     JOIN chunks c ON c.id = v.id AND c.knowledge_base_id = $3
+                     ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding",
+                )
+                .bind(&ids)
+                .bind(scope.tenant_id)
+                .bind(scope.knowledge_base_id)
+                .bind(vectors.into_iter().map(Vector::from).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(next) => {
+                // The chunks still there, held until the commit: a deletion that comes
+                // later waits, then deletes their points from both collections.
+                let present: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM chunks WHERE id = ANY($1) AND knowledge_base_id = $2 FOR SHARE",
+                )
+                .bind(&ids)
+                .bind(scope.knowledge_base_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let points: Vec<VectorPoint> = batch
+                    .into_iter()
+                    .zip(vectors)
+                    .filter(|((id, ..), _)| present.contains(id))
+                    .map(
+                        |((chunk_id, _, document_id, language), vector)| VectorPoint {
+                            chunk_id,
+                            document_id,
+                            language: language.as_deref().and_then(language_of),
+                            vector,
+                        },
+                    )
+                    .collect();
+                next.upsert(scope, &points).await?;
+                sqlx::query(
+                    "INSERT INTO chunk_embeddings_next (chunk_id, tenant_id, knowledge_base_id)
+                     SELECT id, $2, $3 FROM UNNEST($1::uuid[]) AS v(id)
+                     ON CONFLICT (chunk_id) DO NOTHING",
+                )
+                .bind(&present)
+                .bind(scope.tenant_id)
+                .bind(scope.knowledge_base_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         record_progress(&mut tx, scope.knowledge_base_id).await?;
         tx.commit().await?;
     }
+}
+
+/// Before the first batch of a worker's turn, for a store with a next collection: the
+/// chunks marked done are kept only if the next collection is there to hold their
+/// vectors; otherwise the next collection starts afresh, and so do the marks.
+async fn prepare(
+    tx: &mut Transaction<'static, Postgres>,
+    scope: Scope,
+    next: &dyn NextCollection,
+    current: &EmbeddingSpec,
+    pending: &EmbeddingSpec,
+) -> Result<(), ReembedError> {
+    let marked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chunk_embeddings_next WHERE knowledge_base_id = $1)",
+    )
+    .bind(scope.knowledge_base_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if marked && next.exists(scope).await? {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM chunk_embeddings_next WHERE knowledge_base_id = $1")
+        .bind(scope.knowledge_base_id)
+        .execute(&mut **tx)
+        .await?;
+    next.create(
+        scope,
+        current.dimensions as usize,
+        pending.dimensions as usize,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A chunk's language, from its stored code.
+fn language_of(code: &str) -> Option<Language> {
+    iafactory_crds::common::all_languages()
+        .into_iter()
+        .find(|l| l.code() == code)
 }
 
 async fn record_progress(
@@ -450,25 +548,28 @@ async fn switch(
     state: &AppState,
     scope: Scope,
     pending_json: &serde_json::Value,
-) -> Result<Duration, ReembedError> {
+    started: Option<Started>,
+) -> Result<Option<Duration>, ReembedError> {
     let mut tx = tenant_tx(&state.db, scope.tenant_id).await?;
     let kb = scope.knowledge_base_id;
-    let still: Option<Option<serde_json::Value>> = sqlx::query_scalar(
-        "SELECT pending_embedding FROM knowledge_bases WHERE id = $1 FOR NO KEY UPDATE",
+    let still: Option<(Option<serde_json::Value>, Option<Started>)> = sqlx::query_as(
+        "SELECT pending_embedding, reembed_started_at FROM knowledge_bases WHERE id = $1
+         FOR NO KEY UPDATE",
     )
     .bind(kb)
     .fetch_optional(&mut *tx)
     .await?;
-    if still.flatten().as_ref() != Some(pending_json) {
-        return Ok(Duration::ZERO);
+    if still != Some((Some(pending_json.clone()), started)) {
+        return Ok(None);
     }
     // Read after the row lock: a document whose ingestion began before it is seen as
     // processing, one that begins after it waits for this transaction and then reads
     // the new model.
-    let (missing, ingesting): (i64, i64) = sqlx::query_as(
+    let (missing, ingesting, chunks): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM chunks c WHERE c.knowledge_base_id = $1
                    AND NOT EXISTS (SELECT 1 FROM chunk_embeddings_next n WHERE n.chunk_id = c.id)),
-                (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = $1 AND d.status = 'processing')",
+                (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = $1 AND d.status = 'processing'),
+                (SELECT count(*) FROM chunks c WHERE c.knowledge_base_id = $1)",
     )
     .bind(kb)
     .fetch_one(&mut *tx)
@@ -476,26 +577,37 @@ async fn switch(
     if missing > 0 || ingesting > 0 {
         record_progress(&mut tx, kb).await?;
         tx.commit().await?;
-        return Ok(if missing > 0 {
+        return Ok(Some(if missing > 0 {
             Duration::ZERO
         } else {
             Duration::from_secs(1)
-        });
+        }));
     }
-    // The index's expression casts to the previous dimensions: it cannot hold the new
-    // vectors. Dropping it locks `chunks` until the commit, which follows at once.
-    sqlx::query("SELECT drop_vector_index($1)")
-        .bind(kb)
-        .execute(&mut *tx)
-        .await?;
-    let switched = sqlx::query(
-        "UPDATE chunks c SET embedding = n.embedding FROM chunk_embeddings_next n
-         WHERE n.chunk_id = c.id AND c.knowledge_base_id = $1",
-    )
-    .bind(kb)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let switched = match state.rag.store.next_collection() {
+        None => switch_rows(&mut tx, kb).await?,
+        Some(next) => {
+            // Every chunk is marked, so each has its point; more points are those of
+            // chunks deleted while their batch was being written (a deletion removes
+            // the points before the rows), fewer a collection that lost some. Either
+            // way, the next collection is not the knowledge base's: start it over.
+            let points = next.count(scope).await?;
+            if points != chunks as u64 {
+                tracing::warn!(knowledge_base = %kb, points, chunks, "the next collection does not match the chunks; re-embedding again");
+                sqlx::query("DELETE FROM chunk_embeddings_next WHERE knowledge_base_id = $1")
+                    .bind(kb)
+                    .execute(&mut *tx)
+                    .await?;
+                record_progress(&mut tx, kb).await?;
+                tx.commit().await?;
+                next.discard(scope).await?;
+                return Ok(Some(Duration::ZERO));
+            }
+            // Before the commit, under the row lock: if the commit fails, the worker
+            // switches again (the live collection is already gone, the rest follows).
+            next.promote(scope).await?;
+            chunks as u64
+        }
+    };
     sqlx::query("DELETE FROM chunk_embeddings_next WHERE knowledge_base_id = $1")
         .bind(kb)
         .execute(&mut *tx)
@@ -512,14 +624,36 @@ async fn switch(
     tx.commit().await?;
     let pending: EmbeddingSpec = serde_json::from_value(pending_json.clone())?;
     tracing::info!(knowledge_base = %kb, chunks = switched, model = %pending.model, "re-embedded; searches use the new model");
-    if switched > 0 {
+    if switched > 0 && state.rag.store.next_collection().is_none() {
         state
             .rag
             .store
             .ensure_collection(scope, pending.dimensions as usize)
             .await?;
     }
-    Ok(Duration::ZERO)
+    Ok(Some(Duration::ZERO))
+}
+
+/// pgvector's switch: the next vectors replace the previous ones in `chunks`. Returns
+/// how many chunks it switched.
+async fn switch_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    kb: Uuid,
+) -> Result<u64, sqlx::Error> {
+    // The index's expression casts to the previous dimensions: it cannot hold the new
+    // vectors. Dropping it locks `chunks` until the commit, which follows at once.
+    sqlx::query("SELECT drop_vector_index($1)")
+        .bind(kb)
+        .execute(&mut **tx)
+        .await?;
+    Ok(sqlx::query(
+        "UPDATE chunks c SET embedding = n.embedding FROM chunk_embeddings_next n
+         WHERE n.chunk_id = c.id AND c.knowledge_base_id = $1",
+    )
+    .bind(kb)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 #[cfg(test)]
@@ -537,12 +671,11 @@ mod tests {
     #[test]
     fn a_new_model_is_re_embedded_only_when_there_are_documents() {
         let (old, new) = (model("minilm", 384), model("smollm2", 576));
-        assert_eq!(decide(&old, None, &new, true, true), Change::Reembed);
-        assert_eq!(decide(&old, None, &new, false, true), Change::Switch);
-        assert_eq!(decide(&old, None, &new, false, false), Change::Switch);
+        assert_eq!(decide(&old, None, &new, true), Change::Reembed);
+        assert_eq!(decide(&old, None, &new, false), Change::Switch);
         // The same name with other dimensions is another model for the vectors.
         assert_eq!(
-            decide(&old, None, &model("minilm", 768), true, true),
+            decide(&old, None, &model("minilm", 768), true),
             Change::Reembed
         );
     }
@@ -550,29 +683,14 @@ mod tests {
     #[test]
     fn registering_again_changes_nothing_and_the_old_model_cancels() {
         let (old, new) = (model("minilm", 384), model("smollm2", 576));
-        assert_eq!(decide(&old, None, &old, true, true), Change::Keep);
-        assert_eq!(decide(&old, Some(&new), &new, true, true), Change::Keep);
-        assert_eq!(decide(&old, Some(&old), &old, true, true), Change::Keep);
-        assert_eq!(decide(&old, Some(&new), &old, true, true), Change::Cancel);
-        assert_eq!(decide(&old, Some(&new), &old, false, true), Change::Cancel);
+        assert_eq!(decide(&old, None, &old, true), Change::Keep);
+        assert_eq!(decide(&old, Some(&new), &new, true), Change::Keep);
+        assert_eq!(decide(&old, Some(&old), &old, true), Change::Keep);
+        assert_eq!(decide(&old, Some(&new), &old, true), Change::Cancel);
+        assert_eq!(decide(&old, Some(&new), &old, false), Change::Cancel);
         // A third model replaces the pending one.
         let third = model("bge-m3", 1024);
-        assert_eq!(
-            decide(&old, Some(&new), &third, true, true),
-            Change::Reembed
-        );
-        assert_eq!(
-            decide(&old, Some(&new), &third, false, true),
-            Change::Switch
-        );
-    }
-
-    #[test]
-    fn a_store_that_cannot_re_embed_keeps_the_old_model() {
-        let (old, new) = (model("minilm", 384), model("smollm2", 576));
-        assert_eq!(decide(&old, None, &new, true, false), Change::Unsupported);
-        // Asked again, the refusal stands as recorded; the old model clears it.
-        assert_eq!(decide(&old, Some(&new), &new, true, false), Change::Keep);
-        assert_eq!(decide(&old, Some(&new), &old, true, false), Change::Cancel);
+        assert_eq!(decide(&old, Some(&new), &third, true), Change::Reembed);
+        assert_eq!(decide(&old, Some(&new), &third, false), Change::Switch);
     }
 }

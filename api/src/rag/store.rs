@@ -104,9 +104,10 @@ impl StoreError {
 /// |---------------------|------------------------------------------------------|-------------------------------------------------------------|
 /// | `ensure_collection` | a partial HNSW index (cosine) on the knowledge base's rows | create the collection (size, `Distance::Cosine`) and payload indexes on `tenant_id`, `knowledge_base_id`, `document_id`, `language` |
 /// | `upsert`            | set `chunks.embedding` of rows already inserted      | upsert points: id = chunk id, payload = tenant, knowledge base, document, language |
-/// | `delete_document`   | clear the document's vectors                         | delete by filter `document_id`                              |
-/// | `delete_collection` | drop the index                                       | delete the collection                                       |
+/// | `delete_document`   | clear the document's vectors                         | delete by filter `document_id`, in the live and next collections |
+/// | `delete_collection` | drop the index                                       | delete the live and next collections                        |
 /// | `search`            | `ORDER BY embedding <=> $q` in the tenant's RLS transaction, `WHERE tenant_id AND knowledge_base_id` | query with a `must` filter on `tenant_id` and `knowledge_base_id` (always, even in a per-knowledge-base collection), plus the [`VectorFilter`] |
+/// | `next_collection`   | None: re-embedding writes `chunk_embeddings_next`    | the next generation's collection, which replaces the live one at the switch |
 ///
 /// Chunk text, titles and full-text search stay in PostgreSQL whatever the vector
 /// store: it returns chunk ids and scores only.
@@ -132,6 +133,41 @@ pub trait VectorStore: Send + Sync {
     ) -> Result<Vec<VectorHit>, StoreError>;
     /// Whether the store answers (readiness).
     async fn ready(&self) -> bool;
+    /// How this store re-embeds a knowledge base (`rag::reembed`): None, in PostgreSQL's
+    /// `chunk_embeddings_next` (pgvector, whose vectors are rows); Some, into a next
+    /// collection that replaces the live one at the switch (Qdrant).
+    fn next_collection(&self) -> Option<&dyn NextCollection> {
+        None
+    }
+}
+
+/// A knowledge base's next collection, for a store whose vectors live outside
+/// PostgreSQL: re-embedding fills it with the pending model's vectors while searches,
+/// ingestion and [`VectorStore`]'s calls keep using the live collection, until
+/// [`NextCollection::promote`] makes it the live one. Deleting a document or the
+/// knowledge base through [`VectorStore`] deletes from both.
+#[async_trait]
+pub trait NextCollection: Send + Sync {
+    /// Whether the knowledge base has a next collection.
+    async fn exists(&self, scope: Scope) -> Result<bool, StoreError>;
+    /// Starts the next collection afresh for vectors of `dimensions`, dropping an
+    /// earlier one. A missing live collection is created first, for `live_dimensions`,
+    /// so that the next one never serves searches before [`NextCollection::promote`].
+    async fn create(
+        &self,
+        scope: Scope,
+        live_dimensions: usize,
+        dimensions: usize,
+    ) -> Result<(), StoreError>;
+    /// Stores points in the next collection, replacing those with the same chunk ids.
+    async fn upsert(&self, scope: Scope, points: &[VectorPoint]) -> Result<(), StoreError>;
+    /// How many points of the scope the next collection holds (exact).
+    async fn count(&self, scope: Scope) -> Result<u64, StoreError>;
+    /// Drops the next collection (a re-embedding cancelled). Idempotent.
+    async fn discard(&self, scope: Scope) -> Result<(), StoreError>;
+    /// Makes the next collection the live one: the earlier ones are dropped, in one
+    /// call that every API replica sees at once.
+    async fn promote(&self, scope: Scope) -> Result<(), StoreError>;
 }
 
 pub struct PgVectorStore {
