@@ -29,6 +29,7 @@ const STRINGS = {
     "chat.title": "Ask your documents", "chat.in": "Search in", "chat.model": "Model", "chat.model.default": "Default (set by the knowledge base, or the organisation’s model)", "chat.question": "Your question",
     "chat.ask": "Ask", "chat.answer": "Answer", "chat.sources": "Sources", "chat.searching": "Searching…",
     "chat.extractive": "No language model answered: here are the most relevant passages.",
+    "chat.replaced": "The model's answer did not match your documents: here are the most relevant passages instead.",
     "chat.noKb": "Choose at least one knowledge base.", "chat.noKbs": "Create a knowledge base and add documents first.",
     "chat.passage": "[{n}] {title}", "chat.page": "page {page}", "chat.close": "Close",
     "wf.title": "Workflows", "wf.empty": "No workflow yet. Workflows are defined through the API or as Kubernetes resources.",
@@ -84,6 +85,7 @@ const STRINGS = {
     "chat.title": "Interroger vos documents", "chat.in": "Chercher dans", "chat.model": "Modèle", "chat.model.default": "Par défaut (celui de la base de connaissances, ou le modèle de l’organisation)", "chat.question": "Votre question",
     "chat.ask": "Demander", "chat.answer": "Réponse", "chat.sources": "Sources", "chat.searching": "Recherche…",
     "chat.extractive": "Aucun modèle de langue n’a répondu : voici les passages les plus pertinents.",
+    "chat.replaced": "La réponse du modèle ne correspondait pas à vos documents : voici plutôt les passages les plus pertinents.",
     "chat.noKb": "Choisissez au moins une base de connaissances.",
     "chat.noKbs": "Créez d’abord une base de connaissances et ajoutez-y des documents.",
     "chat.passage": "[{n}] {title}", "chat.page": "page {page}", "chat.close": "Fermer",
@@ -141,6 +143,7 @@ const STRINGS = {
     "chat.title": "اسأل وثائقك", "chat.in": "ابحث في", "chat.model": "النموذج", "chat.model.default": "الافتراضي (نموذج قاعدة المعرفة أو نموذج المؤسسة)", "chat.question": "سؤالك", "chat.ask": "اسأل",
     "chat.answer": "الإجابة", "chat.sources": "المصادر", "chat.searching": "جارٍ البحث…",
     "chat.extractive": "لم يُجب أي نموذج لغوي: هذه أكثر المقاطع صلة بسؤالك.",
+    "chat.replaced": "لم تتطابق إجابة النموذج مع وثائقك: هذه بدلاً منها أكثر المقاطع صلة بسؤالك.",
     "chat.noKb": "اختر قاعدة معرفة واحدة على الأقل.", "chat.noKbs": "أنشئ قاعدة معرفة وأضف إليها وثائق أولًا.",
     "chat.passage": "[{n}] {title}", "chat.page": "صفحة {page}", "chat.close": "إغلاق",
     "wf.title": "مسارات العمل", "wf.empty": "لا توجد مسارات عمل بعد. تُعرَّف عبر الواجهة البرمجية أو كموارد Kubernetes.",
@@ -677,13 +680,17 @@ async function showChat(preselected) {
         if (message.event === "token") {
           text += message.data;
           answer.textContent = text;
+        } else if (message.event === "replace") {
+          // The model's answer failed the grounding check: the passages take its place.
+          text = message.data;
+          answer.textContent = text;
         } else if (message.event === "done") {
           const done = JSON.parse(message.data);
           finished = true;
           answer.setAttribute("dir", done.language === "ar" || (!done.language && /[\u0600-\u06FF]/.test(text)) ? "rtl" : "auto");
           if (done.language) answer.setAttribute("lang", done.language);
           note.hidden = !done.extractive;
-          note.textContent = t("chat.extractive");
+          note.textContent = t(["wrong_script", "ungrounded", "repetitive"].includes(done.extractive_reason) ? "chat.replaced" : "chat.extractive");
           answer.replaceChildren(...withCitationLinks(text, done.citations));
           sources.replaceChildren(...done.citations.map((citation) => h("li", {},
             h("button", { type: "button", class: "citation", "data-n": citation.n, onclick: () => openPassage(citation) },

@@ -256,6 +256,7 @@ async fn the_console_journeys_pass_in_a_real_browser() {
         "ask in Arabic",
         "open a citation",
         "network error during an answer",
+        "a replaced answer",
         "switch to French",
         "another tenant's URL",
         "create an API key",

@@ -105,10 +105,32 @@ fn sse(events: Vec<String>) -> Response {
         .into_response()
 }
 
+/// What the scripted OpenAI-compatible and Anthropic models answer: each drawn from
+/// the test's one passage (so that the grounding check keeps it), and each its own, so
+/// that the answer shows which wire protocol carried it. The model asked is checked
+/// through the recorded calls and the response's `model`.
+const OPENAI_SAID: &str = "Chaque salarié a droit à trente jours de congé annuel payé [1].";
+const ANTHROPIC_SAID: &str = "Trente jours de congé annuel payé pour chaque salarié [1].";
+/// A model asked for this answers with details found in no passage.
+const INVENTS: &str = "invents";
+const INVENTED: &str = "Les salariés partent en croisière aux Baléares pendant quarante-cinq jours offerts par la direction [1].";
+
+/// `said` in three streamed pieces.
+fn pieces(said: &str) -> [&str; 3] {
+    let (first, rest) = said.split_at(said.find(' ').unwrap());
+    let (second, third) = rest.split_at(rest[1..].find(' ').unwrap() + 1);
+    [first, second, third]
+}
+
 fn openai_answer(model: &str, stream: bool) -> Response {
+    let said = if model == INVENTS {
+        INVENTED
+    } else {
+        OPENAI_SAID
+    };
     if !stream {
         return axum::Json(json!({
-            "choices": [{"message": {"role": "assistant", "content": format!("openai says {model} [1]")}}],
+            "choices": [{"message": {"role": "assistant", "content": said}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 4}
         }))
         .into_response();
@@ -119,10 +141,11 @@ fn openai_answer(model: &str, stream: bool) -> Response {
             json!({"choices": [{"delta": {"content": text}}]})
         )
     };
+    let [first, second, third] = pieces(said);
     sse(vec![
-        delta("openai says "),
-        delta(model),
-        delta(" [1]"),
+        delta(first),
+        delta(second),
+        delta(third),
         "data: [DONE]\n\n".into(),
     ])
 }
@@ -131,7 +154,7 @@ fn anthropic_answer(model: &str, stream: bool) -> Response {
     if !stream {
         return axum::Json(json!({
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": format!("anthropic says {model} [1]")}],
+            "content": [{"type": "text", "text": ANTHROPIC_SAID}],
             "stop_reason": "end_turn",
             "usage": {"input_tokens": 3, "output_tokens": 4}
         }))
@@ -162,10 +185,11 @@ fn anthropic_answer(model: &str, stream: bool) -> Response {
         ));
         return sse(events);
     }
+    let [first, second, third] = pieces(ANTHROPIC_SAID);
     events.extend([
-        delta("anthropic says "),
-        delta(model),
-        delta(" [1]"),
+        delta(first),
+        delta(second),
+        delta(third),
         event(
             "content_block_stop",
             json!({"type": "content_block_stop", "index": 0}),
@@ -284,7 +308,8 @@ async fn query(app: &TestApp, token: &str, body: Value) -> common::Reply {
         .await
 }
 
-/// The streamed tokens, joined, and the `done` event.
+/// The answer as a client shows it (the streamed tokens joined, or what a `replace`
+/// event put in their place), and the `done` event.
 fn read_stream(reply: &common::Reply) -> (String, Value) {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let text = reply.body.as_str().expect("an SSE body");
@@ -302,6 +327,7 @@ fn read_stream(reply: &common::Reply) -> (String, Value) {
             .collect();
         match name {
             Some("token") => tokens.push_str(&data.join("\n")),
+            Some("replace") => tokens = data.join("\n"),
             Some("done") => done = serde_json::from_str(&data.join("\n")).unwrap(),
             _ => {}
         }
@@ -352,12 +378,8 @@ async fn each_provider_kind_speaks_its_own_protocol_plain_and_streamed() {
     );
 
     for (provider, model, said) in [
-        (
-            "claude",
-            "claude-sonnet",
-            "anthropic says claude-sonnet [1]",
-        ),
-        ("groq", "llama-3.3-70b", "openai says llama-3.3-70b [1]"),
+        ("claude", "claude-sonnet", ANTHROPIC_SAID),
+        ("groq", "llama-3.3-70b", OPENAI_SAID),
     ] {
         let reply = query(
             &app,
@@ -419,12 +441,9 @@ async fn each_provider_kind_speaks_its_own_protocol_plain_and_streamed() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb]}),
     )
     .await;
-    assert_eq!(
-        reply.body["data"]["answer"], "openai says local-model [1]",
-        "{}",
-        reply.body
-    );
+    assert_eq!(reply.body["data"]["answer"], OPENAI_SAID, "{}", reply.body);
     assert_eq!(reply.body["data"]["provider"], "ollama");
+    assert_eq!(reply.body["data"]["model"], "local-model");
     assert_eq!(calls.to("/ollama").len(), 1);
 }
 
@@ -507,7 +526,8 @@ async fn strict_sovereignty_allows_only_the_tenants_model_server() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(reply.body["data"]["answer"], "openai says other-local [1]");
+    assert_eq!(reply.body["data"]["answer"], OPENAI_SAID, "{}", reply.body);
+    assert_eq!(reply.body["data"]["model"], "other-local");
 
     assert!(
         calls.to("/claude").is_empty() && calls.to("/groq").is_empty(),
@@ -558,10 +578,11 @@ async fn a_knowledge_base_default_answers_when_the_query_names_none() {
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(
-        reply.body["data"]["answer"], "anthropic says claude-haiku [1]",
+        reply.body["data"]["answer"], ANTHROPIC_SAID,
         "{}",
         reply.body
     );
+    assert_eq!(reply.body["data"]["model"], "claude-haiku");
     assert_eq!(reply.body["data"]["provider"], "claude");
     let (tokens, done) = read_stream(
         &query(
@@ -571,7 +592,7 @@ async fn a_knowledge_base_default_answers_when_the_query_names_none() {
         )
         .await,
     );
-    assert_eq!(tokens, "anthropic says claude-haiku [1]");
+    assert_eq!(tokens, ANTHROPIC_SAID);
     assert_eq!(done["model"], "claude-haiku");
     // The query's own choice wins over the default.
     let reply = query(
@@ -580,7 +601,8 @@ async fn a_knowledge_base_default_answers_when_the_query_names_none() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq", "model": "g-1"}),
     )
     .await;
-    assert_eq!(reply.body["data"]["answer"], "openai says g-1 [1]");
+    assert_eq!(reply.body["data"]["answer"], OPENAI_SAID, "{}", reply.body);
+    assert_eq!(reply.body["data"]["model"], "g-1");
     assert_eq!(calls.to("/claude").len(), 2);
 
     // Removing the default gives the question back to the tenant's model server.
@@ -638,11 +660,8 @@ async fn a_knowledge_base_default_answers_when_the_query_names_none() {
         json!({"query": QUESTION, "knowledge_base_ids": [kb, registered]}),
     )
     .await;
-    assert_eq!(
-        reply.body["data"]["answer"], "openai says g-2 [1]",
-        "{}",
-        reply.body
-    );
+    assert_eq!(reply.body["data"]["answer"], OPENAI_SAID, "{}", reply.body);
+    assert_eq!(reply.body["data"]["model"], "g-2");
 }
 
 #[tokio::test]
@@ -757,9 +776,78 @@ async fn workflow_agents_speak_their_providers_protocols() {
     let groq = calls.to("/groq");
     assert_eq!(groq.len(), 1, "{groq:?}");
     // The second agent read the first one's answer, given in Anthropic's shape.
+    assert_eq!(groq[0].body["messages"][1]["content"], ANTHROPIC_SAID);
+}
+
+/// The names of a stream's events, in order.
+fn event_names(reply: &common::Reply) -> Vec<String> {
+    let text = reply.body.as_str().expect("an SSE body");
+    text.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("event:")))
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// A model that invents what its passages do not say is not believed: the passages
+/// answer instead, plain or streamed, and the response says why.
+#[tokio::test]
+async fn an_answer_its_passages_do_not_support_is_replaced_by_them() {
+    let db = TestDb::new().await;
+    let (server, calls) = scripted_providers().await;
+    let app = TestApp::with_workers(config(&db, &server, "open")).await;
+    let (token, kb) = tenant_with_document(&app, "grounding", Value::Null).await;
+
+    let reply = query(
+        &app,
+        &token,
+        json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq", "model": INVENTS}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let data = &reply.body["data"];
+    assert_eq!(data["extractive"], true, "{data}");
+    assert_eq!(data["extractive_reason"], "ungrounded", "{data}");
+    assert!(data["grounded_share"].as_f64().unwrap() < 0.6, "{data}");
+    let answer = data["answer"].as_str().unwrap();
+    assert!(answer.contains("trente jours"), "{answer}");
+    assert!(!answer.contains("croisière"), "{answer}");
+
+    let streamed = query(
+        &app,
+        &token,
+        json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq", "model": INVENTS, "stream": true}),
+    )
+    .await;
+    let names = event_names(&streamed);
     assert_eq!(
-        groq[0].body["messages"][1]["content"],
-        "anthropic says claude-w [1]"
+        names.iter().filter(|n| *n == "replace").count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("done"), "{names:?}");
+    let (shown, done) = read_stream(&streamed);
+    assert!(shown.contains("trente jours"), "{shown}");
+    assert!(!shown.contains("croisière"), "{shown}");
+    assert_eq!(done["extractive"], true, "{done}");
+    assert_eq!(done["extractive_reason"], "ungrounded", "{done}");
+    assert_eq!(calls.to("/groq").len(), 2);
+
+    // A grounded answer is kept, with its share; a stream without a model says so.
+    let kept = query(
+        &app,
+        &token,
+        json!({"query": QUESTION, "knowledge_base_ids": [kb], "provider": "groq", "model": "g"}),
+    )
+    .await;
+    assert_eq!(kept.body["data"]["answer"], OPENAI_SAID, "{}", kept.body);
+    assert_eq!(kept.body["data"]["extractive_reason"], Value::Null);
+    assert_eq!(kept.body["data"]["grounded_share"], 1.0);
+
+    let metrics = app.request(Method::GET, "/metrics", Auth::None, None).await;
+    let metrics = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("rag_replaced_answers_total{reason=\"ungrounded\"} 2"),
+        "{metrics}"
     );
 }
 

@@ -125,6 +125,18 @@ async fn hybrid_retrieval_finds_the_right_document_in_three_languages() {
     .await;
 }
 
+/// A generated answer, kept or replaced by the grounding check; never "no model" or
+/// "generation failed".
+fn assert_model_answered(answer: &Value) {
+    assert!(answer["grounded_share"].is_number(), "{answer}");
+    let replaced_after_judging = ["ungrounded", "repetitive", "wrong_script"]
+        .contains(&answer["extractive_reason"].as_str().unwrap_or_default());
+    assert!(
+        answer["extractive"] == false || replaced_after_judging,
+        "{answer}"
+    );
+}
+
 #[tokio::test]
 async fn upload_ingest_and_ask_over_http_with_a_real_model() {
     let db = TestDb::new().await;
@@ -226,10 +238,10 @@ async fn upload_ingest_and_ask_over_http_with_a_real_model() {
         .await
         .unwrap();
     let data = &answer["data"];
-    assert_eq!(
-        data["extractive"], false,
-        "the llama.cpp model answered: {answer}"
-    );
+    // The llama.cpp model answered: its answer is returned, or replaced by the grounding
+    // check (SmolLM2-135M often loops or strays; docs/rag.md, "Grounded answers"), but
+    // it was generated and judged.
+    assert_model_answered(data);
     assert!(!data["answer"].as_str().unwrap().trim().is_empty());
     assert_eq!(data["citations"][0]["n"], 1);
     assert_eq!(data["citations"][0]["document_id"], document);
@@ -264,7 +276,7 @@ async fn upload_ingest_and_ask_over_http_with_a_real_model() {
         .next()
         .unwrap();
     let done: Value = serde_json::from_str(done).unwrap();
-    assert_eq!(done["extractive"], false);
+    assert_model_answered(&done);
     assert_eq!(done["citations"][0]["document_id"], document);
     assert!(body.find("event: token").unwrap() < body.find("event: done").unwrap());
 

@@ -233,6 +233,24 @@ await journey("network error during an answer", async () => {
   await shot("06-chat-network-error");
 });
 
+await journey("a replaced answer", async () => {
+  // The API streamed a model's answer, then replaced it with the passages because the
+  // answer was not grounded in them: only the passages stay, and the page says why.
+  const done = { citations: [], timings: {}, extractive: true, extractive_reason: "ungrounded", grounded_share: 0.2, language: "fr" };
+  await page.route("**/api/query", (route) => route.fulfill({
+    status: 200, contentType: "text/event-stream",
+    body: "event: token\ndata: Une croisière aux Baléares\n\nevent: replace\ndata: La session de rattrapage a lieu en juin [1]\n\n"
+      + `event: done\ndata: ${JSON.stringify(done)}\n\n`,
+  }));
+  await page.getByLabel("Your question").fill("Quand a lieu la session de rattrapage ?");
+  await page.getByRole("button", { name: "Ask", exact: true }).click();
+  const turn = page.locator("article.turn").first();
+  await turn.getByText("The model's answer did not match your documents").waitFor(SLOW);
+  const shown = await turn.locator(".answer").innerText();
+  check(shown === "La session de rattrapage a lieu en juin [1]", `the answer shown was: ${shown}`);
+  await page.unroute("**/api/query");
+});
+
 await journey("switch to French", async () => {
   await page.getByLabel("Language").selectOption("fr");
   await page.getByRole("heading", { level: 1, name: "Interroger vos documents" }).waitFor();

@@ -7,6 +7,7 @@
 pub mod arabic;
 pub mod embed;
 pub mod generate;
+pub mod grounding;
 pub mod ingest;
 pub mod parse;
 pub mod qdrant;
@@ -41,6 +42,12 @@ pub struct StageLabel {
     pub stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `wrong_script`, `ungrounded` or `repetitive` (see [`grounding::ExtractiveReason`]).
+    pub reason: String,
+}
+
 /// The pipeline's metrics, on `/metrics` with the rest.
 #[derive(Clone)]
 pub struct RagMetrics {
@@ -50,6 +57,7 @@ pub struct RagMetrics {
     pub ingestion_stage_duration: Family<StageLabel, Histogram>,
     pub queue_depth: Gauge,
     pub extractive_answers: Counter,
+    pub replaced_answers: Family<ReasonLabel, Counter>,
 }
 
 impl RagMetrics {
@@ -65,10 +73,11 @@ impl RagMetrics {
             }),
             queue_depth: Gauge::default(),
             extractive_answers: Counter::default(),
+            replaced_answers: Family::default(),
         };
         registry.register(
             "rag_stage_duration_seconds",
-            "Time spent per request in each RAG stage: embed, search, generate",
+            "Time spent per request in each RAG stage: search_lookup (the knowledge bases), embed, search (search_rank: its rankings), generate",
             metrics.stage_duration.clone(),
         );
         registry.register(
@@ -93,8 +102,13 @@ impl RagMetrics {
         );
         registry.register(
             "rag_extractive_answers",
-            "Answers given as passages because no language model answered",
+            "Answers given as passages: no language model answered, or its answer was replaced",
             metrics.extractive_answers.clone(),
+        );
+        registry.register(
+            "rag_replaced_answers",
+            "Generated answers replaced by the passages, by reason: wrong_script (not in the question's script), ungrounded (too few of its words in the passages) or repetitive (a model looping)",
+            metrics.replaced_answers.clone(),
         );
         metrics
     }

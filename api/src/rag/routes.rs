@@ -1,6 +1,6 @@
 //! The RAG pipeline's HTTP API: knowledge bases, documents, search and answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::generate::{self, ChatClient, GenerateError, ProviderError, ProviderView, Providers};
+use super::grounding::{self, ExtractiveReason};
 use super::parse::Format;
 use super::search::{self, SearchFilters, SearchResult};
 use super::store::Scope;
@@ -244,13 +245,14 @@ async fn searchable_knowledge_bases(
     if !ids.iter().all(|id| auth.may_use_knowledge_base(*id)) {
         return Err(ApiError::NotFound("knowledge base"));
     }
-    let mut tx = tenant_tx(&state.db, auth.tenant_id).await?;
+    // One round trip: the function sets the tenant for its statement's transaction
+    // (migration 20261208020000), under row-level security as `tenant_tx` would.
     let mut found: Vec<Searchable> =
-        sqlx::query_as("SELECT id, embedding, generation FROM knowledge_bases WHERE id = ANY($1)")
+        sqlx::query_as("SELECT id, embedding, generation FROM searchable_knowledge_bases($1, $2)")
+            .bind(auth.tenant_id)
             .bind(ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(&state.db)
             .await?;
-    tx.commit().await?;
     let mut ordered = Vec::with_capacity(ids.len());
     for id in ids {
         if ordered.iter().any(|kb: &Searchable| kb.id == *id) {
@@ -833,8 +835,14 @@ pub struct QueryResponse {
     pub answer: String,
     pub citations: Vec<Citation>,
     pub timings: Timings,
-    /// True when no language model answered and the answer is made of the passages.
+    /// True when the answer is made of the passages: no model answered, or its answer
+    /// was replaced (see `extractive_reason`).
     pub extractive: bool,
+    /// Why the answer is extractive; null when the model's answer is returned.
+    pub extractive_reason: Option<ExtractiveReason>,
+    /// The share of the generated answer's content words found in its passages or the
+    /// question (see docs/rag.md, "Grounded answers"); null when nothing was generated.
+    pub grounded_share: Option<f32>,
     /// The language the question was detected in.
     pub language: Option<String>,
     /// The provider and model asked to answer (null when none was configured); with
@@ -879,7 +887,12 @@ pub(crate) async fn retrieve(
         return Err(ApiError::validation("top_k", "must be between 1 and 50"));
     }
     // Another tenant's id is never searched: it is a 404 before anything runs.
+    let lookup_started = Instant::now();
     let knowledge_bases = searchable_knowledge_bases(state, auth, knowledge_base_ids).await?;
+    state
+        .rag
+        .metrics
+        .stage("search_lookup", lookup_started.elapsed());
 
     let mut timings = Timings::default();
     let embed_started = Instant::now();
@@ -921,12 +934,44 @@ pub(crate) async fn retrieve(
     let search_started = Instant::now();
     let candidates = (top_k * 4).max(20);
     let mut lists = Vec::new();
+    // With the pgvector store, both rankings and the ranked rows' details come from one
+    // statement per knowledge base; the other stores rank vectors themselves, and the
+    // details are read after the fusion.
+    let in_database = state.rag.store.kind() == "pgvector";
+    let mut details = HashMap::new();
     for kb in &knowledge_bases {
         let vector = vectors.get(&kb.embedding.to_string()).cloned().flatten();
         let scope = Scope {
             tenant_id: auth.tenant_id,
             knowledge_base_id: kb.id,
         };
+        if in_database {
+            let query_vector = vector.as_deref().map(Vec::as_slice);
+            let ranked = match search::rank_in_database(
+                &state.db,
+                scope,
+                query,
+                query_vector,
+                candidates,
+                filters,
+            )
+            .await
+            {
+                Ok(ranked) => ranked,
+                Err(error) if query_vector.is_some() => {
+                    // As with the other stores: a failing vector branch (say, a query
+                    // vector of another size) leaves the full-text results.
+                    tracing::warn!(%error, "vector search failed; using full-text results only");
+                    search::rank_in_database(&state.db, scope, query, None, candidates, filters)
+                        .await
+                        .map_err(|e| ApiError::internal("searching", e))?
+                }
+                Err(error) => return Err(ApiError::internal("searching", error)),
+            };
+            lists.extend(ranked.lists);
+            details.extend(ranked.details);
+            continue;
+        }
         match search::rank(
             &state.db,
             state.rag.store.as_ref(),
@@ -957,15 +1002,23 @@ pub(crate) async fn retrieve(
             Err(error) => return Err(ApiError::internal("searching", error)),
         }
     }
+    state
+        .rag
+        .metrics
+        .stage("search_rank", search_started.elapsed());
     let fused = search::reciprocal_rank_fusion(&lists);
     let wanted = if state.rag.reranker.is_some() {
         top_k.max(20)
     } else {
         top_k
     };
-    let mut results = search::results(&state.db, auth.tenant_id, &fused, query, filters, wanted)
-        .await
-        .map_err(|e| ApiError::internal("reading the results", e))?;
+    let mut results = if in_database {
+        search::present(&fused, details, query, wanted)
+    } else {
+        search::results(&state.db, auth.tenant_id, &fused, query, filters, wanted)
+            .await
+            .map_err(|e| ApiError::internal("reading the results", e))?
+    };
     if let Some(reranker) = &state.rag.reranker {
         match reranker.rerank(query, results.clone()).await {
             Ok(reranked) => results = reranked,
@@ -1121,7 +1174,7 @@ pub async fn list_providers(
 }
 
 #[utoipa::path(post, path = "/api/query", tag = "search", request_body = QueryRequest,
-    responses((status = 200, description = "the answer with its citations; with `stream: true`, server-sent events: `token` events (text), then one `done` event (JSON: citations, timings, extractive, language, provider, model)",
+    responses((status = 200, description = "the answer with its citations; with `stream: true`, server-sent events: `token` events (text), a `replace` event (text) when the streamed answer failed the grounding checks and is replaced by the passages, then one `done` event (JSON: citations, timings, extractive, extractive_reason, grounded_share, language, provider, model)",
                content((Envelope<QueryResponse> = "application/json"), (String = "text/event-stream"))),
               (status = 404, description = "a knowledge base that is not the tenant's", body = crate::error::ErrorEnvelope),
               crate::openapi::responses::Secured, crate::openapi::responses::JsonBody),
@@ -1189,16 +1242,38 @@ pub async fn query_route(
         .rag
         .metrics
         .stage("generate", generate_started.elapsed());
-    let (answer, extractive) = match generated {
-        Ok(text) if !text.trim().is_empty() => (text.trim().to_owned(), false),
-        Ok(_) => (generate::extractive_answer(&body.query, &results), true),
+    let (generated, extractive_reason) = match generated {
+        Ok(text) if !text.trim().is_empty() => (Some(text.trim().to_owned()), None),
+        Ok(_) => (None, Some(ExtractiveReason::GenerationFailed)),
+        Err(GenerateError::NotConfigured) => (None, Some(ExtractiveReason::NoModel)),
+        Err(_) if results.is_empty() => (None, Some(ExtractiveReason::NoPassages)),
         Err(error) => {
-            if !matches!(error, GenerateError::NotConfigured) && !results.is_empty() {
-                tracing::warn!(provider = answerer.as_ref().map(|a| a.provider.as_str()), %error, "generation failed; answering with the passages");
-            }
-            (generate::extractive_answer(&body.query, &results), true)
+            tracing::warn!(provider = answerer.as_ref().map(|a| a.provider.as_str()), %error, "generation failed; answering with the passages");
+            (None, Some(ExtractiveReason::GenerationFailed))
         }
     };
+    let (answer, extractive_reason, grounded_share) = match generated {
+        Some(text) => {
+            let assessment = grounding::assess(&body.query, &text, &results);
+            match assessment.rejected {
+                None => (text, None, Some(assessment.grounded_share)),
+                Some(reason) => {
+                    replaced(&state, reason, &assessment);
+                    (
+                        generate::extractive_answer(&body.query, &results),
+                        Some(reason),
+                        Some(assessment.grounded_share),
+                    )
+                }
+            }
+        }
+        None => (
+            generate::extractive_answer(&body.query, &results),
+            extractive_reason,
+            None,
+        ),
+    };
+    let extractive = extractive_reason.is_some();
     if extractive {
         state.rag.metrics.extractive_answers.inc();
     }
@@ -1207,6 +1282,8 @@ pub async fn query_route(
         citations,
         timings,
         extractive,
+        extractive_reason,
+        grounded_share,
         language,
         provider: answerer.as_ref().map(|a| a.provider.clone()),
         model: answerer.map(|a| a.client.model),
@@ -1214,10 +1291,28 @@ pub async fn query_route(
     .into_response())
 }
 
+/// A generated answer failed the grounding checks: counted and logged (without its
+/// text, which may quote the tenant's documents).
+fn replaced(state: &AppState, reason: ExtractiveReason, assessment: &grounding::Assessment) {
+    let label = serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::info!(reason = %label, grounded_share = assessment.grounded_share, content_words = assessment.content_words, "the model's answer was replaced by the passages");
+    state
+        .rag
+        .metrics
+        .replaced_answers
+        .get_or_create(&super::ReasonLabel { reason: label })
+        .inc();
+}
+
 /// SSE: `token` events as the model writes, then one `done` event with the citations,
-/// the timings, whether the answer was extractive, and the provider and model asked.
-/// Without a model, or when it fails before its first token, the extractive answer
-/// comes as one token.
+/// the timings, whether the answer was extractive (and why), the grounded share, and
+/// the provider and model asked. Without a model, or when it fails before its first
+/// token, the extractive answer comes as one token. When the streamed answer fails the
+/// grounding checks, a `replace` event carries the extractive answer, which replaces
+/// everything streamed before it.
 #[allow(clippy::too_many_arguments)]
 fn stream_answer(
     state: AppState,
@@ -1233,6 +1328,13 @@ fn stream_answer(
     tokio::spawn(async move {
         let started = Instant::now();
         let mut extractive = true;
+        let mut reason = match (&answerer, results.is_empty()) {
+            (None, _) => Some(ExtractiveReason::NoModel),
+            (Some(_), true) => Some(ExtractiveReason::NoPassages),
+            (Some(_), false) => Some(ExtractiveReason::GenerationFailed),
+        };
+        let mut streamed = String::new();
+        let mut grounded_share = None;
         if let (Some(answerer), false) = (&answerer, results.is_empty()) {
             match answerer.client.stream(&messages, MAX_ANSWER_TOKENS).await {
                 Ok(mut tokens) => {
@@ -1240,6 +1342,8 @@ fn stream_answer(
                         match token {
                             Ok(text) => {
                                 extractive = false;
+                                reason = None;
+                                streamed.push_str(&text);
                                 if sender
                                     .send(Event::default().event("token").data(text))
                                     .await
@@ -1260,17 +1364,32 @@ fn stream_answer(
                 }
             }
         }
-        if extractive {
-            state.rag.metrics.extractive_answers.inc();
+        if !extractive {
+            let assessment = grounding::assess(&question, streamed.trim(), &results);
+            grounded_share = Some(assessment.grounded_share);
+            if let Some(rejected) = assessment.rejected {
+                replaced(&state, rejected, &assessment);
+                extractive = true;
+                reason = Some(rejected);
+                let answer = generate::extractive_answer(&question, &results);
+                let _ = sender
+                    .send(Event::default().event("replace").data(answer))
+                    .await;
+            }
+        } else {
             let answer = generate::extractive_answer(&question, &results);
             let _ = sender
                 .send(Event::default().event("token").data(answer))
                 .await;
         }
+        if extractive {
+            state.rag.metrics.extractive_answers.inc();
+        }
         timings.generate_ms = started.elapsed().as_millis() as u64;
         state.rag.metrics.stage("generate", started.elapsed());
         let done = serde_json::json!({
-            "citations": citations, "timings": timings, "extractive": extractive, "language": language,
+            "citations": citations, "timings": timings, "extractive": extractive,
+            "extractive_reason": reason, "grounded_share": grounded_share, "language": language,
             "provider": answerer.as_ref().map(|a| a.provider.as_str()),
             "model": answerer.as_ref().map(|a| a.client.model.as_str()),
         });

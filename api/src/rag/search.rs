@@ -34,6 +34,11 @@ const STOPWORDS: &[&str] = &[
     "many", "much",
 ];
 
+/// Whether a normalised token is one of [`STOPWORDS`].
+pub fn is_stopword(token: &str) -> bool {
+    STOPWORDS.contains(&token)
+}
+
 /// The Arabic prefixes glued to words (the article and common prepositions with it);
 /// stripping them lets "الجامعة", "بالجامعة" and "جامعة" match.
 const ARABIC_PREFIXES: &[&str] = &["وبال", "وال", "بال", "كال", "فال", "لل", "ال"];
@@ -195,7 +200,127 @@ pub async fn rank(
     Ok([by_vector, by_text].into_iter().flatten().collect())
 }
 
-/// The fused results' details, in fused order, with a snippet around the query's words.
+/// One knowledge base's rankings and the ranked chunks' details, from the database in
+/// one statement (`search_chunks_hybrid`, see its migration 20261208020000): the
+/// pgvector store's path. The vector branch runs only with a query vector, the text
+/// branch only with meaningful words; tenant isolation is the row-level security of a
+/// transaction set to the tenant, as in [`tenant_tx`], plus the BM25 function's own
+/// tenant filter.
+pub struct Ranked {
+    /// The vector ranking, then the BM25 ranking, each when it ran.
+    pub lists: Vec<Vec<Uuid>>,
+    /// The ranked chunks a result may show (their document is ready, and they pass the
+    /// filters), by id.
+    pub details: HashMap<Uuid, SearchResult>,
+}
+
+#[derive(sqlx::FromRow)]
+struct HybridRow {
+    chunk_id: Uuid,
+    vector_rank: Option<i32>,
+    text_rank: Option<i32>,
+    document_id: Uuid,
+    knowledge_base_id: Uuid,
+    title: String,
+    ordinal: i32,
+    content: String,
+    language: Option<String>,
+    page: Option<i32>,
+    section: Option<String>,
+    ready: bool,
+}
+
+pub async fn rank_in_database(
+    pool: &PgPool,
+    scope: Scope,
+    query: &str,
+    query_vector: Option<&[f32]>,
+    candidates: usize,
+    filters: &SearchFilters,
+) -> Result<Ranked, SearchError> {
+    let terms = bm25_terms(query);
+    let rows: Vec<HybridRow> = sqlx::query_as(
+        "SELECT chunk_id, vector_rank, text_rank, document_id, knowledge_base_id, title,
+                ordinal, content, language, page, section, ready
+         FROM search_chunks_hybrid($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.knowledge_base_id)
+    .bind(query_vector.map(|v| pgvector::Vector::from(v.to_vec())))
+    .bind(&terms)
+    .bind(i32::try_from(candidates).unwrap_or(i32::MAX))
+    .bind(filters.document_ids.as_deref())
+    .bind(filters.language.map(|l| l.code()))
+    .fetch_all(pool)
+    .await?;
+    let ranking = |rank: fn(&HybridRow) -> Option<i32>| {
+        let mut ranked: Vec<(i32, Uuid)> = rows
+            .iter()
+            .filter_map(|row| rank(row).map(|r| (r, row.chunk_id)))
+            .collect();
+        ranked.sort_unstable();
+        ranked.into_iter().map(|(_, id)| id).collect::<Vec<Uuid>>()
+    };
+    let mut lists = Vec::with_capacity(2);
+    if query_vector.is_some() {
+        lists.push(ranking(|row| row.vector_rank));
+    }
+    if terms.is_some() {
+        lists.push(ranking(|row| row.text_rank));
+    }
+    let details = rows
+        .into_iter()
+        .filter(|row| row.ready)
+        .map(|row| {
+            (
+                row.chunk_id,
+                SearchResult {
+                    document_id: row.document_id,
+                    knowledge_base_id: row.knowledge_base_id,
+                    title: row.title,
+                    chunk_id: row.chunk_id,
+                    ordinal: row.ordinal,
+                    content: row.content,
+                    snippet: String::new(),
+                    score: 0.0,
+                    language: row.language,
+                    page: row.page,
+                    section: row.section,
+                },
+            )
+        })
+        .collect();
+    Ok(Ranked { lists, details })
+}
+
+/// The fused results, in fused order, from their details, with a snippet around the
+/// query's words; fused chunks without details (their document is not ready) are left
+/// out.
+pub fn present(
+    fused: &[(Uuid, f32)],
+    mut details: HashMap<Uuid, SearchResult>,
+    query: &str,
+    limit: usize,
+) -> Vec<SearchResult> {
+    let terms: Vec<String> = search_tokens(query)
+        .into_iter()
+        .filter(|t| !STOPWORDS.contains(&t.as_str()))
+        .collect();
+    fused
+        .iter()
+        .filter_map(|(id, score)| {
+            details.remove(id).map(|mut result| {
+                result.score = *score;
+                result.snippet = snippet(&result.content, &terms, 240);
+                result
+            })
+        })
+        .take(limit)
+        .collect()
+}
+
+/// The fused results' details, in fused order, with a snippet around the query's words
+/// (the path of the vector stores other than pgvector).
 pub async fn results(
     pool: &PgPool,
     tenant_id: Uuid,
@@ -220,23 +345,8 @@ pub async fn results(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut by_id: HashMap<Uuid, SearchResult> =
-        rows.into_iter().map(|r| (r.chunk_id, r)).collect();
-    let terms: Vec<String> = search_tokens(query)
-        .into_iter()
-        .filter(|t| !STOPWORDS.contains(&t.as_str()))
-        .collect();
-    Ok(fused
-        .iter()
-        .filter_map(|(id, score)| {
-            by_id.remove(id).map(|mut result| {
-                result.score = *score;
-                result.snippet = snippet(&result.content, &terms, 240);
-                result
-            })
-        })
-        .take(limit)
-        .collect())
+    let by_id: HashMap<Uuid, SearchResult> = rows.into_iter().map(|r| (r.chunk_id, r)).collect();
+    Ok(present(fused, by_id, query, limit))
 }
 
 /// The sentence (or window) of `text` that holds the most query terms, shortened to
