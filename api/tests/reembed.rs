@@ -8,143 +8,16 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
-use common::{Auth, TestApp, TestDb};
-use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use common::reembedding::{
+    MINILM, Proxy, SMOLLM2, eventually, ingested, record, register_kb, search, spec, tenant,
+    written,
+};
+use common::{TestApp, TestDb};
+use serde_json::Value;
 
 const SLUG: &str = "reembed";
-const MINILM: &str = r#"{"provider": "local", "model": "all-MiniLM-L6-v2", "dimensions": 384}"#;
-const SMOLLM2: &str = r#"{"provider": "ollama", "model": "smollm2", "dimensions": 576}"#;
-
-/// A TCP proxy to `upstream`: while paused, connections are accepted but not passed on
-/// until it resumes.
-struct Proxy {
-    address: SocketAddr,
-    paused: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (paused, watching) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut watching = watching.clone();
-                tokio::spawn(async move {
-                    while *watching.borrow_and_update() {
-                        if watching.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { address, paused }
-    }
-
-    fn pause(&self, paused: bool) {
-        self.paused.send_replace(paused);
-    }
-}
-
-fn spec(embedding: &str, sources: &[(&str, &str)]) -> Value {
-    json!({
-        "languages": ["en"],
-        "embedding": serde_json::from_str::<Value>(embedding).unwrap(),
-        "sources": sources.iter().map(|(title, text)| json!({"inline": {"title": title, "text": text}})).collect::<Vec<_>>(),
-    })
-}
-
-async fn register_kb(app: &TestApp, name: &str, spec: Value) -> Value {
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(common::kb_registration(SLUG, name, spec)),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"].clone()
-}
-
-async fn record(app: &TestApp, name: &str) -> Value {
-    let reply = app
-        .request(
-            Method::GET,
-            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"].clone()
-}
-
-/// The tenant, and a bearer token of its administrator.
-async fn tenant(app: &TestApp) -> String {
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(json!({"name": SLUG, "plan": "pro"})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let password = "a long enough password";
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}/admins/admin@{SLUG}.dz"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(json!({ "password": password })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/auth/login",
-            Auth::None,
-            Some(json!({"email": format!("admin@{SLUG}.dz"), "password": password})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"]["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// The titles of a search's results. The query shares no word with the documents, so
-/// only the vector search can find anything.
-async fn search(app: &TestApp, token: &str, kb: &str) -> Vec<String> {
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/search",
-            Auth::Bearer(token),
-            Some(json!({"query": "When does the reading room welcome visitors?", "knowledge_base_ids": [kb], "top_k": 3})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["title"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Each dimension count of the knowledge base's chunks, with how many chunks have it
 /// (NULL: no vector).
 async fn dimensions(owner: &sqlx::PgPool, kb: &str) -> Vec<(Option<i32>, i64)> {
@@ -154,45 +27,6 @@ async fn dimensions(owner: &sqlx::PgPool, kb: &str) -> Vec<(Option<i32>, i64)> {
     )
     .bind(kb)
     .fetch_all(owner)
-    .await
-    .unwrap()
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(150);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn ingested(owner: &sqlx::PgPool, kb: &str, documents: i64) {
-    eventually("the documents are ingested", async || {
-        let ready: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM documents WHERE knowledge_base_id = $1::uuid AND status = 'ready'",
-        )
-        .bind(kb)
-        .fetch_one(owner)
-        .await
-        .unwrap();
-        (ready == documents).then_some(())
-    })
-    .await;
-}
-
-/// What a registration may write to the knowledge base's row and re-embedding.
-async fn written(owner: &sqlx::PgPool, kb: &str) -> Value {
-    sqlx::query_scalar(
-        "SELECT jsonb_build_object('updated_at', updated_at, 'embedding', embedding,
-                'pending', pending_embedding, 'started', reembed_started_at,
-                'next', (SELECT count(*) FROM chunk_embeddings_next n WHERE n.knowledge_base_id = kb.id))
-         FROM knowledge_bases kb WHERE id = $1::uuid",
-    )
-    .bind(kb)
-    .fetch_one(owner)
     .await
     .unwrap()
 }
@@ -218,7 +52,7 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
     let _stop = stop.clone().drop_guard();
     iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop);
     let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let token = tenant(&app).await;
+    let token = tenant(&app, SLUG).await;
 
     let documents = [
         (
@@ -234,7 +68,7 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
             "The university restaurant serves lunch from noon to two o'clock.",
         ),
     ];
-    let registered = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    let registered = register_kb(&app, SLUG, "guide", spec(MINILM, &documents)).await;
     let kb = registered["id"].as_str().unwrap().to_owned();
     assert!(registered.get("reembedding").is_none(), "{registered}");
     ingested(&owner, &kb, 3).await;
@@ -249,7 +83,7 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
 
     // The new model, with llama.cpp out of reach: the change is recorded, nothing else.
     proxy.pause(true);
-    let registered = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let registered = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     let progress = &registered["reembedding"];
     assert_eq!(
         progress["embedding"],
@@ -271,17 +105,17 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
         serde_json::from_str::<Value>(MINILM).unwrap()
     );
     assert_eq!(before["next"], 0, "{before}");
-    assert_eq!(record(&app, "guide").await["reembedding"]["done"], 0);
+    assert_eq!(record(&app, SLUG, "guide").await["reembedding"]["done"], 0);
 
     // Registering the same spec again during the re-embedding writes nothing.
-    let again = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let again = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     assert_eq!(again["reembedding"], registered["reembedding"]);
     assert_eq!(written(&owner, &kb).await, before);
     // The stored model, asked for again, cancels it; the new one starts it over.
-    let cancelled = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    let cancelled = register_kb(&app, SLUG, "guide", spec(MINILM, &documents)).await;
     assert!(cancelled.get("reembedding").is_none(), "{cancelled}");
     assert!(written(&owner, &kb).await["pending"].is_null());
-    let restarted = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let restarted = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     assert_eq!(restarted["reembedding"]["total"], chunks, "{restarted}");
 
     // A document ingested meanwhile gets the previous model's vectors, then the new
@@ -291,7 +125,7 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
         "Parking",
         "Cars may be left in the car park behind the faculty of sciences.",
     ));
-    register_kb(&app, "guide", spec(SMOLLM2, &more)).await;
+    register_kb(&app, SLUG, "guide", spec(SMOLLM2, &more)).await;
     ingested(&owner, &kb, 4).await;
     let all: i64 =
         sqlx::query_scalar("SELECT count(*) FROM chunks WHERE knowledge_base_id = $1::uuid")
@@ -328,15 +162,15 @@ async fn a_new_embedding_model_is_re_embedded_in_the_background_and_switched_at_
         .await
         .unwrap();
     assert!(index.contains("vector(576)"), "{index}");
-    let recorded = record(&app, "guide").await;
+    let recorded = record(&app, SLUG, "guide").await;
     assert!(recorded.get("reembedding").is_none(), "{recorded}");
     // Searches embed the query with the new model and find the new vectors.
     assert!(!search(&app, &token, &kb).await.is_empty());
 
     // A knowledge base without documents switches at once.
-    let empty = register_kb(&app, "empty", spec(MINILM, &[])).await;
+    let empty = register_kb(&app, SLUG, "empty", spec(MINILM, &[])).await;
     let empty_id = empty["id"].as_str().unwrap();
-    register_kb(&app, "empty", spec(SMOLLM2, &[])).await;
+    register_kb(&app, SLUG, "empty", spec(SMOLLM2, &[])).await;
     assert_eq!(
         written(&owner, empty_id).await["embedding"],
         serde_json::from_str::<Value>(SMOLLM2).unwrap()

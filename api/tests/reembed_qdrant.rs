@@ -10,11 +10,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use common::qdrant_server::QdrantServer;
+use common::reembedding::{
+    MINILM, Proxy, SMOLLM2, eventually, ingested, record, register_kb, search, spec, tenant,
+    written,
+};
 use common::{Auth, TestApp, TestDb};
 use iafactory_api::config::{Config, Secret};
 use iafactory_api::rag::qdrant::{
@@ -25,220 +28,9 @@ use iafactory_crds::Language;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{Condition, CountPointsBuilder, Filter, vectors_config::Config as Vc};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 const SLUG: &str = "reembed-qdrant";
-const MINILM: &str = r#"{"provider": "local", "model": "all-MiniLM-L6-v2", "dimensions": 384}"#;
-const SMOLLM2: &str = r#"{"provider": "ollama", "model": "smollm2", "dimensions": 576}"#;
-
-/// One Qdrant test server process, on a free port; killed when dropped.
-struct QdrantServer {
-    child: Child,
-    url: String,
-}
-
-impl QdrantServer {
-    fn start(storage: &Path) -> Self {
-        let binary = common::engine_url("IAF_TEST_QDRANT_SERVER", "qdrant");
-        let mut child = Command::new(binary)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--storage")
-            .arg(storage)
-            .env_remove("QDRANT__SERVICE__API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the Qdrant test server starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = sender.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = receiver
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the Qdrant test server says where it listens");
-        let address = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            url: format!("http://{address}"),
-        }
-    }
-
-    fn client(&self) -> Qdrant {
-        Qdrant::from_url(&self.url)
-            .skip_compatibility_check()
-            .build()
-            .unwrap()
-    }
-}
-
-impl Drop for QdrantServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A TCP proxy to `upstream`: while paused, connections are accepted but not passed on
-/// until it resumes.
-struct Proxy {
-    address: SocketAddr,
-    paused: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (paused, watching) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut watching = watching.clone();
-                tokio::spawn(async move {
-                    while *watching.borrow_and_update() {
-                        if watching.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { address, paused }
-    }
-
-    fn pause(&self, paused: bool) {
-        self.paused.send_replace(paused);
-    }
-}
-
-fn spec(embedding: &str, sources: &[(&str, &str)]) -> Value {
-    json!({
-        "languages": ["en"],
-        "embedding": serde_json::from_str::<Value>(embedding).unwrap(),
-        "sources": sources.iter().map(|(title, text)| json!({"inline": {"title": title, "text": text}})).collect::<Vec<_>>(),
-    })
-}
-
-async fn register_kb(app: &TestApp, name: &str, spec: Value) -> Value {
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(common::kb_registration(SLUG, name, spec)),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"].clone()
-}
-
-async fn record(app: &TestApp, name: &str) -> Value {
-    let reply = app
-        .request(
-            Method::GET,
-            &format!("/internal/tenants/{SLUG}/knowledge-bases/{name}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"].clone()
-}
-
-/// The tenant, and a bearer token of its administrator.
-async fn tenant(app: &TestApp) -> String {
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(json!({"name": SLUG, "plan": "pro"})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let password = "a long enough password";
-    let reply = app
-        .request(
-            Method::PUT,
-            &format!("/internal/tenants/{SLUG}/admins/admin@{SLUG}.dz"),
-            Auth::Bearer(common::OPERATOR_TOKEN),
-            Some(json!({ "password": password })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/auth/login",
-            Auth::None,
-            Some(json!({"email": format!("admin@{SLUG}.dz"), "password": password})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"]["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// The titles of a search's results. The query shares no word with the documents, so
-/// only the vector search can find anything.
-async fn search(app: &TestApp, token: &str, kb: &str) -> Vec<String> {
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/search",
-            Auth::Bearer(token),
-            Some(json!({"query": "When does the reading room welcome visitors?", "knowledge_base_ids": [kb], "top_k": 3})),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["data"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["title"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(150);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn ingested(owner: &sqlx::PgPool, kb: &str, documents: i64) {
-    eventually("the documents are ingested", async || {
-        let ready: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM documents WHERE knowledge_base_id = $1::uuid AND status = 'ready'",
-        )
-        .bind(kb)
-        .fetch_one(owner)
-        .await
-        .unwrap();
-        (ready == documents).then_some(())
-    })
-    .await;
-}
 
 async fn chunk_count(owner: &sqlx::PgPool, kb: &str) -> u64 {
     let count: i64 =
@@ -248,20 +40,6 @@ async fn chunk_count(owner: &sqlx::PgPool, kb: &str) -> u64 {
             .await
             .unwrap();
     count as u64
-}
-
-/// What a registration may write to the knowledge base's row and re-embedding.
-async fn written(owner: &sqlx::PgPool, kb: &str) -> Value {
-    sqlx::query_scalar(
-        "SELECT jsonb_build_object('updated_at', updated_at, 'embedding', embedding,
-                'pending', pending_embedding, 'started', reembed_started_at,
-                'next', (SELECT count(*) FROM chunk_embeddings_next n WHERE n.knowledge_base_id = kb.id))
-         FROM knowledge_bases kb WHERE id = $1::uuid",
-    )
-    .bind(kb)
-    .fetch_one(owner)
-    .await
-    .unwrap()
 }
 
 /// The knowledge base's collections in Qdrant, lowest generation first, each with its
@@ -320,12 +98,12 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
         .unwrap();
     let proxy = Proxy::start(upstream).await;
     let storage = tempfile::tempdir().unwrap();
-    let server = QdrantServer::start(storage.path());
+    let server = QdrantServer::start(storage.path(), None);
     let qdrant = server.client();
     let db = TestDb::new().await;
     let config = Config {
         vector_store: "qdrant".into(),
-        qdrant_url: Some(server.url.clone()),
+        qdrant_url: Some(server.url()),
         qdrant_api_key: Secret(String::new()),
         qdrant_timeout_seconds: 5,
         llm_base_url: Some(format!("http://{}/v1", proxy.address)),
@@ -338,7 +116,7 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
     iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop.clone());
     iafactory_api::rag::reembed::spawn_worker(app.state.clone(), stop);
     let owner = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let token = tenant(&app).await;
+    let token = tenant(&app, SLUG).await;
 
     let documents = [
         (
@@ -354,7 +132,7 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
             "The university restaurant serves lunch from noon to two o'clock.",
         ),
     ];
-    let registered = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    let registered = register_kb(&app, SLUG, "guide", spec(MINILM, &documents)).await;
     let kb = registered["id"].as_str().unwrap().to_owned();
     let kb_id: Uuid = kb.parse().unwrap();
     assert!(registered.get("reembedding").is_none(), "{registered}");
@@ -385,7 +163,7 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
     // The new model, with llama.cpp out of reach: the change is recorded, and the next
     // collection is made for it, empty.
     proxy.pause(true);
-    let registered = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let registered = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     let progress = &registered["reembedding"];
     assert_eq!(
         progress["embedding"],
@@ -415,7 +193,7 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
         serde_json::from_str::<Value>(MINILM).unwrap()
     );
     assert_eq!(before["next"], 0, "{before}");
-    let progress = record(&app, "guide").await["reembedding"].clone();
+    let progress = record(&app, SLUG, "guide").await["reembedding"].clone();
     assert_eq!(
         (progress["done"].as_u64(), progress["total"].as_u64()),
         (Some(0), Some(chunks)),
@@ -423,19 +201,19 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
     );
 
     // Registering the same spec again during the re-embedding writes nothing.
-    let again = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let again = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     assert_eq!(again["reembedding"], registered["reembedding"]);
     assert_eq!(written(&owner, &kb).await, before);
     // The stored model, asked for again, cancels it and drops the next collection; the
     // new one starts it over.
-    let cancelled = register_kb(&app, "guide", spec(MINILM, &documents)).await;
+    let cancelled = register_kb(&app, SLUG, "guide", spec(MINILM, &documents)).await;
     assert!(cancelled.get("reembedding").is_none(), "{cancelled}");
     assert!(written(&owner, &kb).await["pending"].is_null());
     assert_eq!(
         collections(&qdrant, &kb).await,
         [(live.clone(), 384, chunks)]
     );
-    let restarted = register_kb(&app, "guide", spec(SMOLLM2, &documents)).await;
+    let restarted = register_kb(&app, SLUG, "guide", spec(SMOLLM2, &documents)).await;
     assert_eq!(restarted["reembedding"]["total"], chunks, "{restarted}");
     // The worker still waiting on the cancelled run's batch holds the knowledge base no
     // more: the other one takes the new run, makes its next collection, reads its
@@ -465,7 +243,7 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
         "Parking",
         "Cars may be left in the car park behind the faculty of sciences.",
     ));
-    register_kb(&app, "guide", spec(SMOLLM2, &more)).await;
+    register_kb(&app, SLUG, "guide", spec(SMOLLM2, &more)).await;
     ingested(&owner, &kb, 4).await;
     let all = chunk_count(&owner, &kb).await;
     assert_eq!(collections(&qdrant, &kb).await[0], (live.clone(), 384, all));
@@ -494,14 +272,14 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
         serde_json::from_str::<Value>(SMOLLM2).unwrap()
     );
     assert_eq!(after["next"], 0, "{after}");
-    let recorded = record(&app, "guide").await;
+    let recorded = record(&app, SLUG, "guide").await;
     assert!(recorded.get("reembedding").is_none(), "{recorded}");
     // Searches embed the query with the new model and find the new vectors (the query
     // shares no word with the documents: full text alone finds nothing).
     assert!(!search(&app, &token, &kb).await.is_empty());
 
     // Registering the new model again writes nothing, in PostgreSQL or Qdrant.
-    register_kb(&app, "guide", spec(SMOLLM2, &more)).await;
+    register_kb(&app, SLUG, "guide", spec(SMOLLM2, &more)).await;
     assert_eq!(written(&owner, &kb).await, after);
     assert_eq!(collections(&qdrant, &kb).await, [(next.clone(), 576, all)]);
 
@@ -523,10 +301,10 @@ async fn a_qdrant_knowledge_base_is_re_embedded_into_a_next_collection_and_switc
 #[tokio::test]
 async fn deletions_reach_the_next_collection_and_promotion_drops_the_live_one() {
     let storage = tempfile::tempdir().unwrap();
-    let server = QdrantServer::start(storage.path());
+    let server = QdrantServer::start(storage.path(), None);
     let qdrant = server.client();
     let store = QdrantStore::new(&QdrantSettings {
-        url: server.url.clone(),
+        url: server.url(),
         api_key: None,
         timeout: Duration::from_secs(10),
     })
@@ -579,7 +357,7 @@ async fn deletions_reach_the_next_collection_and_promotion_drops_the_live_one() 
     assert_eq!(hits.len(), 2);
     // Another replica's store, which sees the live collection too.
     let replica = QdrantStore::new(&QdrantSettings {
-        url: server.url.clone(),
+        url: server.url(),
         api_key: None,
         timeout: Duration::from_secs(10),
     })

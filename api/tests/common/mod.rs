@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod qdrant_server;
+pub mod reembedding;
 
 use std::net::SocketAddr;
 
