@@ -4,58 +4,19 @@
 
 mod common;
 
-use axum::http::{Method, StatusCode};
-use common::{Auth, TestApp, TestDb};
+use common::passages::{Passage, knowledge_base};
+use common::{TestApp, TestDb};
 use iafactory_api::rag::search::{self, SearchFilters};
 use iafactory_api::rag::store::{PgVectorStore, Scope};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn knowledge_base(app: &TestApp, token: &str, name: &str) -> Uuid {
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/knowledge-bases",
-            Auth::Bearer(token),
-            Some(json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.body["data"]["id"].as_str().unwrap().parse().unwrap()
-}
-
-/// One ready document holding these passages, written as the owner (as ingestion
-/// would, with the same normalised `search_text`). Returns the chunks' ids in order.
+/// One ready document holding these passages (text only). Returns the chunks' ids.
 async fn passages(owner: &PgPool, tenant: Uuid, kb: Uuid, texts: &[String]) -> Vec<Uuid> {
-    let document: Uuid = sqlx::query_scalar(
-        "INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes, status)
-         VALUES ($1, $2, 'passages', 'text/plain', $3, 10, 'ready') RETURNING id",
-    )
-    .bind(tenant)
-    .bind(kb)
-    .bind(Uuid::new_v4().to_string())
-    .fetch_one(owner)
-    .await
-    .unwrap();
-    let mut ids = Vec::new();
-    for (ordinal, text) in texts.iter().enumerate() {
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO chunks (tenant_id, knowledge_base_id, document_id, ordinal, content, search_text)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(tenant)
-        .bind(kb)
-        .bind(document)
-        .bind(ordinal as i32)
-        .bind(text)
-        .bind(search::search_text(text))
-        .fetch_one(owner)
+    let passages: Vec<Passage> = texts.iter().map(|t| Passage::text(t)).collect();
+    common::passages::write(owner, tenant, kb, "ready", &passages)
         .await
-        .unwrap();
-        ids.push(id);
-    }
-    ids
+        .1
 }
 
 /// The full-text ranking the API uses (`search::rank` without a query vector).

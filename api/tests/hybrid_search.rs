@@ -5,27 +5,13 @@
 
 mod common;
 
-use axum::http::{Method, StatusCode};
-use common::{Auth, TestApp, TestDb};
+use common::passages::{Passage, knowledge_base};
+use common::{TestApp, TestDb};
 use iafactory_api::rag::search::{self, SearchFilters};
 use iafactory_api::rag::store::{PgVectorStore, Scope};
 use iafactory_crds::Language;
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-async fn knowledge_base(app: &TestApp, token: &str, name: &str) -> Uuid {
-    let reply = app
-        .request(
-            Method::POST,
-            "/api/knowledge-bases",
-            Auth::Bearer(token),
-            Some(json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.body["data"]["id"].as_str().unwrap().parse().unwrap()
-}
 
 /// A distinct unit vector of 3 dimensions per `i`.
 fn vector(i: usize) -> Vec<f32> {
@@ -35,8 +21,8 @@ fn vector(i: usize) -> Vec<f32> {
     v.iter().map(|x| x / norm).collect()
 }
 
-/// One document (`status`) holding these passages with their vectors and languages,
-/// written as the owner, as ingestion would. Returns the document's and chunks' ids.
+/// One document in `status` holding these passages with their vectors and languages.
+/// Returns the document's and chunks' ids.
 async fn passages(
     owner: &PgPool,
     tenant: Uuid,
@@ -44,37 +30,15 @@ async fn passages(
     status: &str,
     texts: &[(String, Vec<f32>, &str)],
 ) -> (Uuid, Vec<Uuid>) {
-    let document: Uuid = sqlx::query_scalar(
-        "INSERT INTO documents (tenant_id, knowledge_base_id, title, content_type, content_hash, size_bytes, status)
-         VALUES ($1, $2, 'passages', 'text/plain', $3, 10, $4) RETURNING id",
-    )
-    .bind(tenant)
-    .bind(kb)
-    .bind(Uuid::new_v4().to_string())
-    .bind(status)
-    .fetch_one(owner)
-    .await
-    .unwrap();
-    let mut ids = Vec::new();
-    for (ordinal, (text, embedding, language)) in texts.iter().enumerate() {
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO chunks (tenant_id, knowledge_base_id, document_id, ordinal, content, search_text, language, embedding)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(tenant)
-        .bind(kb)
-        .bind(document)
-        .bind(ordinal as i32)
-        .bind(text)
-        .bind(search::search_text(text))
-        .bind(language)
-        .bind(pgvector::Vector::from(embedding.clone()))
-        .fetch_one(owner)
-        .await
-        .unwrap();
-        ids.push(id);
-    }
-    (document, ids)
+    let passages: Vec<Passage> = texts
+        .iter()
+        .map(|(text, vector, language)| Passage {
+            text: text.clone(),
+            vector: Some(vector.clone()),
+            language: Some(language),
+        })
+        .collect();
+    common::passages::write(owner, tenant, kb, status, &passages).await
 }
 
 /// Both paths on one search: the rankings of the separate queries and of the one

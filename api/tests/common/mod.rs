@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod passages;
 pub mod qdrant_server;
 pub mod reembedding;
 
