@@ -12,7 +12,12 @@ use iafactory_appliance::app::App;
 use iafactory_appliance::settings::Config;
 use sha2::{Digest, Sha256};
 
-const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www/ /www/\nCOPY --chown=999:999 pgdata/ /var/lib/postgresql/data/\nENTRYPOINT [\"/bin/busybox\"]\n";
+const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY entrypoint.sh /entrypoint.sh\nCOPY www/ /www/\nCOPY --chown=999:999 pgdata/ /var/lib/postgresql/data/\nENTRYPOINT [\"/bin/busybox\", \"sh\", \"/entrypoint.sh\"]\n";
+
+/// The stand-in runs its arguments as a busybox applet, like `ENTRYPOINT busybox`, and
+/// stands in for the API's `migrate` step (run before the API starts; a stand-in API
+/// has no schema to migrate) by succeeding.
+const ENTRYPOINT: &str = "case \"$1\" in\n  migrate) echo 'stand-in: nothing to migrate'; exit 0 ;;\n  *) exec /bin/busybox \"$@\" ;;\nesac\n";
 
 const STANDIN_METRICS: &str = "# TYPE standin_up gauge\nstandin_up 1\n";
 
@@ -75,6 +80,7 @@ pub fn standin_image() -> &'static str {
         let mut hash = Sha256::new();
         hash.update(&binary);
         hash.update(DOCKERFILE);
+        hash.update(ENTRYPOINT);
         hash.update(STANDIN_METRICS);
         let (tag, built) = content_tag("standin", hash);
         if built {
@@ -83,6 +89,7 @@ pub fn standin_image() -> &'static str {
         let context = tempfile::tempdir().unwrap();
         std::fs::write(context.path().join("busybox"), &binary).unwrap();
         std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).unwrap();
+        std::fs::write(context.path().join("entrypoint.sh"), ENTRYPOINT).unwrap();
         std::fs::create_dir_all(context.path().join("www")).unwrap();
         std::fs::write(context.path().join("www/index.html"), "ok\n").unwrap();
         // What Prometheus scrapes from a stand-in API (tests/monitoring.rs).
