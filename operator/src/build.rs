@@ -282,7 +282,7 @@ fn namespace(plan: &TenantPlan) -> Child {
 
 /// The operator's write access to the tenant namespace: the tenant role, bound to its
 /// own ServiceAccount in this namespace only.
-fn operator_access(plan: &TenantPlan, ctx: &BuildContext) -> Child {
+pub fn operator_access(plan: &TenantPlan, ctx: &BuildContext) -> Child {
     Child::new(RoleBinding {
         metadata: meta(plan, ctx, crate::rbac::TENANT_BINDING, base_labels(plan)),
         role_ref: RoleRef {

@@ -43,6 +43,28 @@ pub struct Context {
     pub workflows: Store<Workflow>,
 }
 
+impl Context {
+    /// What the builders need besides the plan: the owner and this cluster's facts.
+    pub fn build_context(
+        &self,
+        owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    ) -> crate::build::BuildContext {
+        crate::build::BuildContext {
+            owner,
+            service_monitors: self.service_monitors,
+            operator: self.operator.clone(),
+        }
+    }
+
+    pub fn applier(&self) -> crate::apply::Applier<'_> {
+        crate::apply::Applier {
+            client: &self.client,
+            caches: &self.caches,
+            metrics: &self.metrics,
+        }
+    }
+}
+
 /// How long a settled object waits before it is looked at again: a safety net
 /// only, since every change that matters arrives through a watch.
 pub const RESYNC: Duration = Duration::from_secs(600);

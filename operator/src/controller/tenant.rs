@@ -15,8 +15,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, RESYNC, RETRY, announce, measured, now, patch_status};
-use crate::apply::{Applier, kind_key};
-use crate::build::{BuildContext, build, workload_kinds};
+use crate::apply::kind_key;
+use crate::build::{build, operator_access, workload_kinds};
 use crate::error::{Error, Result};
 use crate::labels::{LABEL_RETAINED, TENANT_FINALIZER};
 use crate::status::{
@@ -130,20 +130,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let owner = tenant
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Dependency("the Tenant has no uid yet".into()))?;
-    let objects = build(
-        &plan,
-        &BuildContext {
-            owner,
-            service_monitors: ctx.service_monitors,
-            operator: ctx.operator.clone(),
-        },
-    );
-    let applier = Applier {
-        client: &ctx.client,
-        caches: &ctx.caches,
-        metrics: &ctx.metrics,
-    };
-    let report = applier.apply_tenant(&objects, &plan.tenant).await?;
+    let objects = build(&plan, &ctx.build_context(owner));
+    let report = ctx.applier().apply_tenant(&objects, &plan.tenant).await?;
     if report.wrote() {
         tracing::info!(tenant = %plan.tenant, applied = ?report.applied, secrets = ?report.created_secrets, orphans = ?report.deleted_orphans, "applied");
     }
@@ -227,21 +215,10 @@ async fn ensure_access(tenant: &Tenant, ctx: &Context) -> Result<()> {
     let Some(owner) = tenant.controller_owner_ref(&()).filter(|_| live) else {
         return Ok(());
     };
-    let objects = build(
-        &plan,
-        &BuildContext {
-            owner,
-            service_monitors: ctx.service_monitors,
-            operator: ctx.operator.clone(),
-        },
-    );
-    let applier = Applier {
-        client: &ctx.client,
-        caches: &ctx.caches,
-        metrics: &ctx.metrics,
-    };
-    applier
-        .apply_child(&objects.access, &mut Default::default())
+    // Only the binding: cleanup needs the write access, not the tenant's other objects.
+    let access = operator_access(&plan, &ctx.build_context(owner));
+    ctx.applier()
+        .apply_child(&access, &mut Default::default())
         .await?;
     Ok(())
 }
