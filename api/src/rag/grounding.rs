@@ -57,6 +57,20 @@ pub enum ExtractiveReason {
     Repetitive,
 }
 
+impl ExtractiveReason {
+    /// As serialised, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoModel => "no_model",
+            Self::NoPassages => "no_passages",
+            Self::GenerationFailed => "generation_failed",
+            Self::WrongScript => "wrong_script",
+            Self::Ungrounded => "ungrounded",
+            Self::Repetitive => "repetitive",
+        }
+    }
+}
+
 /// The checks' outcome for one generated answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Assessment {
@@ -191,6 +205,20 @@ mod tests {
             language: None,
             page: None,
             section: None,
+        }
+    }
+
+    #[test]
+    fn a_reason_is_named_as_it_is_serialised() {
+        for reason in [
+            ExtractiveReason::NoModel,
+            ExtractiveReason::NoPassages,
+            ExtractiveReason::GenerationFailed,
+            ExtractiveReason::WrongScript,
+            ExtractiveReason::Ungrounded,
+            ExtractiveReason::Repetitive,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }
 

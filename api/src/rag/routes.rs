@@ -1294,10 +1294,7 @@ pub async fn query_route(
 /// A generated answer failed the grounding checks: counted and logged (without its
 /// text, which may quote the tenant's documents).
 fn replaced(state: &AppState, reason: ExtractiveReason, assessment: &grounding::Assessment) {
-    let label = serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let label = reason.as_str().to_owned();
     tracing::info!(reason = %label, grounded_share = assessment.grounded_share, content_words = assessment.content_words, "the model's answer was replaced by the passages");
     state
         .rag
